@@ -1,0 +1,169 @@
+"""Headless command line: `python -m core run` streams a video through a model and writes subtitles.
+
+    python -m core run --source clip.mp4 --model PATH_OR_ID --srt out.srt --vtt out.vtt --jsonl out.jsonl
+    python -m core build-tiny DIR        # the tiny random-weight model tests and smoke runs use
+
+Every error a user can cause prints one line (`error: ...`) and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import fields, replace
+from pathlib import Path
+
+from core.config import (
+    CachePolicy,
+    EngineConfig,
+    EvictionMode,
+    GenerationConfig,
+    StreamConfig,
+    config_from_mapping,
+    load_config_file,
+)
+from core.errors import StreamVLMError
+
+log = logging.getLogger("streamvlm")
+
+# CLI flag -> (config section, field). Flags left unset keep the file's (or the default) value.
+_OVERRIDES = {
+    "fps": ("stream", "fps"),
+    "max_pixels": ("stream", "max_pixels"),
+    "cache_mode": ("cache", "mode"),
+    "max_new_tokens": ("generation", "max_new_tokens"),
+    "min_new_tokens": ("generation", "min_new_tokens"),
+    "temperature": ("generation", "temperature"),
+    "top_p": ("generation", "top_p"),
+    "top_k": ("generation", "top_k"),
+    "repetition_penalty": ("generation", "repetition_penalty"),
+    "seed": ("generation", "seed"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="stream a video file through the model and print commentary")
+    run.add_argument("--source", required=True, help="video file (any format FFmpeg reads)")
+    run.add_argument("--model", required=True, help="local checkpoint folder, hub id, or 'tiny' (smoke test)")
+    run.add_argument("--instruction", default=None, help="what to do (default: 'Commentate on this match')")
+    run.add_argument("--previous-text", default="", help="context: a title or earlier commentary")
+    run.add_argument("--srt", type=Path, help="write SRT subtitles here, one cue per line of commentary")
+    run.add_argument("--vtt", type=Path, help="write WebVTT subtitles here")
+    run.add_argument("--jsonl", type=Path, help="write {start, end, text} JSON lines here")
+    run.add_argument("--config", type=Path, help="TOML or YAML file with [stream], [cache], [generation]")
+    run.add_argument("--realtime", action="store_true", help="pace the file at real time, like a live feed")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    run.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
+    run.add_argument("--attn", default="auto", help="attention backend: auto, sdpa, eager, flash_attention_2")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    group = run.add_argument_group("overrides of the config file")
+    group.add_argument("--fps", type=float)
+    group.add_argument("--max-pixels", type=int)
+    group.add_argument("--cache-mode", choices=[m.value for m in EvictionMode])
+    group.add_argument("--max-new-tokens", type=int)
+    group.add_argument("--min-new-tokens", type=int)
+    group.add_argument("--temperature", type=float)
+    group.add_argument("--top-p", type=float)
+    group.add_argument("--top-k", type=int)
+    group.add_argument("--repetition-penalty", type=float)
+    group.add_argument("--seed", type=int)
+
+    tiny = sub.add_parser("build-tiny", help="write the tiny random-weight model (for tests and smoke runs)")
+    tiny.add_argument("path", type=Path)
+    tiny.add_argument("--layers", type=int, default=2)
+    return parser
+
+
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    """The config file (or defaults) with the CLI's overrides applied."""
+    base = load_config_file(args.config) if args.config else EngineConfig()
+    sections = {"stream": StreamConfig, "cache": CachePolicy, "generation": GenerationConfig}
+    changes: dict[str, dict] = {name: {} for name in sections}
+    for flag, (section, name) in _OVERRIDES.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            changes[section][name] = value
+    parts = {}
+    for name, cls in sections.items():
+        current = getattr(base, name)
+        values = {f.name: getattr(current, f.name) for f in fields(cls)}
+        parts[name] = config_from_mapping(cls, {**values, **changes[name]}, name) if changes[name] else current
+    return replace(base, **parts)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from core.engine import DEFAULT_INSTRUCTION, StreamingEngine
+    from core.model import load_model
+    from core.sampler import chunks
+    from core.sources import FileSource
+    from core.subtitles import open_writers
+
+    config = engine_config(args)
+    console = Console(stderr=False, highlight=False)
+    source = FileSource(args.source, fps=config.stream.fps, realtime=args.realtime)  # fails fast on bad input
+    with console.status(f"loading model {args.model}"):
+        model = load_model(args.model, device=args.device, dtype=args.dtype, attn=args.attn)
+    log.info("model %s on %s (%s, attention %s)", model.name, model.device, model.dtype, model.attention_backend)
+    engine = StreamingEngine(model, stream=config.stream, cache=config.cache, generation=config.generation)
+    instruction = args.instruction if args.instruction is not None else DEFAULT_INSTRUCTION
+    session = engine.start(instruction=instruction, previous_text=args.previous_text)
+    total = source.duration / config.stream.chunk_seconds if source.duration else None
+    progress = Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:.0f}/{task.total:.0f} s" if total else "{task.completed:.0f} s"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=args.quiet or not console.is_terminal,
+    )
+    with source, session, open_writers(srt=args.srt, vtt=args.vtt, jsonl=args.jsonl) as writers, progress:
+        task = progress.add_task("streaming", total=total)
+        for chunk in chunks(source, config.stream):
+            for event in session.push(chunk.frames, chunk.t_start, chunk.t_end):
+                writers.write(event)
+                progress.console.print(f"[{_clock(event.start)} - {_clock(event.end)}] {event.text}")
+            progress.update(task, completed=chunk.t_end)
+    return 0
+
+
+def cmd_build_tiny(args: argparse.Namespace) -> int:
+    from core.model import build_tiny_model
+
+    path = build_tiny_model(args.path, num_layers=args.layers)
+    print(f"wrote a tiny random-weight Qwen2.5-VL to {path}")
+    return 0
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(int(minutes), 60)
+    return f"{hours:02d}:{minutes:02d}:{secs:04.1f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    commands = {"run": cmd_run, "build-tiny": cmd_build_tiny}
+    try:
+        return commands[args.command](args)
+    except StreamVLMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the subtitles written so far are complete", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,345 @@
+"""The compact KV cache: preallocated per-layer buffers, region bookkeeping and eviction.
+
+The cache holds the conversation as a list of spans, each a run of tokens of one `Part` of one
+round (round -1 is the fixed prefix). Once per chunk, before the new user turn, `evict` applies
+the policy (DESIGN.md section 1):
+
+- kept forever: the system turn, the previous-text header and footer, and the first
+  `sink_tokens` tokens of the previous-text content (the attention sink);
+- the vision of the last `vision_window_chunks` chunks;
+- the text of the last `text_window_replies` rounds in place; an older reply's words move, with
+  their cached keys and values (no recomputation), to the end of the previous-text content,
+  whose part beyond the sink is a window of its last `text_window_tokens` tokens.
+
+Kept spans are then packed to the front of the buffers in conversation order and renumbered as
+a fresh prompt; each moved span's keys get one delta rotation (core/positions.py). Buffers are
+allocated once and grow only if a stream needs more room than any chunk before it.
+
+`EvictionMode.NONE` never evicts (full attention); `EvictionMode.RECOMPUTE` keeps the same spans
+but drops all keys and values, and the session feeds the kept tokens again from scratch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from core.config import CachePolicy, EvictionMode
+from core.conversation import Part, Piece
+from core.positions import rotate, rotation, text_positions, vision_positions, vision_extent
+
+PREFIX_ROUND = -1
+_ROUND_FRAME = {Part.TURN_OPEN, Part.PROMPT_CLOSE}  # kept while the round keeps vision or text
+_ROUND_TEXT = {Part.TIME_LABEL, Part.ASSISTANT_OPEN, Part.REPLY, Part.REPLY_CLOSE}  # kept with the reply
+
+
+@dataclass
+class Span:
+    """A run of `length` cached tokens of one part of one round."""
+
+    part: Part
+    round: int
+    slot: int  # index of its first token in the buffers
+    pos: float  # position cursor at its first token
+    extent: float  # how far it advances the cursor
+    ids: list[int] = field(default_factory=list)
+    grid: tuple[int, int, int] | None = None  # merged video grid, for vision spans
+    dt: float = 0.0  # temporal position step, for vision spans
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class Eviction:
+    """What one eviction did."""
+
+    dropped: int  # tokens removed from the cache
+    retired: int  # reply tokens moved into the previous text
+    moved: int  # tokens whose slot or position changed
+    refeed: list[Span]  # RECOMPUTE only: spans to feed again, in order
+
+
+class StreamLayer(CacheLayerMixin):
+    """One layer's keys and values in preallocated buffers [1, kv_heads, capacity, head_dim]."""
+
+    is_compileable = False
+    is_sliding = False
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        super().__init__()
+        self.keys, self.values = keys, values
+        self.device = keys.device
+        self.length = 0
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Buffers exist from construction."""
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        end = self.length + key_states.shape[-2]
+        self.keys[:, :, self.length : end] = key_states
+        self.values[:, :, self.length : end] = value_states
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def get_mask_sizes(self, query_length, *args) -> tuple[int, int]:
+        q = query_length.shape[0] if isinstance(query_length, torch.Tensor) else int(query_length)
+        return self.length + q, 0
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+class StreamCache(Cache):
+    """A transformers `Cache` whose layers the policy above edits in place between forwards."""
+
+    def __init__(
+        self,
+        *,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        inv_freq: torch.Tensor,
+        policy: CachePolicy,
+        capacity: int = 1024,
+    ) -> None:
+        shape = (1, num_kv_heads, capacity, head_dim)
+        layers = [
+            StreamLayer(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+            for _ in range(num_layers)
+        ]
+        super().__init__(layers=layers)
+        self.policy = policy
+        self.inv_freq = inv_freq
+        self.spans: list[Span] = []
+        self.cursor = 0.0  # position of the next token
+        self.capacity = capacity
+
+    # -- the transformers Cache interface (sizes for the mask) ------------------------------------
+
+    def get_mask_sizes(self, query_length, layer_idx: int = 0) -> tuple[int, int]:
+        return self.layers[layer_idx].get_mask_sizes(query_length)
+
+    # -- bookkeeping -------------------------------------------------------------------------------
+
+    @property
+    def length(self) -> int:
+        """Tokens whose keys and values are in the buffers."""
+        return self.layers[0].length
+
+    @property
+    def reserved(self) -> int:
+        """Tokens registered in spans (equals `length` between forwards)."""
+        return sum(s.length for s in self.spans)
+
+    def token_ids(self) -> list[int]:
+        """The cached tokens in conversation order (vision tokens appear as the video pad id)."""
+        return [i for s in self.spans for i in s.ids]
+
+    def counts(self) -> dict[Part, int]:
+        out: dict[Part, int] = {}
+        for s in self.spans:
+            out[s.part] = out.get(s.part, 0) + s.length
+        return out
+
+    def ensure_capacity(self, extra: int) -> None:
+        """Grow the buffers (rarely: only past the largest size seen so far) to fit `extra` more tokens."""
+        need = self.reserved + extra
+        if need <= self.capacity:
+            return
+        capacity = max(need, int(self.capacity * 1.5))
+        for layer in self.layers:
+            for name in ("keys", "values"):
+                old = getattr(layer, name)
+                new = old.new_zeros(old.shape[0], old.shape[1], capacity, old.shape[3])
+                new[:, :, : layer.length] = old[:, :, : layer.length]
+                setattr(layer, name, new)
+        self.capacity = capacity
+
+    def reserve(
+        self,
+        pieces: list[Piece],
+        round: int,
+        *,
+        grid: tuple[int, int, int] | None = None,
+        dt: float = 0.0,
+        device: torch.device | None = None,
+    ) -> torch.Tensor:
+        """Register spans for tokens about to be fed and return their positions [3, n].
+
+        A vision piece (<|vision_start|> pads <|vision_end|>) needs the merged `grid` and step `dt`.
+        """
+        self.ensure_capacity(sum(len(p) for p in pieces))
+        positions = []
+        for piece in pieces:
+            if not piece.ids:
+                continue
+            if piece.part is Part.VISION:
+                if grid is None:
+                    raise ValueError("a vision piece needs its merged grid")
+                inner = vision_extent(grid, dt)
+                positions += [
+                    text_positions(self.cursor, 1, device),
+                    vision_positions(self.cursor + 1, grid, dt, device),
+                    text_positions(self.cursor + 1 + inner, 1, device),
+                ]
+                extent = inner + 2
+                span = Span(Part.VISION, round, self.reserved, self.cursor, extent, list(piece.ids), grid, dt)
+            else:
+                positions.append(text_positions(self.cursor, len(piece), device))
+                extent = float(len(piece))
+                span = Span(piece.part, round, self.reserved, self.cursor, extent, list(piece.ids))
+            self._append(span)
+            self.cursor += extent
+        return torch.cat(positions, dim=1) if positions else torch.empty(3, 0, device=device)
+
+    def _append(self, span: Span) -> None:
+        last = self.spans[-1] if self.spans else None
+        if last is not None and last.part is span.part and last.round == span.round and span.part is not Part.VISION:
+            last.ids.extend(span.ids)
+            last.extent += span.extent
+        else:
+            self.spans.append(span)
+
+    def split_tail(self, n: int, part: Part) -> None:
+        """Relabel the last `n` tokens of the last span as `part` (the generated reply's closing ids)."""
+        if n <= 0:
+            return
+        last = self.spans[-1]
+        if n > last.length or last.part is Part.VISION:
+            raise ValueError(f"cannot split {n} tokens off a {last.part.value} span of {last.length}")
+        if n == last.length:
+            last.part = part
+            return
+        head = last.length - n
+        tail = Span(part, last.round, last.slot + head, last.pos + head, float(n), last.ids[head:])
+        last.ids = last.ids[:head]
+        last.extent = float(head)
+        self.spans.append(tail)
+
+    # -- eviction ------------------------------------------------------------------------------------
+
+    def evict(self, round: int) -> Eviction:
+        """Apply the policy before round `round` is added; return what changed."""
+        if self.policy.mode is EvictionMode.NONE or not self.spans:
+            return Eviction(0, 0, 0, [])
+        kept, retired = self._plan(round)
+        before = self.reserved
+        if self.policy.mode is EvictionMode.RECOMPUTE:
+            self.spans, self.cursor = [], 0.0
+            for layer in self.layers:
+                layer.length = 0
+            return Eviction(before - sum(s.length for s in kept), retired, 0, kept)
+        moved = self._pack(kept)
+        return Eviction(before - self.reserved, retired, moved, [])
+
+    def _plan(self, round: int) -> tuple[list[Span], int]:
+        """Which spans survive, in conversation order, with retired replies moved into the previous text."""
+        policy = self.policy
+        prefix: dict[Part, list[Span]] = {Part.SYSTEM: [], Part.PREV_OPEN: [], Part.PREV_CONTENT: [], Part.PREV_CLOSE: []}
+        rounds: list[Span] = []
+        retired: list[Span] = []
+        for span in self.spans:
+            if span.round == PREFIX_ROUND:
+                prefix[span.part].append(span)
+                continue
+            vision_kept = span.round > round - policy.vision_window_chunks
+            text_kept = span.round > round - policy.text_window_replies
+            if span.part is Part.VISION:
+                keep = vision_kept
+            elif span.part in _ROUND_FRAME:
+                keep = vision_kept or text_kept
+            else:
+                keep = text_kept
+            if keep:
+                rounds.append(span)
+            elif span.part is Part.REPLY:
+                retired.append(span)
+        content = prefix[Part.PREV_CONTENT] + [replace(s, part=Part.PREV_CONTENT, round=PREFIX_ROUND) for s in retired]
+        content = _cut_middle(content, policy.sink_tokens, policy.text_window_tokens)
+        kept = prefix[Part.SYSTEM] + prefix[Part.PREV_OPEN] + content + prefix[Part.PREV_CLOSE] + rounds
+        return kept, sum(s.length for s in retired)
+
+    def _pack(self, kept: list[Span]) -> int:
+        """Move kept spans to the front in order, renumber them, delta-rotate the keys that moved."""
+        src, delta, new_spans = [], [], []
+        slot, cursor, first = 0, 0.0, None
+        for span in kept:
+            shift = cursor - span.pos
+            if first is None and (span.slot != slot or shift != 0):
+                first = slot
+            src.append(np.arange(span.slot, span.slot + span.length))
+            delta.append(np.full(span.length, shift))
+            new_spans.append(replace(span, slot=slot, pos=cursor, ids=list(span.ids)))
+            slot += span.length
+            cursor += span.extent
+        self.spans = []
+        for span in new_spans:
+            self._append_packed(span)
+        self.cursor = cursor
+        if first is None:
+            for layer in self.layers:
+                layer.length = slot
+            return 0
+        device = self.layers[0].keys.device
+        index = torch.from_numpy(np.concatenate(src)[first:]).to(device)
+        shifts = torch.from_numpy(np.concatenate(delta)[first:]).to(device)
+        cos, sin = rotation(shifts, self.inv_freq.to(device))
+        for layer in self.layers:
+            keys = layer.keys.index_select(2, index)  # a copy, so overlapping moves are safe
+            values = layer.values.index_select(2, index)
+            layer.keys[:, :, first:slot] = rotate(keys, cos, sin)
+            layer.values[:, :, first:slot] = values
+            layer.length = slot
+        return slot - first
+
+    def _append_packed(self, span: Span) -> None:
+        """Append a packed span, merging it into the previous one when they read as one run."""
+        last = self.spans[-1] if self.spans else None
+        if (
+            last is not None
+            and last.part is span.part
+            and last.round == span.round
+            and span.part is not Part.VISION
+            and last.slot + last.length == span.slot
+            and last.pos + last.extent == span.pos
+        ):
+            last.ids.extend(span.ids)
+            last.extent += span.extent
+        else:
+            self.spans.append(span)
+
+
+def _cut_middle(spans: list[Span], head: int, tail: int) -> list[Span]:
+    """Keep the first `head` and last `tail` tokens of a run of text spans, splitting spans at the cut."""
+    total = sum(s.length for s in spans)
+    if total <= head + tail:
+        return spans
+    cut_start, cut_end = head, total - tail  # token offsets [cut_start, cut_end) go
+    out, offset = [], 0
+    for span in spans:
+        lo, hi = offset, offset + span.length
+        offset = hi
+        keep_head = max(0, min(hi, cut_start) - lo)  # tokens of this span before the cut
+        keep_tail = max(0, hi - max(lo, cut_end))  # tokens of this span after the cut
+        if keep_head:
+            out.append(replace(span, ids=span.ids[:keep_head], extent=float(keep_head)))
+        if keep_tail:
+            skip = span.length - keep_tail
+            out.append(
+                replace(span, slot=span.slot + skip, pos=span.pos + skip, ids=span.ids[skip:], extent=float(keep_tail))
+            )
+    return out

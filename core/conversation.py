@@ -1,0 +1,160 @@
+"""The streaming conversation layout, as token pieces shared by the engine and the trainer.
+
+The StreamingVLM checkpoint was trained on exactly this layout (Qwen's chat format):
+
+    <|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n
+    <|im_start|>previous text\\n{context}<|im_end|>\\n
+    <|im_start|>user\\nTime=0.0-1.0s<|vision_start|>{video pads}<|vision_end|>{instruction}<|im_end|>\\n
+    <|im_start|>assistant\\n\\n word word ...<|im_end|>\\n
+    <|im_start|>user\\nTime=1.0-2.0s <|vision_start|>{video pads}<|vision_end|><|im_end|>\\n
+    <|im_start|>assistant\\n\\n ...<|im_end|>\\n                       (a silent second)
+
+Where the published training and inference code disagree we follow training, since that is
+what the weights saw: the reply opens with a newline after the assistant header (so the prompt
+ends in the tokenizer's merged double newline), later user turns carry a space after the time
+label, and the previous-text turn keeps the first `sink` and last `window` tokens of its
+content. The instruction, which training never shows, goes after the first chunk's video as the
+published inference does. Each piece is tokenized on its own; special tokens are written as ids,
+so no text is ever parsed for special tokens.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from core.model import DEFAULT_SYSTEM_PROMPT, StreamModel
+
+MARKER = " ..."  # every reply ends with it; the engine removes it at token level
+PREVIOUS_TEXT_ROLE = "previous text"
+
+
+class Part(enum.Enum):
+    """What a run of tokens is, which decides how long the cache keeps it."""
+
+    SYSTEM = "system"  # the system turn: kept forever
+    PREV_OPEN = "prev_open"  # <|im_start|>previous text\n: kept forever
+    PREV_CONTENT = "prev_content"  # previous text: sink kept forever, the rest a sliding window
+    PREV_CLOSE = "prev_close"  # <|im_end|>\n: kept forever
+    TURN_OPEN = "turn_open"  # <|im_start|>user\n: kept while any of its round is kept
+    TIME_LABEL = "time_label"  # Time=a.a-b.bs (+ question): kept with the reply
+    VISION = "vision"  # <|vision_start|> pads <|vision_end|>: the vision window
+    PROMPT_CLOSE = "prompt_close"  # instruction + <|im_end|>\n: kept while any of its round is kept
+    ASSISTANT_OPEN = "assistant_open"  # <|im_start|>assistant\n\n (+ answer): kept with the reply
+    REPLY = "reply"  # the words: the text window, then moved into the previous text
+    REPLY_CLOSE = "reply_close"  # ' ...<|im_end|>\n': kept with the reply
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A run of tokens of one part. Vision pieces hold the pad id once per vision token."""
+
+    part: Part
+    ids: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def time_label(t_start: float, t_end: float) -> str:
+    return f"Time={t_start:.1f}-{t_end:.1f}s"
+
+
+class Conversation:
+    """Builds the pieces of the layout above for one tokenizer."""
+
+    def __init__(self, model: StreamModel, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> None:
+        self.special = model.special
+        self._encode = model.encode
+        self.system_prompt = system_prompt
+        nl = self._encode("\n")
+        self.newline = tuple(nl)
+        self.marker = tuple(self._encode(MARKER))
+        self.turn_end = (self.special.im_end, *nl)
+        self.assistant_open = (self.special.im_start, *self._encode("assistant\n\n"))
+
+    def _turn_open(self, role: str) -> tuple[int, ...]:
+        return (self.special.im_start, *self._encode(f"{role}\n"))
+
+    # -- the fixed prefix ---------------------------------------------------------------------
+
+    def preamble(self, previous_text: str, sink_tokens: int, window_tokens: int) -> list[Piece]:
+        """System turn and previous-text turn, the content cut to its first `sink` + last `window` tokens."""
+        system = self._turn_open("system") + tuple(self._encode(self.system_prompt)) + self.turn_end
+        content = cut_middle(self._encode(previous_text.strip()) if previous_text else [], sink_tokens, window_tokens)
+        pieces = [Piece(Part.SYSTEM, system), Piece(Part.PREV_OPEN, self._turn_open(PREVIOUS_TEXT_ROLE))]
+        if content:
+            pieces.append(Piece(Part.PREV_CONTENT, tuple(content)))
+        pieces.append(Piece(Part.PREV_CLOSE, self.turn_end))
+        return pieces
+
+    # -- one round ------------------------------------------------------------------------------
+
+    def user_turn(
+        self,
+        t_start: float,
+        t_end: float,
+        vision_tokens: int,
+        *,
+        first: bool,
+        instruction: str | None = None,
+        question: str = "",
+    ) -> list[Piece]:
+        """The user turn of one chunk and the assistant header that prompts its reply."""
+        # Training writes 'Time=...s' + question on the first turn and 'Time=...s ' + question after.
+        label = time_label(t_start, t_end) + ("" if first else " ") + question
+        vision = (self.special.vision_start, *([self.special.video_pad] * vision_tokens), self.special.vision_end)
+        close = tuple(self._encode(instruction)) if (first and instruction) else ()
+        return [
+            Piece(Part.TURN_OPEN, self._turn_open("user")),
+            Piece(Part.TIME_LABEL, tuple(self._encode(label))),
+            Piece(Part.VISION, vision),
+            Piece(Part.PROMPT_CLOSE, close + self.turn_end),
+            Piece(Part.ASSISTANT_OPEN, self.assistant_open),
+        ]
+
+    def reply(self, words: str, answer: str = "") -> list[Piece]:
+        """A whole reply as the trainer writes it: words of this second, then the marker and turn end.
+
+        `words` is the text spoken in the second, each word prefixed by one space (empty when silent).
+        """
+        pieces = []
+        if answer:
+            # A QA answer precedes the commentary: 'assistant\n{answer}\n words ...'. The header then
+            # differs from the plain one, so the whole turn is tokenized as the template writes it.
+            header = (self.special.im_start, *self._encode(f"assistant\n{answer}\n"))
+            pieces.append(Piece(Part.ASSISTANT_OPEN, header))
+        if words:
+            pieces.append(Piece(Part.REPLY, tuple(self._encode(words))))
+        pieces.append(Piece(Part.REPLY_CLOSE, self.marker + self.turn_end))
+        return pieces
+
+    def close_reply(self, generated: list[int]) -> tuple[list[int], list[int], list[int]]:
+        """Split generated ids into (words, generated closing ids, ids still to feed).
+
+        The model ends a reply with the marker and <|im_end|>; whatever part of ' ...<|im_end|>\\n'
+        it did not generate (cut at max tokens, or no marker) is fed before the next turn so the
+        cache always holds the trained layout.
+        """
+        ids = list(generated)
+        closing: list[int] = []
+        if ids and ids[-1] == self.special.im_end:
+            closing = [ids.pop()]
+        marker = list(self.marker)
+        if marker and ids[-len(marker) :] == marker:
+            closing = ids[-len(marker) :] + closing
+            ids = ids[: -len(marker)]
+        if not closing:
+            to_feed = marker + list(self.turn_end)
+        elif closing[-1] == self.special.im_end:
+            to_feed = list(self.newline)
+        else:
+            to_feed = list(self.turn_end)
+        return ids, closing, to_feed
+
+
+def cut_middle(ids: list[int], head: int, tail: int) -> list[int]:
+    """Keep the first `head` and the last `tail` ids (all of them when there are no more than that)."""
+    if len(ids) <= head + tail:
+        return list(ids)
+    return list(ids[:head]) + (list(ids[-tail:]) if tail else [])

@@ -1,0 +1,394 @@
+"""The streaming engine: one model, many sessions; each session turns 1-second chunks into commentary.
+
+`StreamingEngine` holds the model and the three configs; `engine.start(...)` opens a `Session`
+for one stream. Per chunk, `Session.push(frames, t_start, t_end)`:
+
+1. vision: resize and patchify the frames (core/frames.py), run the vision tower;
+2. evict: apply the cache policy once, before the new user turn (core/cache.py);
+3. prefill: the previous reply's unfed closing tokens + this chunk's user turn, one forward;
+4. decode: sample up to `max_new_tokens`, one forward per token, stopping at <|im_end|>;
+5. return the reply, with the ` ...` marker removed at token level, as `Commentary`.
+
+The last sampled token is not fed at once: it opens the next chunk's prefill, which saves one
+forward per chunk. The only host synchronisation in the token loop is the `.item()` that decides
+whether to stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from core.cache import PREFIX_ROUND, StreamCache
+from core.config import CachePolicy, EvictionMode, GenerationConfig, StreamConfig
+from core.conversation import MARKER, Conversation, Part, Piece
+from core.frames import VideoInput, video_input
+from core.model import StreamModel
+from core.positions import temporal_step
+from core.sampling import TokenSampler
+from core.types import Commentary, Frame
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INSTRUCTION = "Commentate on this match"
+TokenCallback = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ChunkStats:
+    """Where one chunk's time went (milliseconds, device-synchronised) and what the cache holds after it."""
+
+    t_start: float
+    t_end: float
+    vision_ms: float
+    prefill_ms: float
+    decode_ms: float
+    vision_tokens: int
+    prefill_tokens: int
+    new_tokens: int
+    cached_tokens: int
+    max_position: float
+    evicted_tokens: int
+
+    @property
+    def total_ms(self) -> float:
+        return self.vision_ms + self.prefill_ms + self.decode_ms
+
+    @property
+    def decode_ms_per_token(self) -> float:
+        return self.decode_ms / max(1, self.new_tokens - 1)  # the last token is fed by the next prefill
+
+
+@dataclass
+class Trace:
+    """What a traced session fed and computed, for equivalence tests."""
+
+    videos: list[VideoInput] = field(default_factory=list)  # every chunk's vision input
+    logits: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (tokens cached after, logits [n, vocab])
+
+
+class StreamingEngine:
+    """Holds a model and the stream, cache and generation configs; opens sessions."""
+
+    def __init__(
+        self,
+        model: StreamModel,
+        *,
+        stream: StreamConfig | None = None,
+        cache: CachePolicy | None = None,
+        generation: GenerationConfig | None = None,
+    ) -> None:
+        self.model = model
+        self.stream = stream or StreamConfig()
+        self.cache_policy = cache or CachePolicy()
+        self.generation = generation or GenerationConfig()
+        self.conversation = Conversation(model)
+        self.dt = temporal_step(model.vision.tokens_per_second, model.vision.temporal_patch_size, self.stream.fps)
+
+    def start(
+        self,
+        instruction: str | None = DEFAULT_INSTRUCTION,
+        previous_text: str = "",
+        *,
+        on_token: TokenCallback | None = None,
+        seed: int | None = None,
+        trace: bool = False,
+    ) -> Session:
+        """Open a session for one stream; `previous_text` seeds the context (a title, earlier commentary)."""
+        return Session(self, instruction, previous_text, on_token=on_token, seed=seed, trace=trace)
+
+
+class Session:
+    """One stream's conversation with the model. Not thread-safe: push chunks from one thread."""
+
+    def __init__(
+        self,
+        engine: StreamingEngine,
+        instruction: str | None,
+        previous_text: str,
+        *,
+        on_token: TokenCallback | None,
+        seed: int | None,
+        trace: bool,
+    ) -> None:
+        self.engine = engine
+        model, policy = engine.model, engine.cache_policy
+        self.model, self.conv = model, engine.conversation
+        self.instruction = instruction
+        self.on_token = on_token
+        self.trace = Trace() if trace else None
+        self.cache = StreamCache(
+            num_layers=model.text.num_layers,
+            num_kv_heads=model.text.num_kv_heads,
+            head_dim=model.text.head_dim,
+            dtype=model.dtype,
+            device=model.device,
+            inv_freq=model.inv_freq,
+            policy=policy,
+        )
+        gen = engine.generation
+        if seed is not None:
+            from dataclasses import replace
+
+            gen = replace(gen, seed=seed)
+        self.generation = gen
+        self.sampler = TokenSampler(
+            gen,
+            valid_vocab=min(len(model.tokenizer), model.text.vocab_size),
+            stop_ids=[model.special.im_end, model.special.endoftext],
+            suppress_ids=[i for text in gen.suppress for i in model.encode(text)],
+            device=model.device,
+        )
+        self.round = 0
+        self.last_t_end = -float("inf")
+        self.last_stats: ChunkStats | None = None
+        self.closed = False
+        self._pending: list[Piece] = self.conv.preamble(previous_text, policy.sink_tokens, policy.text_window_tokens)
+        self._pending_round = PREFIX_ROUND
+        self._recent_replies: deque[list[int]] = deque(maxlen=max(1, gen.repetition_window_replies))
+        self._vision_features: dict[int, torch.Tensor] = {}  # RECOMPUTE only: kept rounds' vision tokens
+        self._budget_logged = False
+
+    # -- public interface ----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def push(self, frames: Sequence[np.ndarray | Frame], t_start: float, t_end: float) -> list[Commentary]:
+        """Feed one chunk of frames spanning [t_start, t_end) stream seconds; return its commentary."""
+        if self.closed:
+            raise RuntimeError("this session is closed; start a new one")
+        if not t_end > t_start:
+            raise ValueError(f"a chunk must end after it starts (got {t_start} to {t_end})")
+        if t_start < self.last_t_end - 1e-6:
+            raise ValueError(f"chunks must move forward in time (got {t_start} after {self.last_t_end})")
+        arrays = [f.rgb if isinstance(f, Frame) else f for f in frames]
+        model, cache, device = self.model, self.cache, self.model.device
+
+        clock = _Clock(device)
+        video = video_input(arrays, self.engine.stream, model.vision, device)
+        features = model.encode_video(video.pixel_values, video.grid_thw)  # [vision tokens, hidden]
+        vision_ms = clock.lap()
+        if self.trace is not None:
+            self.trace.videos.append(video)
+        self._log_budget(video.num_tokens)
+
+        eviction = cache.evict(self.round)
+        if cache.policy.mode is EvictionMode.RECOMPUTE:
+            self._vision_features[self.round] = features
+        embeds, positions = self._prefill_inputs(eviction.refeed, video, features, t_start, t_end)
+        logits = self._forward(embeds, positions)
+        prefill_ms = clock.lap()
+
+        generated = self._decode(logits)
+        decode_ms = clock.lap()
+        words = self._finish_reply(generated)
+
+        self.last_stats = ChunkStats(
+            t_start=t_start,
+            t_end=t_end,
+            vision_ms=vision_ms,
+            prefill_ms=prefill_ms,
+            decode_ms=decode_ms,
+            vision_tokens=video.num_tokens,
+            prefill_tokens=int(positions.shape[1]),
+            new_tokens=len(generated),
+            cached_tokens=cache.length,
+            max_position=cache.cursor,
+            evicted_tokens=eviction.dropped,
+        )
+        self.round += 1
+        self.last_t_end = t_end
+        text = model.decode(words).strip()
+        return [Commentary(t_start, t_end, text)] if text else []
+
+    def close(self) -> None:
+        """Free the cache. Safe to call twice."""
+        if not self.closed:
+            self.closed = True
+            self.cache = None  # type: ignore[assignment]
+            self._vision_features.clear()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- steps -----------------------------------------------------------------------------------------
+
+    def _prefill_inputs(
+        self, refeed, video: VideoInput, features: torch.Tensor, t_start: float, t_end: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings [n, hidden] and positions [3, n] of everything this chunk's prefill feeds."""
+        cache, model, device = self.cache, self.model, self.model.device
+        ids: list[int] = []
+        vision_slots: list[tuple[int, torch.Tensor]] = []  # (offset of the first pad, features)
+        positions = []
+
+        def add(pieces: list[Piece], round: int, grid=None, dt=0.0, feats=None) -> None:
+            for piece in pieces:
+                if piece.part is Part.VISION:
+                    vision_slots.append((len(ids) + 1, feats))
+                ids.extend(piece.ids)
+            positions.append(cache.reserve(pieces, round, grid=grid, dt=dt, device=device))
+
+        for span in refeed:  # RECOMPUTE: the kept conversation again, from position 0
+            piece = Piece(span.part, tuple(span.ids))
+            feats = self._vision_features.get(span.round) if span.part is Part.VISION else None
+            add([piece], span.round, span.grid, span.dt, feats)
+        if cache.policy.mode is EvictionMode.RECOMPUTE:
+            kept_rounds = {s.round for s in refeed if s.part is Part.VISION} | {self.round}
+            self._vision_features = {r: f for r, f in self._vision_features.items() if r in kept_rounds}
+        if self._pending and self._round_text_kept(self._pending_round):
+            add(self._pending, self._pending_round)
+        self._pending = []
+        turn = self.conv.user_turn(
+            t_start, t_end, video.num_tokens, first=self.round == 0, instruction=self.instruction
+        )
+        add(turn, self.round, video.merged_grid, self.engine.dt, features)
+
+        embeds = model.embed(torch.tensor(ids, dtype=torch.long, device=device))
+        for offset, feats in vision_slots:
+            embeds[offset : offset + feats.shape[0]] = feats
+        return embeds, torch.cat(positions, dim=1)
+
+    def _round_text_kept(self, round: int) -> bool:
+        policy = self.cache.policy
+        return round == PREFIX_ROUND or not policy.evicts or round > self.round - policy.text_window_replies
+
+    def _forward(self, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        tracing = self.trace is not None
+        logits = self.model.forward(embeds, positions, self.cache, all_logits=tracing)
+        if tracing:
+            self.trace.logits.append((self.cache.length, logits.detach().cpu()))
+            logits = logits[-1]
+        return logits
+
+    def _decode(self, logits: torch.Tensor) -> list[int]:
+        """Sample the reply; every sampled token but the last is fed (the next prefill feeds that one)."""
+        gen, model, device = self.generation, self.model, self.model.device
+        recent_ids = [i for reply in self._recent_replies for i in reply]
+        recent = torch.tensor(recent_ids, dtype=torch.long, device=device)
+        stop = {model.special.im_end, model.special.endoftext}
+        text = _TextStream(model, self.conv.marker, self.on_token) if self.on_token else None
+        generated: list[int] = []
+        for step in range(gen.max_new_tokens):
+            token = self.sampler(logits, recent, step)
+            token_id = int(token.item())  # the one host sync per token: do we stop?
+            generated.append(token_id)
+            if text is not None:
+                text.push(token_id)
+            if token_id in stop or step == gen.max_new_tokens - 1:
+                break
+            recent = torch.cat([recent, token.view(1)])
+            positions = self.cache.reserve([Piece(Part.REPLY, (token_id,))], self.round, device=device)
+            logits = self._forward(model.embed(token.view(1)), positions)
+        if text is not None:
+            text.finish()
+        return generated
+
+    def _finish_reply(self, generated: list[int]) -> list[int]:
+        """Label the cached reply tokens, queue the unfed ones for the next prefill, return the words."""
+        words, closing, to_feed = self.conv.close_reply(generated)
+        cached = len(generated) - 1  # all but the last sampled token are in the cache
+        self.cache.split_tail(max(0, cached - len(words)), Part.REPLY_CLOSE)
+        unfed_words = words[cached:]
+        unfed_close = (closing + to_feed)[max(0, cached - len(words)) :]
+        self._pending = [p for p in (Piece(Part.REPLY, tuple(unfed_words)), Piece(Part.REPLY_CLOSE, tuple(unfed_close))) if p.ids]
+        self._pending_round = self.round
+        self._recent_replies.append(words)
+        if self.cache.policy.evicts and self.cache.policy.text_window_replies <= 1:
+            # This round's reply retires at the next eviction, before a prefill could feed its tail.
+            self._flush_pending()
+        return words
+
+    def _flush_pending(self) -> None:
+        if not self._pending:
+            return
+        ids = [i for p in self._pending for i in p.ids]
+        positions = self.cache.reserve(self._pending, self._pending_round, device=self.model.device)
+        self._forward(self.model.embed(torch.tensor(ids, device=self.model.device)), positions)
+        self._pending = []
+
+    def _log_budget(self, vision_tokens: int) -> None:
+        if self._budget_logged:
+            return
+        self._budget_logged = True
+        policy = self.cache.policy
+        if not policy.evicts:
+            log.info("cache policy: none (full attention); the cache grows with the stream")
+            return
+        fixed = sum(len(p) for p in self._pending if p.part is not Part.PREV_CONTENT)
+        text_per_round = 40 + self.generation.max_new_tokens
+        budget = policy.budget(
+            fixed_tokens=fixed,
+            vision_tokens_per_chunk=vision_tokens + 2,
+            text_tokens_per_round=text_per_round,
+            bytes_per_token=self.model.text.kv_bytes_per_token(self.model.dtype),
+        )
+        log.info("cache policy: %s; steady state at most about %s", policy.mode.value, budget)
+
+
+class _Clock:
+    """Wall-clock laps, synchronised with the device so GPU work is counted where it happens."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.last = self._now()
+
+    def _now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def lap(self) -> float:
+        now = self._now()
+        elapsed, self.last = (now - self.last) * 1000.0, now
+        return elapsed
+
+
+class _TextStream:
+    """Turns tokens into text deltas for `on_token`, holding back what may turn out to be the marker."""
+
+    def __init__(self, model: StreamModel, marker: tuple[int, ...], callback: TokenCallback) -> None:
+        self.model, self.marker, self.callback = model, list(marker), callback
+        self.stop = {model.special.im_end, model.special.endoftext}
+        self.ids: list[int] = []
+        self.sent = ""
+
+    def push(self, token_id: int) -> None:
+        if token_id in self.stop:
+            return
+        self.ids.append(token_id)
+        hold = _marker_prefix_overlap(self.ids, self.marker)
+        self._emit(self.ids[: len(self.ids) - hold])
+
+    def finish(self) -> None:
+        ids = self.ids
+        if self.marker and ids[-len(self.marker) :] == self.marker:
+            ids = ids[: -len(self.marker)]
+        self._emit(ids)
+
+    def _emit(self, ids: list[int]) -> None:
+        text = self.model.decode(ids)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
+            return
+        if len(text) > len(self.sent) and text.startswith(self.sent):
+            self.callback(text[len(self.sent) :])
+            self.sent = text
+
+
+def _marker_prefix_overlap(ids: list[int], marker: list[int]) -> int:
+    """How many trailing ids could be the start of the marker."""
+    for k in range(min(len(ids), len(marker)), 0, -1):
+        if ids[-k:] == marker[:k]:
+            return k
+    return 0
+
+
+__all__ = ["MARKER", "ChunkStats", "Session", "StreamingEngine", "Trace"]
