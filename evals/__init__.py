@@ -1,0 +1,1 @@
+"""Headless benchmarks: `python -m evals <name>`; `python -m evals list` shows them."""

@@ -1,0 +1,75 @@
+"""`python -m evals ceilings`: the two hardware ceilings every speed figure is judged against.
+
+bf16 matrix-multiply rate (TFLOP/s, an 8192^3 product on random data) and device copy bandwidth
+(GB/s, bytes read plus bytes written by a 2 GiB device-to-device copy), timed with CUDA events,
+median of repeats after warm-up. On a CPU it reports the same two numbers for the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from evals.registry import register
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, default=None, help="write ceilings.json here")
+
+
+def _time_ms(fn, device: torch.device, repeats: int = 20) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def measure(device: torch.device) -> dict:
+    cuda = device.type == "cuda"
+    n = 8192 if cuda else 1024
+    dtype = torch.bfloat16 if cuda else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    matmul_ms = _time_ms(lambda: a @ b, device)
+    size = (2 if cuda else 0.25) * 2**30
+    src = torch.randn(int(size // 2), device=device, dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    copy_ms = _time_ms(lambda: dst.copy_(src), device)
+    return {
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+        "matmul_dtype": str(dtype),
+        "matmul_tflops": 2 * n**3 / (matmul_ms / 1000) / 1e12,
+        "copy_gbps": 2 * src.numel() * src.element_size() / (copy_ms / 1000) / 1e9,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    from core.model import resolve_device
+
+    result = measure(resolve_device(args.device))
+    print(json.dumps(result, indent=1))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "ceilings.json").write_text(json.dumps(result, indent=1))
+    return 0
+
+
+register("ceilings", "measured bf16 matmul rate and device copy bandwidth", add_arguments, run)

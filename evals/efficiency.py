@@ -1,0 +1,293 @@
+"""`python -m evals efficiency`: per-chunk latency and memory of the engine against stream length.
+
+Streams N seconds of video (a file, or synthetic frames at a chosen resolution) through each
+cache policy in turn: `streaming` (the method), `recompute` (the same windows rebuilt every
+chunk) and `none` (full attention, the cache grows until memory runs out). Every chunk is forced
+to generate the same number of tokens so the work is comparable. Reports, per chunk: vision,
+prefill and decode time, ms per generated token, cached tokens and peak memory; then a markdown
+table, a JSON file and PNG plots against stream time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import platform
+import statistics
+import subprocess
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+
+from core.config import CachePolicy, EvictionMode, GenerationConfig, StreamConfig
+from core.engine import StreamingEngine
+from core.errors import ConfigError
+from evals.registry import register
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="checkpoint folder or hub id")
+    which.add_argument("--random-weights", choices=["7b", "tiny"], help="full-size (or tiny) random weights")
+    parser.add_argument("--source", type=Path, help="video file to stream (default: synthetic frames)")
+    parser.add_argument("--seconds", type=int, default=60, help="stream length in seconds")
+    parser.add_argument("--resolution", default="1280x720", help="synthetic frame size WxH")
+    parser.add_argument("--fps", type=float, default=2.0)
+    parser.add_argument("--tokens", type=int, default=20, help="tokens forced per chunk")
+    parser.add_argument("--policies", default="streaming,recompute,none", help="comma-separated cache modes")
+    parser.add_argument("--warmup", type=int, default=2, help="first chunks left out of the summary")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/efficiency-TIME)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--attn", default="auto")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from core.model import build_random_model, load_model
+
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    modes = {m.value: m for m in EvictionMode}
+    unknown = [p for p in policies if p not in modes]
+    if unknown:
+        raise ConfigError(f"unknown policies {', '.join(unknown)}; use {', '.join(modes)}")
+    width, height = _resolution(args.resolution)
+    out = args.out or Path("runs") / f"efficiency-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    console = Console(stderr=True)
+
+    started = time.perf_counter()
+    if args.random_weights:
+        model = build_random_model(args.random_weights, device=args.device, dtype=args.dtype, attn=args.attn)
+    else:
+        model = load_model(args.model, device=args.device, dtype=args.dtype, attn=args.attn)
+    load_s = time.perf_counter() - started
+    stream = StreamConfig(fps=args.fps)
+    generation = GenerationConfig(max_new_tokens=args.tokens, min_new_tokens=args.tokens, seed=0)
+    frames = _frame_source(args, stream, width, height)
+
+    meta = {
+        "model": model.name,
+        "device": _device_name(model.device),
+        "dtype": str(model.dtype),
+        "attention": model.attention_backend,
+        "resolution": f"{width}x{height}" if not args.source else str(args.source),
+        "fps": args.fps,
+        "tokens_per_chunk": args.tokens,
+        "seconds": args.seconds,
+        "model_load_s": round(load_s, 2),
+        "versions": {"torch": torch.__version__, "transformers": _version("transformers"), "python": platform.python_version()},
+        "git": _git_revision(),
+    }
+    rows: list[dict] = []
+    status: dict[str, str] = {}
+    with Progress(console=console) as progress:
+        for policy in policies:
+            engine = StreamingEngine(model, stream=stream, cache=CachePolicy(mode=modes[policy]), generation=generation)
+            session = engine.start(previous_text="")
+            task = progress.add_task(policy, total=args.seconds)
+            status[policy] = "ok"
+            for k, chunk_frames in zip(range(args.seconds), frames()):
+                _reset_peak(model.device)
+                try:
+                    session.push(chunk_frames, k * stream.chunk_seconds, (k + 1) * stream.chunk_seconds)
+                except torch.OutOfMemoryError:
+                    status[policy] = f"out of memory at {k * stream.chunk_seconds:.0f} s"
+                    break
+                stats = session.last_stats
+                rows.append(
+                    {
+                        "policy": policy,
+                        "chunk": k,
+                        **asdict(stats),
+                        "total_ms": stats.total_ms,
+                        "decode_ms_per_token": stats.decode_ms_per_token,
+                        "peak_memory_gib": _peak_gib(model.device),
+                    }
+                )
+                progress.advance(task)
+            session.close()
+            del session
+            if model.device.type == "cuda":
+                torch.cuda.empty_cache()
+            _write(out, meta, rows, policies, status, args.warmup, stream.chunk_seconds)
+
+    table = _write(out, meta, rows, policies, status, args.warmup, stream.chunk_seconds)
+    console.print(f"wrote {out}/results.json, table.md and latency_memory.png")
+    print(table)
+    return 0
+
+
+def _write(out: Path, meta: dict, rows: list[dict], policies, status, warmup: int, chunk_seconds: float) -> str:
+    """Write results.json, table.md and the plot (after each policy too, so a cut-off run keeps its data)."""
+    summary = _summarise(rows, policies, status, warmup, chunk_seconds)
+    (out / "results.json").write_text(json.dumps({"meta": meta, "summary": summary, "chunks": rows}, indent=1))
+    table = _markdown(meta, summary)
+    (out / "table.md").write_text(table)
+    _plot(rows, policies, out)
+    return table
+
+
+register("efficiency", "latency and memory per chunk against stream length, per cache policy", add_arguments, run)
+
+
+# -- pieces ----------------------------------------------------------------------------------------
+
+
+def _resolution(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"resolution must look like 1280x720 (got {text!r})") from None
+    return width, height
+
+
+def _frame_source(args, stream: StreamConfig, width: int, height: int):
+    """A factory of per-chunk frame lists; synthetic frames cycle through a small pool (content does
+    not change the cost, and a 1000-second HD stream would not fit in memory)."""
+    if args.source:
+        from core.sampler import chunks
+        from core.sources import FileSource
+
+        def from_file():
+            with FileSource(args.source, fps=stream.fps) as source:
+                for chunk in chunks(source, stream):
+                    yield chunk.frames
+
+        return from_file
+    from core.synthetic import synthetic_frames
+
+    n = stream.frames_per_chunk
+    pool = list(itertools.islice(synthetic_frames(width, height, stream.fps, 10.0), 10 * n))
+    pool = [np.ascontiguousarray(f) for f in pool]
+
+    def synthetic():
+        for k in itertools.count():
+            start = (k * n) % len(pool)
+            yield [pool[(start + i) % len(pool)] for i in range(n)]
+
+    return synthetic
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return psutil.Process().memory_info().rss / 2**30
+
+
+def _summarise(rows, policies, status, warmup: int, chunk_seconds: float) -> list[dict]:
+    summary = []
+    for policy in policies:
+        mine = [r for r in rows if r["policy"] == policy]
+        steady = mine[warmup:] or mine
+        if not steady:
+            summary.append({"policy": policy, "status": status.get(policy, "no chunks")})
+            continue
+
+        def med(key):
+            return statistics.median(r[key] for r in steady)
+
+        summary.append(
+            {
+                "policy": policy,
+                "chunks": len(mine),
+                "vision_ms": med("vision_ms"),
+                "prefill_ms": med("prefill_ms"),
+                "decode_ms": med("decode_ms"),
+                "decode_ms_per_token": med("decode_ms_per_token"),
+                "total_ms": med("total_ms"),
+                "last_total_ms": mine[-1]["total_ms"],
+                "cached_tokens_end": mine[-1]["cached_tokens"],
+                "peak_memory_gib": max(r["peak_memory_gib"] for r in mine),
+                "realtime_factor": chunk_seconds * 1000.0 / med("total_ms"),
+                "status": status.get(policy, "ok"),
+            }
+        )
+    return summary
+
+
+def _markdown(meta: dict, summary: list[dict]) -> str:
+    lines = [
+        f"Model {meta['model']} on {meta['device']} ({meta['dtype']}, {meta['attention']}), {meta['resolution']} at "
+        f"{meta['fps']:g} FPS, {meta['tokens_per_chunk']} tokens forced per chunk, {meta['seconds']} s stream. "
+        "Medians over chunks after warm-up; ms per token counts the decode forwards.",
+        "",
+        "| policy | vision ms | prefill ms | decode ms | ms/token | total ms | last chunk ms | cached tokens | peak GiB | x real time | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summary:
+        if "vision_ms" not in s:
+            lines.append(f"| {s['policy']} | | | | | | | | | | {s['status']} |")
+            continue
+        lines.append(
+            f"| {s['policy']} | {s['vision_ms']:.1f} | {s['prefill_ms']:.1f} | {s['decode_ms']:.1f} | "
+            f"{s['decode_ms_per_token']:.2f} | {s['total_ms']:.1f} | {s['last_total_ms']:.1f} | {s['cached_tokens_end']:,} | "
+            f"{s['peak_memory_gib']:.2f} | {s['realtime_factor']:.2f} | {s['status']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _plot(rows: list[dict], policies: list[str], out: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed; skipping plots (pip install 'streamvlm[eval]')")
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for policy in policies:
+        mine = [r for r in rows if r["policy"] == policy]
+        if not mine:
+            continue
+        t = [r["t_end"] for r in mine]
+        axes[0].plot(t, [r["total_ms"] for r in mine], label=policy)
+        axes[1].plot(t, [r["peak_memory_gib"] for r in mine], label=policy)
+    axes[0].set(xlabel="stream time (s)", ylabel="ms per 1-s chunk", title="latency per chunk")
+    axes[1].set(xlabel="stream time (s)", ylabel="peak memory (GiB)", title="memory")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "latency_memory.png", dpi=120)
+    plt.close(fig)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {psutil.cpu_count()} threads)"
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _git_revision() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        ).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
