@@ -91,7 +91,9 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
     for name, cls in sections.items():
         current = getattr(base, name)
         values = {f.name: getattr(current, f.name) for f in fields(cls)}
-        parts[name] = config_from_mapping(cls, {**values, **changes[name]}, name) if changes[name] else current
+        parts[name] = (
+            config_from_mapping(cls, {**values, **changes[name]}, name) if changes[name] else current
+        )
     return replace(base, **parts)
 
 
@@ -110,7 +112,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     source = FileSource(args.source, fps=config.stream.fps, realtime=args.realtime)  # fails fast on bad input
     with console.status(f"loading model {args.model}"):
         model = load_model(args.model, device=args.device, dtype=args.dtype, attn=args.attn)
-    log.info("model %s on %s (%s, attention %s)", model.name, model.device, model.dtype, model.attention_backend)
+    log.info(
+        "model %s on %s (%s, attention %s)", model.name, model.device, model.dtype, model.attention_backend
+    )
     engine = StreamingEngine(model, stream=config.stream, cache=config.cache, generation=config.generation)
     instruction = args.instruction if args.instruction is not None else DEFAULT_INSTRUCTION
     session = engine.start(instruction=instruction, previous_text=args.previous_text)

@@ -29,7 +29,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from core.config import CachePolicy, EvictionMode
 from core.conversation import Part, Piece
-from core.positions import rotate, rotation, text_positions, vision_positions, vision_extent
+from core.positions import rotate, rotation, text_positions, vision_extent, vision_positions
 
 PREFIX_ROUND = -1
 _ROUND_FRAME = {Part.TURN_OPEN, Part.PROMPT_CLOSE}  # kept while the round keeps vision or text
@@ -118,7 +118,9 @@ class StreamCache(Cache):
     ) -> None:
         shape = (1, num_kv_heads, capacity, head_dim)
         layers = [
-            StreamLayer(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+            StreamLayer(
+                torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device)
+            )
             for _ in range(num_layers)
         ]
         super().__init__(layers=layers)
@@ -208,7 +210,12 @@ class StreamCache(Cache):
 
     def _append(self, span: Span) -> None:
         last = self.spans[-1] if self.spans else None
-        if last is not None and last.part is span.part and last.round == span.round and span.part is not Part.VISION:
+        if (
+            last is not None
+            and last.part is span.part
+            and last.round == span.round
+            and span.part is not Part.VISION
+        ):
             last.ids.extend(span.ids)
             last.extent += span.extent
         else:
@@ -249,7 +256,12 @@ class StreamCache(Cache):
     def _plan(self, round: int) -> tuple[list[Span], int]:
         """Which spans survive, in conversation order, with retired replies moved into the previous text."""
         policy = self.policy
-        prefix: dict[Part, list[Span]] = {Part.SYSTEM: [], Part.PREV_OPEN: [], Part.PREV_CONTENT: [], Part.PREV_CLOSE: []}
+        prefix: dict[Part, list[Span]] = {
+            Part.SYSTEM: [],
+            Part.PREV_OPEN: [],
+            Part.PREV_CONTENT: [],
+            Part.PREV_CLOSE: [],
+        }
         rounds: list[Span] = []
         retired: list[Span] = []
         for span in self.spans:
@@ -268,7 +280,9 @@ class StreamCache(Cache):
                 rounds.append(span)
             elif span.part is Part.REPLY:
                 retired.append(span)
-        content = prefix[Part.PREV_CONTENT] + [replace(s, part=Part.PREV_CONTENT, round=PREFIX_ROUND) for s in retired]
+        content = prefix[Part.PREV_CONTENT] + [
+            replace(s, part=Part.PREV_CONTENT, round=PREFIX_ROUND) for s in retired
+        ]
         content = _cut_middle(content, policy.sink_tokens, policy.text_window_tokens)
         kept = prefix[Part.SYSTEM] + prefix[Part.PREV_OPEN] + content + prefix[Part.PREV_CLOSE] + rounds
         return kept, sum(s.length for s in retired)
@@ -340,6 +354,12 @@ def _cut_middle(spans: list[Span], head: int, tail: int) -> list[Span]:
         if keep_tail:
             skip = span.length - keep_tail
             out.append(
-                replace(span, slot=span.slot + skip, pos=span.pos + skip, ids=span.ids[skip:], extent=float(keep_tail))
+                replace(
+                    span,
+                    slot=span.slot + skip,
+                    pos=span.pos + skip,
+                    ids=span.ids[skip:],
+                    extent=float(keep_tail),
+                )
             )
     return out

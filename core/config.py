@@ -40,10 +40,11 @@ class StreamConfig:
     max_pixels: int = 768 * PATCH_FACTOR * PATCH_FACTOR
 
     def __post_init__(self) -> None:
+        _coerce_fields(self, "stream")
         problems = []
-        if not self.fps > 0:
+        if not (self.fps > 0 and math.isfinite(self.fps)):
             problems.append(f"fps must be positive (got {self.fps})")
-        if not self.chunk_seconds > 0:
+        if not (self.chunk_seconds > 0 and math.isfinite(self.chunk_seconds)):
             problems.append(f"chunk_seconds must be positive (got {self.chunk_seconds})")
         elif self.fps > 0:
             n = self.fps * self.chunk_seconds
@@ -52,7 +53,9 @@ class StreamConfig:
                     f"fps x chunk_seconds must be a whole number of frames (got {self.fps} x {self.chunk_seconds})"
                 )
         if self.min_pixels < PATCH_FACTOR * PATCH_FACTOR:
-            problems.append(f"min_pixels must be at least {PATCH_FACTOR}x{PATCH_FACTOR} (got {self.min_pixels})")
+            problems.append(
+                f"min_pixels must be at least {PATCH_FACTOR}x{PATCH_FACTOR} (got {self.min_pixels})"
+            )
         if self.max_pixels < self.min_pixels:
             problems.append(f"max_pixels ({self.max_pixels}) must be >= min_pixels ({self.min_pixels})")
         _raise_if(problems, "stream")
@@ -84,8 +87,7 @@ class CachePolicy:
     text_window_replies: int = 16  # replies kept in place before they retire into previous text
 
     def __post_init__(self) -> None:
-        if isinstance(self.mode, str):
-            object.__setattr__(self, "mode", _enum_value(EvictionMode, self.mode, "cache.mode"))
+        _coerce_fields(self, "cache")
         problems = []
         for name in ("sink_tokens", "text_window_tokens"):
             if getattr(self, name) < 0:
@@ -100,11 +102,18 @@ class CachePolicy:
         return self.mode is not EvictionMode.NONE
 
     def budget(
-        self, *, fixed_tokens: int, vision_tokens_per_chunk: int, text_tokens_per_round: int, bytes_per_token: int
+        self,
+        *,
+        fixed_tokens: int,
+        vision_tokens_per_chunk: int,
+        text_tokens_per_round: int,
+        bytes_per_token: int,
     ) -> CacheBudget:
         """Steady-state cache size: the fixed prefix, the previous-text windows and the round windows."""
         if not self.evicts:
-            raise ConfigError("a cache that never evicts has no steady-state budget; it grows with the stream")
+            raise ConfigError(
+                "a cache that never evicts has no steady-state budget; it grows with the stream"
+            )
         tokens = (
             fixed_tokens
             + self.sink_tokens
@@ -130,6 +139,7 @@ class GenerationConfig:
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        _coerce_fields(self, "generation")
         problems = []
         if self.max_new_tokens < 1:
             problems.append(f"max_new_tokens must be >= 1 (got {self.max_new_tokens})")
@@ -137,13 +147,13 @@ class GenerationConfig:
             problems.append(
                 f"min_new_tokens must be between 0 and max_new_tokens={self.max_new_tokens} (got {self.min_new_tokens})"
             )
-        if self.temperature < 0 or math.isnan(self.temperature):
-            problems.append(f"temperature must be >= 0 (got {self.temperature})")
+        if not (0 <= self.temperature < math.inf):
+            problems.append(f"temperature must be a finite number >= 0 (got {self.temperature})")
         if not 0 < self.top_p <= 1:
             problems.append(f"top_p must be in (0, 1] (got {self.top_p})")
         if self.top_k < 0:
             problems.append(f"top_k must be >= 0 (got {self.top_k})")
-        if not self.repetition_penalty > 0:
+        if not (0 < self.repetition_penalty < math.inf):
             problems.append(f"repetition_penalty must be > 0 (got {self.repetition_penalty})")
         if self.repetition_window_replies < 0:
             problems.append(f"repetition_window_replies must be >= 0 (got {self.repetition_window_replies})")
@@ -166,15 +176,27 @@ class EngineConfig:
 _SECTIONS = {"stream": StreamConfig, "cache": CachePolicy, "generation": GenerationConfig}
 
 
-def config_from_mapping(cls: type, values: dict[str, Any], where: str) -> Any:
+def config_from_mapping(cls: type, values: Any, where: str) -> Any:
     """Build a config dataclass from a plain mapping; unknown keys and wrong types are errors."""
-    hints = typing.get_type_hints(cls)
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where} must be a mapping of settings (got {type(values).__name__}: {values!r})")
     known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
+    unknown = sorted(str(key) for key in values if key not in known)
     if unknown:
-        raise ConfigError(f"unknown {where} setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    kwargs = {name: _coerce(hints[name], value, f"{where}.{name}") for name, value in values.items()}
-    return cls(**kwargs)
+        raise ConfigError(
+            f"unknown {where} setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    return cls(**values)
+
+
+def _coerce_fields(config: Any, section: str) -> None:
+    """Check every field's type (ints become floats where a float is due, strings become enums)."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        coerced = _coerce(hints[f.name], value, f"{section}.{f.name}")
+        if coerced is not value:
+            object.__setattr__(config, f.name, coerced)
 
 
 def load_config_file(path: str | Path) -> EngineConfig:
@@ -186,13 +208,17 @@ def load_config_file(path: str | Path) -> EngineConfig:
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"config file '{path}' is not valid {path.suffix.lstrip('.').upper()}: {exc}") from None
+        raise ConfigError(
+            f"config file '{path}' is not valid {path.suffix.lstrip('.').upper()}: {exc}"
+        ) from None
     data = data or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping of sections ({', '.join(_SECTIONS)})")
-    unknown = sorted(set(data) - set(_SECTIONS))
+    unknown = sorted(str(key) for key in data if key not in _SECTIONS)
     if unknown:
-        raise ConfigError(f"unknown section(s) {', '.join(unknown)} in '{path}'; known: {', '.join(_SECTIONS)}")
+        raise ConfigError(
+            f"unknown section(s) {', '.join(unknown)} in '{path}'; known: {', '.join(_SECTIONS)}"
+        )
     parts = {name: config_from_mapping(cls, data.get(name) or {}, name) for name, cls in _SECTIONS.items()}
     return EngineConfig(**parts)
 
@@ -213,7 +239,10 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
                 return float(value)
             if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
                 return value
-    raise ConfigError(f"{where} has the wrong type: {value!r}")
+    names = " or ".join(getattr(a, "__name__", str(a)) for a in allowed)
+    raise ConfigError(
+        f"{where} has the wrong type: it must be {names} (got {type(value).__name__}: {value!r})"
+    )
 
 
 def _enum_value(cls: type[enum.Enum], value: Any, where: str) -> enum.Enum:

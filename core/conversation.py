@@ -81,7 +81,9 @@ class Conversation:
     def preamble(self, previous_text: str, sink_tokens: int, window_tokens: int) -> list[Piece]:
         """System turn and previous-text turn, the content cut to its first `sink` + last `window` tokens."""
         system = self._turn_open("system") + tuple(self._encode(self.system_prompt)) + self.turn_end
-        content = cut_middle(self._encode(previous_text.strip()) if previous_text else [], sink_tokens, window_tokens)
+        content = cut_middle(
+            self._encode(previous_text.strip()) if previous_text else [], sink_tokens, window_tokens
+        )
         pieces = [Piece(Part.SYSTEM, system), Piece(Part.PREV_OPEN, self._turn_open(PREVIOUS_TEXT_ROLE))]
         if content:
             pieces.append(Piece(Part.PREV_CONTENT, tuple(content)))
@@ -103,7 +105,11 @@ class Conversation:
         """The user turn of one chunk and the assistant header that prompts its reply."""
         # Training writes 'Time=...s' + question on the first turn and 'Time=...s ' + question after.
         label = time_label(t_start, t_end) + ("" if first else " ") + question
-        vision = (self.special.vision_start, *([self.special.video_pad] * vision_tokens), self.special.vision_end)
+        vision = (
+            self.special.vision_start,
+            *([self.special.video_pad] * vision_tokens),
+            self.special.vision_end,
+        )
         close = tuple(self._encode(instruction)) if (first and instruction) else ()
         return [
             Piece(Part.TURN_OPEN, self._turn_open("user")),

@@ -70,7 +70,9 @@ class Trace:
     """What a traced session fed and computed, for equivalence tests."""
 
     videos: list[VideoInput] = field(default_factory=list)  # every chunk's vision input
-    logits: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (tokens cached after, logits [n, vocab])
+    logits: list[tuple[int, torch.Tensor]] = field(
+        default_factory=list
+    )  # (tokens cached after, logits [n, vocab])
 
 
 class StreamingEngine:
@@ -89,7 +91,9 @@ class StreamingEngine:
         self.cache_policy = cache or CachePolicy()
         self.generation = generation or GenerationConfig()
         self.conversation = Conversation(model)
-        self.dt = temporal_step(model.vision.tokens_per_second, model.vision.temporal_patch_size, self.stream.fps)
+        self.dt = temporal_step(
+            model.vision.tokens_per_second, model.vision.temporal_patch_size, self.stream.fps
+        )
 
     def start(
         self,
@@ -149,7 +153,9 @@ class Session:
         self.last_t_end = -float("inf")
         self.last_stats: ChunkStats | None = None
         self.closed = False
-        self._pending: list[Piece] = self.conv.preamble(previous_text, policy.sink_tokens, policy.text_window_tokens)
+        self._pending: list[Piece] = self.conv.preamble(
+            previous_text, policy.sink_tokens, policy.text_window_tokens
+        )
         self._pending_round = PREFIX_ROUND
         self._recent_replies: deque[list[int]] = deque(maxlen=max(1, gen.repetition_window_replies))
         self._vision_features: dict[int, torch.Tensor] = {}  # RECOMPUTE only: kept rounds' vision tokens
@@ -203,7 +209,7 @@ class Session:
         )
         self.round += 1
         self.last_t_end = t_end
-        text = model.decode(words).strip()
+        text = _one_line(model.decode(words))
         return [Commentary(t_start, t_end, text)] if text else []
 
     def close(self) -> None:
@@ -299,7 +305,11 @@ class Session:
         self.cache.split_tail(max(0, cached - len(words)), Part.REPLY_CLOSE)
         unfed_words = words[cached:]
         unfed_close = (closing + to_feed)[max(0, cached - len(words)) :]
-        self._pending = [p for p in (Piece(Part.REPLY, tuple(unfed_words)), Piece(Part.REPLY_CLOSE, tuple(unfed_close))) if p.ids]
+        self._pending = [
+            p
+            for p in (Piece(Part.REPLY, tuple(unfed_words)), Piece(Part.REPLY_CLOSE, tuple(unfed_close)))
+            if p.ids
+        ]
         self._pending_round = self.round
         self._recent_replies.append(words)
         if self.cache.policy.evicts and self.cache.policy.text_window_replies <= 1:
@@ -381,6 +391,11 @@ class _TextStream:
         if len(text) > len(self.sent) and text.startswith(self.sent):
             self.callback(text[len(self.sent) :])
             self.sent = text
+
+
+def _one_line(text: str) -> str:
+    """Commentary is one spoken line: whitespace runs (newlines too) become one space, control characters go."""
+    return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
 
 
 def _marker_prefix_overlap(ids: list[int], marker: list[int]) -> int:

@@ -41,9 +41,13 @@ class VideoInput:
 def target_size(height: int, width: int, stream: StreamConfig, vision: VisionSpec) -> tuple[int, int]:
     """(height, width) a frame is resized to: aspect kept, sides multiples of 28, bounded area."""
     try:
-        return smart_resize(height, width, vision.factor, min_pixels=stream.min_pixels, max_pixels=stream.max_pixels)
+        return smart_resize(
+            height, width, vision.factor, min_pixels=stream.min_pixels, max_pixels=stream.max_pixels
+        )
     except (ValueError, AssertionError) as exc:
-        raise SourceError(f"a {width}x{height} frame cannot be used ({exc}); use a less extreme aspect ratio") from None
+        raise SourceError(
+            f"a {width}x{height} frame cannot be used ({exc}); use a less extreme aspect ratio"
+        ) from None
 
 
 def video_input(

@@ -34,7 +34,7 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 ATTENTION_BACKENDS = ("auto", "sdpa", "eager", "flash_attention_2", "flex_attention")
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-# Qwen2's special tokens, in the order Qwen's own vocabulary lists them.
+# Qwen2's special tokens (the tiny tokenizer's ids differ from Qwen's; they are always read from it).
 QWEN_SPECIAL_TOKENS = (
     "<|endoftext|>",
     "<|im_start|>",
@@ -111,7 +111,13 @@ class TextSpec:
     mrope_section: tuple[int, ...]
 
     def kv_bytes_per_token(self, dtype: torch.dtype) -> int:
-        return self.num_layers * 2 * self.num_kv_heads * self.head_dim * torch.empty((), dtype=dtype).element_size()
+        return (
+            self.num_layers
+            * 2
+            * self.num_kv_heads
+            * self.head_dim
+            * torch.empty((), dtype=dtype).element_size()
+        )
 
 
 class StreamModel:
@@ -141,11 +147,17 @@ class StreamModel:
             temporal_patch_size=vision.temporal_patch_size,
             merge_size=vision.spatial_merge_size,
             tokens_per_second=float(vision.tokens_per_second),
-            image_mean=tuple(getattr(video_processor, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073)),
-            image_std=tuple(getattr(video_processor, "image_std", None) or (0.26862954, 0.26130258, 0.27577711)),
+            image_mean=tuple(
+                getattr(video_processor, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073)
+            ),
+            image_std=tuple(
+                getattr(video_processor, "image_std", None) or (0.26862954, 0.26130258, 0.27577711)
+            ),
         )
         ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in _SPECIAL_NAMES.items()}
-        missing = [token for name, token in _SPECIAL_NAMES.items() if ids[name] in (None, tokenizer.unk_token_id)]
+        missing = [
+            token for name, token in _SPECIAL_NAMES.items() if ids[name] in (None, tokenizer.unk_token_id)
+        ]
         if missing:
             raise ModelNotFoundError(
                 f"the tokenizer of '{name}' lacks Qwen's special tokens {', '.join(missing)}; "
@@ -266,7 +278,9 @@ def resolve_attention(attn: str, device: torch.device, dtype: torch.dtype) -> st
     flash_ok = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
     if attn == "flash_attention_2":
         if importlib.util.find_spec("flash_attn") is None:
-            raise ConfigError("attention backend flash_attention_2 needs the flash-attn package; install it or use sdpa")
+            raise ConfigError(
+                "attention backend flash_attention_2 needs the flash-attn package; install it or use sdpa"
+            )
         if not flash_ok:
             raise ConfigError("flash_attention_2 runs only on a CUDA GPU in float16 or bfloat16; use sdpa")
     if attn == "auto":
@@ -365,7 +379,9 @@ def build_tokenizer(vocab_size: int = TINY_VOCAB) -> Any:
     )
     from tokenizers import AddedToken
 
-    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIAL_TOKENS], special_tokens=True)
+    tokenizer.add_tokens(
+        [AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIAL_TOKENS], special_tokens=True
+    )
     return tokenizer
 
 
@@ -374,7 +390,11 @@ def _qwen_vl_config(tokenizer: Any, text: dict, vision: dict) -> Any:
 
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in _SPECIAL_NAMES.items()}
     text = {
-        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": text.pop("mrope_section")},
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 1e6,
+            "mrope_section": text.pop("mrope_section"),
+        },
         "bos_token_id": ids["endoftext"],
         "eos_token_id": ids["im_end"],
         "pad_token_id": ids["endoftext"],

@@ -49,15 +49,19 @@ def vision_extent(grid: tuple[int, int, int], dt: float) -> float:
 
 
 def rotation(delta: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """float32 cos and sin [n, head_dim] that shift keys by `delta` [n] positions on every mRoPE axis."""
-    angles = delta.to(torch.float32)[:, None] * inv_freq.to(torch.float32)[None, :]  # [n, head_dim/2]
+    """cos and sin [n, head_dim] (float64) that shift keys by `delta` [n] positions on every mRoPE axis."""
+    angles = delta.to(torch.float64)[:, None] * inv_freq.to(torch.float64)[None, :]  # [n, head_dim/2]
     angles = torch.cat((angles, angles), dim=-1)  # Qwen rotates channel j with j + head_dim/2
     return angles.cos(), angles.sin()
 
 
 def rotate(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Shift keys [..., n, head_dim] by a rotation, in float32 (one rounding per eviction), same dtype out."""
-    k = keys.float()
+    """Shift keys [..., n, head_dim] by a rotation computed in at least float32; same dtype out.
+
+    Half-precision keys are rounded once per eviction that moves them, not once per token.
+    """
+    compute = torch.promote_types(keys.dtype, torch.float32)
+    k = keys.to(compute)
     half = k.shape[-1] // 2
     rotated_half = torch.cat((-k[..., half:], k[..., :half]), dim=-1)
-    return (k * cos + rotated_half * sin).to(keys.dtype)
+    return (k * cos.to(compute) + rotated_half * sin.to(compute)).to(keys.dtype)

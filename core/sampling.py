@@ -53,7 +53,8 @@ class TokenSampler:
         if cfg.top_p < 1.0:
             sorted_logits, order = torch.sort(logits, descending=True)
             cumulative = sorted_logits.softmax(-1).cumsum(-1)
-            drop = cumulative - sorted_logits.softmax(-1) > cfg.top_p  # keep the token that crosses top_p
+            # keep the smallest prefix whose mass reaches top_p (transformers' TopPLogitsWarper rule)
+            drop = cumulative - sorted_logits.softmax(-1) >= cfg.top_p
             logits = logits.scatter(0, order, sorted_logits.masked_fill(drop, -torch.inf))
         probs = logits.softmax(-1)
         return torch.multinomial(probs, 1, generator=self.generator)[0]

@@ -86,14 +86,20 @@ def run(args: argparse.Namespace) -> int:
         "tokens_per_chunk": args.tokens,
         "seconds": args.seconds,
         "model_load_s": round(load_s, 2),
-        "versions": {"torch": torch.__version__, "transformers": _version("transformers"), "python": platform.python_version()},
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": _version("transformers"),
+            "python": platform.python_version(),
+        },
         "git": _git_revision(),
     }
     rows: list[dict] = []
     status: dict[str, str] = {}
     with Progress(console=console) as progress:
         for policy in policies:
-            engine = StreamingEngine(model, stream=stream, cache=CachePolicy(mode=modes[policy]), generation=generation)
+            engine = StreamingEngine(
+                model, stream=stream, cache=CachePolicy(mode=modes[policy]), generation=generation
+            )
             session = engine.start(previous_text="")
             task = progress.add_task(policy, total=args.seconds)
             status[policy] = "ok"
@@ -128,17 +134,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write(out: Path, meta: dict, rows: list[dict], policies, status, warmup: int, chunk_seconds: float) -> str:
+def _write(
+    out: Path, meta: dict, rows: list[dict], policies, status, warmup: int, chunk_seconds: float
+) -> str:
     """Write results.json, table.md and the plot (after each policy too, so a cut-off run keeps its data)."""
     summary = _summarise(rows, policies, status, warmup, chunk_seconds)
-    (out / "results.json").write_text(json.dumps({"meta": meta, "summary": summary, "chunks": rows}, indent=1))
+    (out / "results.json").write_text(
+        json.dumps({"meta": meta, "summary": summary, "chunks": rows}, indent=1)
+    )
     table = _markdown(meta, summary)
     (out / "table.md").write_text(table)
     _plot(rows, policies, out)
     return table
 
 
-register("efficiency", "latency and memory per chunk against stream length, per cache policy", add_arguments, run)
+register(
+    "efficiency", "latency and memory per chunk against stream length, per cache policy", add_arguments, run
+)
 
 
 # -- pieces ----------------------------------------------------------------------------------------
@@ -199,7 +211,7 @@ def _summarise(rows, policies, status, warmup: int, chunk_seconds: float) -> lis
             summary.append({"policy": policy, "status": status.get(policy, "no chunks")})
             continue
 
-        def med(key):
+        def med(key, steady=steady):
             return statistics.median(r[key] for r in steady)
 
         summary.append(
@@ -286,8 +298,15 @@ def _version(package: str) -> str:
 
 def _git_revision() -> str:
     try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, check=False
-        ).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=False,
+            ).stdout.strip()
+            or "unknown"
+        )
     except OSError:
         return "unknown"

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import SMALL_STREAM, random_frames
+from reference import stock_forward
 
 import core.cache
-from conftest import SMALL_STREAM, random_frames
 from core.config import CachePolicy, EvictionMode, GenerationConfig, StreamConfig
 from core.conversation import Part
 from core.engine import StreamingEngine
-from reference import stock_forward
 
 TOL = 1e-4
 GEN = GenerationConfig(max_new_tokens=5, temperature=1.0, seed=7)
@@ -73,14 +73,18 @@ WINDOWS = [
 ]
 
 
-@pytest.mark.parametrize("windows", WINDOWS, ids=lambda w: f"v{w['vision_window_chunks']}-t{w['text_window_replies']}")
+@pytest.mark.parametrize(
+    "windows", WINDOWS, ids=lambda w: f"v{w['vision_window_chunks']}-t{w['text_window_replies']}"
+)
 def test_streaming_cache_equals_fresh_forward_over_kept_tokens(one_layer_model, rng, windows):
     worst = []
 
     def check(session, entries):
         worst.append(diff_against_stock(session, entries, SMALL_STREAM.fps))
 
-    session = stream_chunks(one_layer_model, CachePolicy(**SMALL, **windows), SMALL_STREAM, rng, 10, check=check)
+    session = stream_chunks(
+        one_layer_model, CachePolicy(**SMALL, **windows), SMALL_STREAM, rng, 10, check=check
+    )
     counts = session.cache.counts()
     assert counts[Part.PREV_CONTENT] == SMALL["sink_tokens"] + SMALL["text_window_tokens"]
     assert max(worst) < TOL, worst
@@ -90,7 +94,12 @@ def test_recompute_equals_fresh_forward_at_any_depth(tiny_model, rng):
     worst = []
     policy = CachePolicy(mode=EvictionMode.RECOMPUTE, vision_window_chunks=2, text_window_replies=3, **SMALL)
     stream_chunks(
-        tiny_model, policy, SMALL_STREAM, rng, 8, check=lambda s, e: worst.append(diff_against_stock(s, e, 2.0))
+        tiny_model,
+        policy,
+        SMALL_STREAM,
+        rng,
+        8,
+        check=lambda s, e: worst.append(diff_against_stock(s, e, 2.0)),
     )
     assert max(worst) < TOL, worst
 
@@ -123,7 +132,14 @@ def test_positions_stay_contiguous_after_eviction(one_layer_model, rng):
             assert b.pos == a.pos + a.extent and b.slot == a.slot + a.length
         assert spans[0].pos == 0 and session.cache.cursor == spans[-1].pos + spans[-1].extent
 
-    stream_chunks(one_layer_model, CachePolicy(vision_window_chunks=2, text_window_replies=3, **SMALL), SMALL_STREAM, rng, 8, check=check)
+    stream_chunks(
+        one_layer_model,
+        CachePolicy(vision_window_chunks=2, text_window_replies=3, **SMALL),
+        SMALL_STREAM,
+        rng,
+        8,
+        check=check,
+    )
 
 
 # -- the checks above catch deliberate breaks ------------------------------------------------------
@@ -167,7 +183,9 @@ def test_wrong_vision_extent_is_caught(tiny_model, rng, monkeypatch):
 
 def test_wrong_temporal_step_is_caught(tiny_model, rng):
     stream = StreamConfig(fps=4.0, min_pixels=SMALL_STREAM.min_pixels, max_pixels=SMALL_STREAM.max_pixels)
-    engine = StreamingEngine(tiny_model, stream=stream, cache=CachePolicy(mode=EvictionMode.NONE), generation=GEN)
+    engine = StreamingEngine(
+        tiny_model, stream=stream, cache=CachePolicy(mode=EvictionMode.NONE), generation=GEN
+    )
     engine.dt *= 2  # the step of a 2-FPS stream applied to a 4-FPS one
     session = engine.start(previous_text=PREVIOUS, trace=True)
     for k in range(3):

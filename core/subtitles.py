@@ -1,0 +1,184 @@
+"""Live subtitle files: commentary written cue by cue as it is generated, safe against crashes.
+
+Each writer appends one cue per `write`, then flushes and fsyncs, so the file on disk is a
+complete, parseable SRT / WebVTT / JSON-lines file after every cue and a crash (or a killed
+process) loses nothing already written. `open_writers` bundles the formats a run asked for.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime
+import html
+import json
+import os
+from pathlib import Path
+from types import TracebackType
+from typing import Self, TextIO
+
+from srt import Subtitle
+
+from core.errors import StreamVLMError
+from core.types import Commentary
+
+
+class SubtitleWriter(abc.ABC):
+    """One subtitle file, created (or emptied) on open, growing by one flushed cue per `write`."""
+
+    header = ""  # written once on open, so even a file with no cues is valid
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._file = _create(self.path)
+        self._cues = 0
+        self._append(self.header)
+
+    def write(self, commentary: Commentary) -> None:
+        """Append one cue and make it durable; text that is empty or only whitespace is skipped."""
+        text = commentary.text.strip()
+        if not text:
+            return
+        if self._file.closed:
+            raise ValueError(
+                f"the subtitle writer for '{self.path}' is closed; open a new one to write more cues"
+            )
+        self._cues += 1
+        self._append(self._cue(self._cues, commentary.start, commentary.end, text))
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @abc.abstractmethod
+    def _cue(self, index: int, start: float, end: float, text: str) -> str:
+        """The cue's complete text, including the separator that ends it."""
+
+    def _append(self, text: str) -> None:
+        if not text:
+            return
+        self._file.write(text)
+        self._file.flush()
+        os.fsync(self._file.fileno())  # flush() only reaches the OS; fsync reaches the disk
+
+
+class SrtWriter(SubtitleWriter):
+    """SubRip: numbered cues with HH:MM:SS,mmm times."""
+
+    def _cue(self, index: int, start: float, end: float, text: str) -> str:
+        # strict=True drops blank lines inside the text, which would end the cue early.
+        return Subtitle(index, _timedelta(start), _timedelta(end), text).to_srt(strict=True)
+
+
+class VttWriter(SubtitleWriter):
+    """WebVTT: a WEBVTT header, then cues with HH:MM:SS.mmm times."""
+
+    header = "WEBVTT\n\n"
+
+    def _cue(self, index: int, start: float, end: float, text: str) -> str:
+        # WebVTT cue text is HTML-like: & and < must be escaped, and escaping > also defuses "-->".
+        lines = [html.escape(line.strip(), quote=False) for line in text.splitlines() if line.strip()]
+        return f"{_vtt_time(start)} --> {_vtt_time(end)}\n" + "\n".join(lines) + "\n\n"
+
+
+class JsonlWriter(SubtitleWriter):
+    """JSON lines: one {"start", "end", "text"} object per line, for programs rather than players."""
+
+    def _cue(self, index: int, start: float, end: float, text: str) -> str:
+        return json.dumps({"start": start, "end": end, "text": text}, ensure_ascii=False) + "\n"
+
+
+class MultiWriter:
+    """Several subtitle writers fed the same commentary; closing closes them all."""
+
+    def __init__(self, writers: list[SubtitleWriter]) -> None:
+        self.writers = writers
+
+    def write(self, commentary: Commentary) -> None:
+        for writer in self.writers:
+            writer.write(commentary)
+
+    def close(self) -> None:
+        errors = []
+        for writer in self.writers:  # one failing close must not leave the others open
+            try:
+                writer.close()
+            except OSError as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def open_writers(
+    srt: str | Path | None = None, vtt: str | Path | None = None, jsonl: str | Path | None = None
+) -> MultiWriter:
+    """Open a writer for each path given (none given is a writer that writes nothing)."""
+    writers: list[SubtitleWriter] = []
+    try:
+        for path, kind in ((srt, SrtWriter), (vtt, VttWriter), (jsonl, JsonlWriter)):
+            if path is not None:
+                writers.append(kind(path))
+    except BaseException:
+        MultiWriter(writers).close()
+        raise
+    return MultiWriter(writers)
+
+
+def _create(path: Path) -> TextIO:
+    folder = path.parent
+    if not folder.is_dir():
+        raise StreamVLMError(
+            f"cannot write subtitles to '{path}': the folder '{folder}' does not exist; create it or choose another path"
+        )
+    if path.is_dir():
+        raise StreamVLMError(
+            f"cannot write subtitles to '{path}': it is a folder; give a file name inside it"
+        )
+    try:
+        file = open(path, "w", encoding="utf-8", newline="\n")  # the writer owns it until close()
+    except OSError as exc:
+        raise StreamVLMError(
+            f"cannot write subtitles to '{path}' ({exc.strerror}); check the path and its permissions"
+        ) from None
+    _fsync_folder(folder)  # a new file's name lives in its folder; without this a power cut can lose it
+    return file
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # Windows cannot open a folder; its file system journals names itself
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems (network shares) refuse fsync on a folder; the cues still are synced
+    finally:
+        os.close(fd)
+
+
+def _timedelta(seconds: float) -> datetime.timedelta:
+    # Rounding to whole milliseconds first stops 1.9999999 from printing as 00:00:01,999.
+    return datetime.timedelta(milliseconds=max(0, round(seconds * 1000)))
+
+
+def _vtt_time(seconds: float) -> str:
+    ms = max(0, round(seconds * 1000))
+    hours, ms = divmod(ms, 3_600_000)
+    minutes, ms = divmod(ms, 60_000)
+    secs, ms = divmod(ms, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}.{ms:03d}"
