@@ -32,6 +32,7 @@ from core.conversation import Part, Piece
 from core.positions import rotate, rotation, text_positions, vision_extent, vision_positions
 
 PREFIX_ROUND = -1
+CAPACITY_STEP = 256  # buffer sizes are multiples of this (aligned attention masks, few distinct shapes)
 _ROUND_FRAME = {Part.TURN_OPEN, Part.PROMPT_CLOSE}  # kept while the round keeps vision or text
 _ROUND_TEXT = {Part.TIME_LABEL, Part.ASSISTANT_OPEN, Part.REPLY, Part.REPLY_CLOSE}  # kept with the reply
 
@@ -76,11 +77,18 @@ class StreamLayer(CacheLayerMixin):
         self.device = keys.device
         self.length = 0
         self.is_initialized = True
+        # Set by the static decode step (core/decode_step.py): write at this device index and return
+        # the whole buffers, so every shape is fixed and the step can be captured in a CUDA graph.
+        self.write_at: torch.Tensor | None = None
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         """Buffers exist from construction."""
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if self.write_at is not None:
+            self.keys.index_copy_(2, self.write_at, key_states)
+            self.values.index_copy_(2, self.write_at, value_states)
+            return self.keys, self.values
         end = self.length + key_states.shape[-2]
         self.keys[:, :, self.length : end] = key_states
         self.values[:, :, self.length : end] = value_states
@@ -114,7 +122,7 @@ class StreamCache(Cache):
         device: torch.device,
         inv_freq: torch.Tensor,
         policy: CachePolicy,
-        capacity: int = 1024,
+        capacity: int = 4 * CAPACITY_STEP,
     ) -> None:
         shape = (1, num_kv_heads, capacity, head_dim)
         layers = [
@@ -162,7 +170,7 @@ class StreamCache(Cache):
         need = self.reserved + extra
         if need <= self.capacity:
             return
-        capacity = max(need, int(self.capacity * 1.5))
+        capacity = -(-max(need, int(self.capacity * 1.5)) // CAPACITY_STEP) * CAPACITY_STEP
         for layer in self.layers:
             for name in ("keys", "values"):
                 old = getattr(layer, name)
@@ -220,6 +228,19 @@ class StreamCache(Cache):
             last.extent += span.extent
         else:
             self.spans.append(span)
+
+    def append_token(self, part: Part, round: int, token_id: int) -> float:
+        """Register one token about to be fed by the static decode step; return its position."""
+        self.ensure_capacity(1)
+        position = self.cursor
+        self._append(Span(part, round, self.reserved, position, 1.0, [token_id]))
+        self.cursor += 1.0
+        return position
+
+    def advance(self, n: int) -> None:
+        """Count `n` tokens the static decode step wrote into every layer."""
+        for layer in self.layers:
+            layer.length += n
 
     def split_tail(self, n: int, part: Part) -> None:
         """Relabel the last `n` tokens of the last span as `part` (the generated reply's closing ids)."""

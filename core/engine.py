@@ -28,6 +28,7 @@ import torch
 from core.cache import PREFIX_ROUND, StreamCache
 from core.config import CachePolicy, EvictionMode, GenerationConfig, StreamConfig
 from core.conversation import MARKER, Conversation, Part, Piece
+from core.decode_step import StaticDecodeStep
 from core.frames import VideoInput, video_input
 from core.model import StreamModel
 from core.positions import temporal_step
@@ -85,8 +86,11 @@ class StreamingEngine:
         stream: StreamConfig | None = None,
         cache: CachePolicy | None = None,
         generation: GenerationConfig | None = None,
+        fast_decode: bool | None = None,
     ) -> None:
+        """`fast_decode` runs decode steps over fixed-shape buffers in a CUDA graph (default: on a GPU)."""
         self.model = model
+        self.fast_decode = model.device.type == "cuda" if fast_decode is None else fast_decode
         self.stream = stream or StreamConfig()
         self.cache_policy = cache or CachePolicy()
         self.generation = generation or GenerationConfig()
@@ -160,6 +164,9 @@ class Session:
         self._recent_replies: deque[list[int]] = deque(maxlen=max(1, gen.repetition_window_replies))
         self._vision_features: dict[int, torch.Tensor] = {}  # RECOMPUTE only: kept rounds' vision tokens
         self._budget_logged = False
+        self._static_step = (
+            StaticDecodeStep(model, self.cache, use_graph=model.device.type == "cuda") if engine.fast_decode else None
+        )
 
     # -- public interface ----------------------------------------------------------------------------
 
@@ -217,6 +224,7 @@ class Session:
         if not self.closed:
             self.closed = True
             self.cache = None  # type: ignore[assignment]
+            self._static_step = None
             self._vision_features.clear()
 
     def __enter__(self) -> Session:
@@ -292,8 +300,14 @@ class Session:
             if token_id in stop or step == gen.max_new_tokens - 1:
                 break
             recent = torch.cat([recent, token.view(1)])
-            positions = self.cache.reserve([Piece(Part.REPLY, (token_id,))], self.round, device=device)
-            logits = self._forward(model.embed(token.view(1)), positions)
+            if self._static_step is not None:
+                position = self.cache.append_token(Part.REPLY, self.round, token_id)
+                logits = self._static_step(token, position)
+                if self.trace is not None:
+                    self.trace.logits.append((self.cache.length, logits[None].detach().cpu()))
+            else:
+                positions = self.cache.reserve([Piece(Part.REPLY, (token_id,))], self.round, device=device)
+                logits = self._forward(model.embed(token.view(1)), positions)
         if text is not None:
             text.finish()
         return generated
@@ -342,6 +356,8 @@ class Session:
             bytes_per_token=self.model.text.kv_bytes_per_token(self.model.dtype),
         )
         log.info("cache policy: %s; steady state at most about %s", policy.mode.value, budget)
+        # Allocate the steady-state size now, so buffers (and the decode graph) are built once.
+        self.cache.ensure_capacity(budget.tokens)
 
 
 class _Clock:

@@ -219,15 +219,23 @@ class StreamModel:
 
     @torch.inference_mode()
     def forward(
-        self, embeds: torch.Tensor, positions: torch.Tensor, cache: Any, all_logits: bool = False
+        self,
+        embeds: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any,
+        all_logits: bool = False,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run the language model over new tokens [n, hidden] at positions [3, n], appending to `cache`.
 
         Returns float32 logits of the last position [vocab] (or of every position [n, vocab]).
+        `attention_mask` [1, 1, n, keys] (bool, True = attend) replaces the causal mask the model
+        would build from the cache's length; the static decode step uses it.
         """
         out = self.model.model.language_model(
             inputs_embeds=embeds.unsqueeze(0),
             position_ids=positions.unsqueeze(1),
+            attention_mask=attention_mask,
             use_cache=True,
             **{self._cache_kwarg: cache},
         )

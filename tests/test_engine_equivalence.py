@@ -34,8 +34,10 @@ def frame_size(k: int) -> tuple[int, int]:
     return (56, 84) if k < 4 else (112, 56)
 
 
-def stream_chunks(model, policy, stream, rng, n, *, instruction="Commentate on this match", check=None):
-    engine = StreamingEngine(model, stream=stream, cache=policy, generation=GEN)
+def stream_chunks(
+    model, policy, stream, rng, n, *, instruction="Commentate on this match", check=None, fast_decode=False
+):
+    engine = StreamingEngine(model, stream=stream, cache=policy, generation=GEN, fast_decode=fast_decode)
     session = engine.start(instruction=instruction, previous_text=PREVIOUS, trace=True)
     for k in range(n):
         before = len(session.trace.logits)
@@ -58,10 +60,11 @@ def diff_against_stock(session, entries, fps) -> float:
     return worst
 
 
+@pytest.mark.parametrize("fast_decode", [False, True], ids=["dynamic", "static-step"])
 @pytest.mark.parametrize("fps", [2.0, 4.0])
-def test_no_eviction_equals_one_stock_forward(tiny_model, rng, fps):
+def test_no_eviction_equals_one_stock_forward(tiny_model, rng, fps, fast_decode):
     stream = StreamConfig(fps=fps, min_pixels=SMALL_STREAM.min_pixels, max_pixels=SMALL_STREAM.max_pixels)
-    session = stream_chunks(tiny_model, CachePolicy(mode=EvictionMode.NONE), stream, rng, 6)
+    session = stream_chunks(tiny_model, CachePolicy(mode=EvictionMode.NONE), stream, rng, 6, fast_decode=fast_decode)
     assert session.cache.length == len(session.cache.token_ids()) > 100
     assert diff_against_stock(session, session.trace.logits, fps) < TOL
 
@@ -73,17 +76,18 @@ WINDOWS = [
 ]
 
 
+@pytest.mark.parametrize("fast_decode", [False, True], ids=["dynamic", "static-step"])
 @pytest.mark.parametrize(
     "windows", WINDOWS, ids=lambda w: f"v{w['vision_window_chunks']}-t{w['text_window_replies']}"
 )
-def test_streaming_cache_equals_fresh_forward_over_kept_tokens(one_layer_model, rng, windows):
+def test_streaming_cache_equals_fresh_forward_over_kept_tokens(one_layer_model, rng, windows, fast_decode):
     worst = []
 
     def check(session, entries):
         worst.append(diff_against_stock(session, entries, SMALL_STREAM.fps))
 
     session = stream_chunks(
-        one_layer_model, CachePolicy(**SMALL, **windows), SMALL_STREAM, rng, 10, check=check
+        one_layer_model, CachePolicy(**SMALL, **windows), SMALL_STREAM, rng, 10, check=check, fast_decode=fast_decode
     )
     counts = session.cache.counts()
     assert counts[Part.PREV_CONTENT] == SMALL["sink_tokens"] + SMALL["text_window_tokens"]

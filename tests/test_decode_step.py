@@ -1,0 +1,63 @@
+"""The static decode step (fixed shapes, CUDA-graph capturable) gives the dynamic path's tokens.
+
+On a CPU the static step runs eagerly; where a GPU exists, the graph-captured step on the GPU is
+checked against the CPU reference path (greedy decoding, float32). CI has no GPU and skips it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SMALL_STREAM, random_frames
+from core.config import CachePolicy, GenerationConfig
+from core.engine import StreamingEngine
+from core.model import load_model
+
+GREEDY = GenerationConfig(temperature=0.0, max_new_tokens=6, repetition_penalty=1.05)
+POLICY = CachePolicy(sink_tokens=6, text_window_tokens=10, vision_window_chunks=2, text_window_replies=3)
+
+
+def run(model, fast_decode: bool, chunks: int = 10) -> tuple[list[int], list[str]]:
+    rng = np.random.default_rng(99)
+    engine = StreamingEngine(model, stream=SMALL_STREAM, cache=POLICY, generation=GREEDY, fast_decode=fast_decode)
+    session = engine.start(previous_text="Blue against red, second half.")
+    texts = []
+    for k in range(chunks):
+        texts += [c.text for c in session.push(random_frames(rng, 56, 84), k, k + 1)]
+    return session.cache.token_ids(), texts
+
+
+def test_static_step_gives_the_dynamic_paths_tokens(tiny_model):
+    assert run(tiny_model, fast_decode=True) == run(tiny_model, fast_decode=False)
+
+
+def test_static_step_survives_buffer_growth(tiny_model):
+    engine = StreamingEngine(tiny_model, stream=SMALL_STREAM, cache=CachePolicy(mode="none"), generation=GREEDY,
+                             fast_decode=True)
+    session = engine.start()
+    rng = np.random.default_rng(0)
+    start = session.cache.capacity
+    for k in range(40):  # full attention: the buffers must grow at least once
+        session.push(random_frames(rng, 112, 112), k, k + 1)
+    assert session.cache.capacity > start
+    reference = StreamingEngine(tiny_model, stream=SMALL_STREAM, cache=CachePolicy(mode="none"), generation=GREEDY,
+                                fast_decode=False).start()
+    rng = np.random.default_rng(0)
+    for k in range(40):
+        reference.push(random_frames(rng, 112, 112), k, k + 1)
+    assert session.cache.token_ids() == reference.cache.token_ids()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_graph_path_gives_the_cpu_reference_tokens(tiny_dir):
+    torch.backends.cudnn.allow_tf32 = False  # the vision tower's patch convolution: full float32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    cpu = load_model(tiny_dir, device="cpu", dtype="float32")
+    gpu = load_model(tiny_dir, device="cuda", dtype="float32")
+    engine = StreamingEngine(gpu, stream=SMALL_STREAM, cache=POLICY, generation=GREEDY)
+    assert engine.fast_decode
+    gpu_tokens = run(gpu, fast_decode=True, chunks=12)
+    assert gpu_tokens == run(cpu, fast_decode=False, chunks=12)
