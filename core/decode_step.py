@@ -57,7 +57,9 @@ class StaticDecodeStep:
         for layer in layers:
             layer.write_at = self.write_at
         try:
-            return self.model.forward(self.model.embed(self.token), self.position, self.cache, attention_mask=mask)
+            return self.model.forward(
+                self.model.embed(self.token), self.position, self.cache, attention_mask=mask
+            )
         finally:
             for layer in layers:
                 layer.write_at = None

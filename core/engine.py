@@ -165,7 +165,9 @@ class Session:
         self._vision_features: dict[int, torch.Tensor] = {}  # RECOMPUTE only: kept rounds' vision tokens
         self._budget_logged = False
         self._static_step = (
-            StaticDecodeStep(model, self.cache, use_graph=model.device.type == "cuda") if engine.fast_decode else None
+            StaticDecodeStep(model, self.cache, use_graph=model.device.type == "cuda")
+            if engine.fast_decode
+            else None
         )
 
     # -- public interface ----------------------------------------------------------------------------

@@ -21,7 +21,9 @@ POLICY = CachePolicy(sink_tokens=6, text_window_tokens=10, vision_window_chunks=
 
 def run(model, fast_decode: bool, chunks: int = 10) -> tuple[list[int], list[str]]:
     rng = np.random.default_rng(99)
-    engine = StreamingEngine(model, stream=SMALL_STREAM, cache=POLICY, generation=GREEDY, fast_decode=fast_decode)
+    engine = StreamingEngine(
+        model, stream=SMALL_STREAM, cache=POLICY, generation=GREEDY, fast_decode=fast_decode
+    )
     session = engine.start(previous_text="Blue against red, second half.")
     texts = []
     for k in range(chunks):
@@ -34,16 +36,18 @@ def test_static_step_gives_the_dynamic_paths_tokens(tiny_model):
 
 
 def test_static_step_survives_buffer_growth(tiny_model):
-    engine = StreamingEngine(tiny_model, stream=SMALL_STREAM, cache=CachePolicy(mode="none"), generation=GREEDY,
-                             fast_decode=True)
+    engine = StreamingEngine(
+        tiny_model, stream=SMALL_STREAM, cache=CachePolicy(mode="none"), generation=GREEDY, fast_decode=True
+    )
     session = engine.start()
     rng = np.random.default_rng(0)
     start = session.cache.capacity
     for k in range(40):  # full attention: the buffers must grow at least once
         session.push(random_frames(rng, 112, 112), k, k + 1)
     assert session.cache.capacity > start
-    reference = StreamingEngine(tiny_model, stream=SMALL_STREAM, cache=CachePolicy(mode="none"), generation=GREEDY,
-                                fast_decode=False).start()
+    reference = StreamingEngine(
+        tiny_model, stream=SMALL_STREAM, cache=CachePolicy(mode="none"), generation=GREEDY, fast_decode=False
+    ).start()
     rng = np.random.default_rng(0)
     for k in range(40):
         reference.push(random_frames(rng, 112, 112), k, k + 1)

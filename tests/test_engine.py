@@ -43,7 +43,9 @@ def test_forced_length_and_chunk_statistics(tiny_model):
 
 def test_token_callback_streams_the_commentary_text(tiny_model, rng):
     pieces: list[str] = []
-    engine = StreamingEngine(tiny_model, stream=SMALL_STREAM, generation=GenerationConfig(seed=2, min_new_tokens=4))
+    engine = StreamingEngine(
+        tiny_model, stream=SMALL_STREAM, generation=GenerationConfig(seed=2, min_new_tokens=4)
+    )
     session = engine.start(on_token=pieces.append)
     lines = []
     for k in range(3):

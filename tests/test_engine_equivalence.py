@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import SMALL_STREAM, random_frames
-from reference import stock_forward
 
 import core.cache
+from conftest import SMALL_STREAM, random_frames
 from core.config import CachePolicy, EvictionMode, GenerationConfig, StreamConfig
 from core.conversation import Part
 from core.engine import StreamingEngine
+from reference import stock_forward
 
 TOL = 1e-4
 GEN = GenerationConfig(max_new_tokens=5, temperature=1.0, seed=7)
@@ -64,7 +64,9 @@ def diff_against_stock(session, entries, fps) -> float:
 @pytest.mark.parametrize("fps", [2.0, 4.0])
 def test_no_eviction_equals_one_stock_forward(tiny_model, rng, fps, fast_decode):
     stream = StreamConfig(fps=fps, min_pixels=SMALL_STREAM.min_pixels, max_pixels=SMALL_STREAM.max_pixels)
-    session = stream_chunks(tiny_model, CachePolicy(mode=EvictionMode.NONE), stream, rng, 6, fast_decode=fast_decode)
+    session = stream_chunks(
+        tiny_model, CachePolicy(mode=EvictionMode.NONE), stream, rng, 6, fast_decode=fast_decode
+    )
     assert session.cache.length == len(session.cache.token_ids()) > 100
     assert diff_against_stock(session, session.trace.logits, fps) < TOL
 
@@ -87,7 +89,13 @@ def test_streaming_cache_equals_fresh_forward_over_kept_tokens(one_layer_model, 
         worst.append(diff_against_stock(session, entries, SMALL_STREAM.fps))
 
     session = stream_chunks(
-        one_layer_model, CachePolicy(**SMALL, **windows), SMALL_STREAM, rng, 10, check=check, fast_decode=fast_decode
+        one_layer_model,
+        CachePolicy(**SMALL, **windows),
+        SMALL_STREAM,
+        rng,
+        10,
+        check=check,
+        fast_decode=fast_decode,
     )
     counts = session.cache.counts()
     assert counts[Part.PREV_CONTENT] == SMALL["sink_tokens"] + SMALL["text_window_tokens"]

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.v2.functional as tvF
-from conftest import SMALL_STREAM, random_frames
 from qwen_vl_utils import smart_resize
 
+from conftest import SMALL_STREAM, random_frames
 from core.config import StreamConfig
 from core.errors import SourceError
 from core.frames import target_size, video_input

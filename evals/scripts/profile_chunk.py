@@ -12,7 +12,6 @@ import argparse
 import itertools
 from pathlib import Path
 
-import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from core.config import GenerationConfig
