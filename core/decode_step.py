@@ -12,17 +12,33 @@ dynamic path).
 from __future__ import annotations
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from core.cache import StreamCache
 from core.model import StreamModel
+
+# Attention kernels for one query row against the whole cache; "auto" leaves the choice to PyTorch.
+ATTENTION_BACKENDS = {
+    "auto": None,
+    "math": [SDPBackend.MATH],
+    "efficient": [SDPBackend.EFFICIENT_ATTENTION],
+    "cudnn": [SDPBackend.CUDNN_ATTENTION],
+}
 
 
 class StaticDecodeStep:
     """Feeds one token at a given position and returns the next logits [vocab] (float32)."""
 
-    def __init__(self, model: StreamModel, cache: StreamCache, *, use_graph: bool) -> None:
+    def __init__(
+        self, model: StreamModel, cache: StreamCache, *, use_graph: bool, attention: str = "auto"
+    ) -> None:
+        if attention not in ATTENTION_BACKENDS:
+            raise ValueError(
+                f"unknown decode attention {attention!r}; use one of {', '.join(ATTENTION_BACKENDS)}"
+            )
         self.model, self.cache = model, cache
         self.use_graph = use_graph
+        self.backends = ATTENTION_BACKENDS[attention]
         device = model.device
         self.token = torch.zeros(1, dtype=torch.long, device=device)
         self.position = torch.zeros(3, 1, dtype=torch.float32, device=device)
@@ -57,9 +73,14 @@ class StaticDecodeStep:
         for layer in layers:
             layer.write_at = self.write_at
         try:
-            return self.model.forward(
-                self.model.embed(self.token), self.position, self.cache, attention_mask=mask
-            )
+            if self.backends is None:
+                return self.model.forward(
+                    self.model.embed(self.token), self.position, self.cache, attention_mask=mask
+                )
+            with sdpa_kernel(self.backends):
+                return self.model.forward(
+                    self.model.embed(self.token), self.position, self.cache, attention_mask=mask
+                )
         finally:
             for layer in layers:
                 layer.write_at = None

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 
 from core.cache import PREFIX_ROUND, StreamCache
 from core.config import CachePolicy, EvictionMode, GenerationConfig, StreamConfig
@@ -38,6 +39,9 @@ from core.types import Commentary, Frame
 log = logging.getLogger(__name__)
 
 DEFAULT_INSTRUCTION = "Commentate on this match"
+# One query row against the whole masked cache: the plain matmul-softmax-matmul path reads the
+# keys once at full bandwidth, where fused kernels without split-K leave most of the GPU idle.
+DECODE_ATTENTION = "math"
 TokenCallback = Callable[[str], None]
 
 
@@ -185,21 +189,25 @@ class Session:
         model, cache, device = self.model, self.cache, self.model.device
 
         clock = _Clock(device)
-        video = video_input(arrays, self.engine.stream, model.vision, device)
-        features = model.encode_video(video.pixel_values, video.grid_thw)  # [vision tokens, hidden]
+        with record_function("streamvlm.vision"):
+            video = video_input(arrays, self.engine.stream, model.vision, device)
+            features = model.encode_video(video.pixel_values, video.grid_thw)  # [vision tokens, hidden]
         vision_ms = clock.lap()
         if self.trace is not None:
             self.trace.videos.append(video)
         self._log_budget(video.num_tokens)
 
-        eviction = cache.evict(self.round)
+        with record_function("streamvlm.evict"):
+            eviction = cache.evict(self.round)
         if cache.policy.mode is EvictionMode.RECOMPUTE:
             self._vision_features[self.round] = features
-        embeds, positions = self._prefill_inputs(eviction.refeed, video, features, t_start, t_end)
-        logits = self._forward(embeds, positions)
+        with record_function("streamvlm.prefill"):
+            embeds, positions = self._prefill_inputs(eviction.refeed, video, features, t_start, t_end)
+            logits = self._forward(embeds, positions)
         prefill_ms = clock.lap()
 
-        generated = self._decode(logits)
+        with record_function("streamvlm.decode"):
+            generated = self._decode(logits)
         decode_ms = clock.lap()
         words = self._finish_reply(generated)
 

@@ -28,7 +28,9 @@ class VideoInput:
     """One chunk ready for the vision tower."""
 
     pixel_values: torch.Tensor  # [grid_t * grid_h * grid_w, 3 * temporal_patch * patch * patch], float32
-    grid_thw: torch.Tensor  # [1, 3] patch grid (temporal groups, patch rows, patch columns), int64
+    grid_thw: (
+        torch.Tensor
+    )  # [1, 3] patch grid (temporal groups, patch rows, patch columns), int64, on the host
     merged_grid: tuple[int, int, int]  # the LLM token grid: (grid_t, grid_h / merge, grid_w / merge)
     size: tuple[int, int]  # resized (height, width) in pixels
 
@@ -76,7 +78,7 @@ def video_input(
     m = vision.merge_size
     return VideoInput(
         pixel_values=patches,
-        grid_thw=torch.tensor([grid], dtype=torch.int64, device=patches.device),
+        grid_thw=torch.tensor([grid], dtype=torch.int64),  # metadata: kept on the host, read without a sync
         merged_grid=(grid[0], grid[1] // m, grid[2] // m),
         size=(height, width),
     )

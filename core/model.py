@@ -169,6 +169,9 @@ class StreamModel:
                 f"'{name}' is inconsistent: the tokenizer's <|video_pad|> is {self.special.video_pad} "
                 f"but the config's video_token_id is {config.video_token_id}"
             )
+        from core.vision import VisionRunner
+
+        self._vision = VisionRunner(self.model, use_graph=self.device.type == "cuda")
         language_model = self.model.model.language_model
         # transformers renamed `past_key_values` to `cache`; accept checkpoints on either side of it.
         params = inspect.signature(language_model.forward).parameters
@@ -206,11 +209,7 @@ class StreamModel:
     @torch.inference_mode()
     def encode_video(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         """Vision tower: patchified frames [patches, C*T*P*P] and grid [1, 3] -> merged tokens [n, hidden]."""
-        out = self.model.model.get_video_features(pixel_values_videos=pixel_values, video_grid_thw=grid_thw)
-        features = out.pooler_output if hasattr(out, "pooler_output") else out
-        if isinstance(features, (list, tuple)):
-            features = torch.cat(list(features), dim=0)
-        return features.to(self.dtype)
+        return self._vision(pixel_values, grid_thw).to(self.dtype)
 
     @torch.inference_mode()
     def embed(self, ids: torch.Tensor) -> torch.Tensor:

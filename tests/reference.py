@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from core.frames import VideoInput
@@ -25,6 +27,18 @@ def stock_forward(model: StreamModel, ids: list[int], videos: list[VideoInput], 
             second_per_grid_ts=torch.full((len(videos),), model.vision.temporal_patch_size / fps),
         )
     model.model.model.rope_deltas = None
-    out = model.model(input_ids=input_ids, use_cache=True, **kwargs)
+    with stock_attention(model.model):
+        out = model.model(input_ids=input_ids, use_cache=True, **kwargs)
     cache = out.cache if hasattr(out, "cache") else out.past_key_values
     return out.logits[0].float(), cache
+
+
+@contextmanager
+def stock_attention(hf_model):
+    """Run the stock SDPA attention everywhere (the engine registers its own for the vision tower)."""
+    vision = hf_model.config.vision_config._attn_implementation
+    hf_model.set_attn_implementation({"vision_config": "sdpa"})
+    try:
+        yield
+    finally:
+        hf_model.set_attn_implementation({"vision_config": vision})
