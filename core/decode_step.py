@@ -11,19 +11,53 @@ dynamic path).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from core.cache import StreamCache
 from core.model import StreamModel
 
-# Attention kernels for one query row against the whole cache; "auto" leaves the choice to PyTorch.
+# Attention for one query row against the whole masked cache: "matmul" is two batched matmuls
+# around a float32 softmax (reads each key and value once, any GPU); the others are PyTorch SDPA
+# kernels ("auto" lets PyTorch choose).
 ATTENTION_BACKENDS = {
+    "matmul": None,
     "auto": None,
     "math": [SDPBackend.MATH],
     "efficient": [SDPBackend.EFFICIENT_ATTENTION],
     "cudnn": [SDPBackend.CUDNN_ATTENTION],
 }
+MATMUL_ATTENTION = "streamvlm_decode_matmul"
+
+
+def matmul_decode_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """q [1, Hq, n, D] against k/v [1, Hkv, S, D] with a bool mask [1, 1, n, S] -> [1, n, Hq, D].
+
+    The query heads that share a key head are stacked as rows, so each key and value is read once.
+    """
+    batch, q_heads, n, dim = query.shape
+    kv_heads = key.shape[1]
+    group = q_heads // kv_heads
+    q = query.view(batch, kv_heads, group * n, dim)
+    scale = scaling if scaling is not None else dim**-0.5
+    scores = torch.matmul(q, key.transpose(-1, -2)).float() * scale  # [1, Hkv, group*n, S]
+    if attention_mask is not None:
+        mask = attention_mask if n == 1 else attention_mask.repeat_interleave(group, dim=2)
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = scores.softmax(dim=-1).to(value.dtype)
+    out = torch.matmul(probs, value).view(batch, q_heads, n, dim)
+    return out.transpose(1, 2), None
 
 
 class StaticDecodeStep:
@@ -39,6 +73,12 @@ class StaticDecodeStep:
         self.model, self.cache = model, cache
         self.use_graph = use_graph
         self.backends = ATTENTION_BACKENDS[attention]
+        self.attention = attention
+        if attention == "matmul":
+            from transformers import AttentionInterface
+
+            if MATMUL_ATTENTION not in AttentionInterface._global_mapping:
+                AttentionInterface.register(MATMUL_ATTENTION, matmul_decode_attention)
         device = model.device
         self.token = torch.zeros(1, dtype=torch.long, device=device)
         self.position = torch.zeros(3, 1, dtype=torch.float32, device=device)
@@ -63,7 +103,8 @@ class StaticDecodeStep:
             self.graph.replay()
             logits = self._logits
         else:
-            logits = self._step()
+            with self._decode_attention():
+                logits = self._step()
         cache.advance(1)
         return logits
 
@@ -85,6 +126,20 @@ class StaticDecodeStep:
             for layer in layers:
                 layer.write_at = None
 
+    @contextmanager
+    def _decode_attention(self):
+        """Switch the language model to the decode attention while a step runs or is captured."""
+        if self.attention != "matmul":
+            yield
+            return
+        hf = self.model.model
+        previous = hf.config.text_config._attn_implementation
+        hf.set_attn_implementation({"text_config": MATMUL_ATTENTION})
+        try:
+            yield
+        finally:
+            hf.set_attn_implementation({"text_config": previous})
+
     def _prepare(self) -> None:
         """(Re)build for the cache's current buffers: a new capacity means new addresses and shapes."""
         self._capacity = self.cache.capacity
@@ -95,12 +150,13 @@ class StaticDecodeStep:
         self.write_at.fill_(self.cache.length)  # warm-up writes land in the slot the next token fills
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):  # let lazy initialisation (cuBLAS handles, kernel choice) happen outside
-                self._step()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._logits = self._step()
+        with self._decode_attention():
+            with torch.cuda.stream(side):
+                for _ in range(2):  # let lazy initialisation (cuBLAS handles, kernel choice) happen outside
+                    self._step()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._logits = self._step()
         self.graph = graph
         self.captures += 1

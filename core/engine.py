@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 DEFAULT_INSTRUCTION = "Commentate on this match"
 # One query row against the whole masked cache: the plain matmul-softmax-matmul path reads the
 # keys once at full bandwidth, where fused kernels without split-K leave most of the GPU idle.
-DECODE_ATTENTION = "math"
+DECODE_ATTENTION = "matmul"
 TokenCallback = Callable[[str], None]
 
 
@@ -52,6 +52,7 @@ class ChunkStats:
     t_start: float
     t_end: float
     vision_ms: float
+    evict_ms: float
     prefill_ms: float
     decode_ms: float
     vision_tokens: int
@@ -63,7 +64,7 @@ class ChunkStats:
 
     @property
     def total_ms(self) -> float:
-        return self.vision_ms + self.prefill_ms + self.decode_ms
+        return self.vision_ms + self.evict_ms + self.prefill_ms + self.decode_ms
 
     @property
     def decode_ms_per_token(self) -> float:
@@ -199,6 +200,7 @@ class Session:
 
         with record_function("streamvlm.evict"):
             eviction = cache.evict(self.round)
+        evict_ms = clock.lap()
         if cache.policy.mode is EvictionMode.RECOMPUTE:
             self._vision_features[self.round] = features
         with record_function("streamvlm.prefill"):
@@ -215,6 +217,7 @@ class Session:
             t_start=t_start,
             t_end=t_end,
             vision_ms=vision_ms,
+            evict_ms=evict_ms,
             prefill_ms=prefill_ms,
             decode_ms=decode_ms,
             vision_tokens=video.num_tokens,

@@ -219,6 +219,7 @@ def _summarise(rows, policies, status, warmup: int, chunk_seconds: float) -> lis
                 "policy": policy,
                 "chunks": len(mine),
                 "vision_ms": med("vision_ms"),
+                "evict_ms": med("evict_ms"),
                 "prefill_ms": med("prefill_ms"),
                 "decode_ms": med("decode_ms"),
                 "decode_ms_per_token": med("decode_ms_per_token"),
@@ -239,15 +240,15 @@ def _markdown(meta: dict, summary: list[dict]) -> str:
         f"{meta['fps']:g} FPS, {meta['tokens_per_chunk']} tokens forced per chunk, {meta['seconds']} s stream. "
         "Medians over chunks after warm-up; ms per token counts the decode forwards.",
         "",
-        "| policy | vision ms | prefill ms | decode ms | ms/token | total ms | last chunk ms | cached tokens | peak GiB | x real time | status |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| policy | vision ms | evict ms | prefill ms | decode ms | ms/token | total ms | last chunk ms | cached tokens | peak GiB | x real time | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
         if "vision_ms" not in s:
-            lines.append(f"| {s['policy']} | | | | | | | | | | {s['status']} |")
+            lines.append(f"| {s['policy']} | | | | | | | | | | | {s['status']} |")
             continue
         lines.append(
-            f"| {s['policy']} | {s['vision_ms']:.1f} | {s['prefill_ms']:.1f} | {s['decode_ms']:.1f} | "
+            f"| {s['policy']} | {s['vision_ms']:.1f} | {s['evict_ms']:.1f} | {s['prefill_ms']:.1f} | {s['decode_ms']:.1f} | "
             f"{s['decode_ms_per_token']:.2f} | {s['total_ms']:.1f} | {s['last_total_ms']:.1f} | {s['cached_tokens_end']:,} | "
             f"{s['peak_memory_gib']:.2f} | {s['realtime_factor']:.2f} | {s['status']} |"
         )

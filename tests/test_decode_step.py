@@ -31,8 +31,11 @@ def run(model, fast_decode: bool, chunks: int = 10) -> tuple[list[int], list[str
     return session.cache.token_ids(), texts
 
 
-def test_static_step_gives_the_dynamic_paths_tokens(tiny_model):
+@pytest.mark.parametrize("attention", ["matmul", "math"])
+def test_static_step_gives_the_dynamic_paths_tokens(tiny_model, monkeypatch, attention):
+    monkeypatch.setattr("core.engine.DECODE_ATTENTION", attention)
     assert run(tiny_model, fast_decode=True) == run(tiny_model, fast_decode=False)
+    assert tiny_model.model.config.text_config._attn_implementation == "sdpa"  # restored after each step
 
 
 def test_static_step_survives_buffer_growth(tiny_model):

@@ -111,7 +111,7 @@ def main() -> None:
     hf.set_attn_implementation({"vision_config": "sdpa"})
     results["vision_stock_ms"] = timed(
         lambda: hf.model.get_video_features(
-            pixel_values_videos=video.pixel_values, video_grid_thw=video.grid_thw
+            pixel_values_videos=video.pixel_values, video_grid_thw=video.grid_thw.to(model.device)
         ),
         repeats=10,
     )
@@ -134,10 +134,57 @@ def main() -> None:
         model.forward(embeds, positions, cache)
         rollback(length)
 
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    kernels = {
+        "auto": list(SDPBackend),
+        "cudnn": [SDPBackend.CUDNN_ATTENTION],
+        "efficient": [SDPBackend.EFFICIENT_ATTENTION],
+        "math": [SDPBackend.MATH],
+    }
     for force in ("0", "1"):
         os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] = force
-        results[f"prefill_force_gqa{force}_ms"] = timed(prefill, repeats=10)
+        for name, backends in kernels.items():
+            key = f"prefill_gqa{force}_{name}"
+            try:
+                with sdpa_kernel(backends):
+                    results[key + "_ms"] = timed(prefill, repeats=5)
+                    # a key length not seen before: what a chunk pays when kernels are planned per shape
+                    firsts = []
+                    for k in range(1, 4):
+                        rollback(length - 7 * k)
+                        start, end = (
+                            torch.cuda.Event(enable_timing=True),
+                            torch.cuda.Event(enable_timing=True),
+                        )
+                        start.record()
+                        model.forward(embeds, positions, cache)
+                        end.record()
+                        end.synchronize()
+                        firsts.append(start.elapsed_time(end))
+                        rollback(length)
+                    results[key + "_new_shape_ms"] = statistics.median(firsts)
+            except RuntimeError as exc:
+                results[key + "_ms"] = float("nan")
+                print("prefill", key, "failed:", str(exc)[:200], flush=True)
+            rollback(length)
     os.environ.pop("TRANSFORMERS_SDPA_FORCE_GQA")
+
+    # -- what one graph decode step spends, kernel by kernel ----------------------------------
+    from torch.profiler import ProfilerActivity, profile
+
+    for name in ("matmul", "auto"):
+        step = StaticDecodeStep(model, cache, use_graph=True, attention=name)
+        step(token, position)
+        rollback(length)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                step(token, position)
+                rollback(length)
+            torch.cuda.synchronize()
+        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=15)
+        (args.out / f"decode_kernels_{name}.txt").write_text(table)
+        print(name, table, flush=True)
 
     results["decode_floor_ms"] = (lm_bytes + kv_bytes) / 3.0e12 * 1000
     (args.out / "phases.json").write_text(json.dumps(results, indent=1))
