@@ -137,7 +137,12 @@ def main() -> None:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     kernels = {
-        "auto": list(SDPBackend),
+        "auto": [
+            SDPBackend.FLASH_ATTENTION,
+            SDPBackend.CUDNN_ATTENTION,
+            SDPBackend.EFFICIENT_ATTENTION,
+            SDPBackend.MATH,
+        ],
         "cudnn": [SDPBackend.CUDNN_ATTENTION],
         "efficient": [SDPBackend.EFFICIENT_ATTENTION],
         "math": [SDPBackend.MATH],

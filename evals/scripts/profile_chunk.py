@@ -38,10 +38,12 @@ def main() -> None:
         with record_function("chunk"):
             session.push(frames[:2], k, k + 1)
     print("profiled:", session.last_stats)
+    lines = []
     for key in ("cuda_time_total", "cpu_time_total"):
         table = prof.key_averages().table(sort_by=key, row_limit=30)
-        (args.out / f"top_{key}.txt").write_text(table)
+        lines.append(table)
         print(table)
+    (args.out / "profile_tables.txt").write_text("\n\n".join(lines))
 
 
 if __name__ == "__main__":
