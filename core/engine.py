@@ -169,11 +169,12 @@ class Session:
         self._recent_replies: deque[list[int]] = deque(maxlen=max(1, gen.repetition_window_replies))
         self._vision_features: dict[int, torch.Tensor] = {}  # RECOMPUTE only: kept rounds' vision tokens
         self._budget_logged = False
-        self._static_step = (
-            StaticDecodeStep(model, self.cache, use_graph=model.device.type == "cuda")
-            if engine.fast_decode
-            else None
-        )
+        self._static_step = None
+        if engine.fast_decode:
+            use_graph = model.device.type == "cuda"
+            self._static_step = StaticDecodeStep(
+                model, self.cache, use_graph=use_graph, attention=DECODE_ATTENTION
+            )
 
     # -- public interface ----------------------------------------------------------------------------
 

@@ -19,12 +19,14 @@ GREEDY = GenerationConfig(temperature=0.0, max_new_tokens=6, repetition_penalty=
 POLICY = CachePolicy(sink_tokens=6, text_window_tokens=10, vision_window_chunks=2, text_window_replies=3)
 
 
-def run(model, fast_decode: bool, chunks: int = 10) -> tuple[list[int], list[str]]:
+def run(model, fast_decode: bool, chunks: int = 10, attention: str | None = None):
     rng = np.random.default_rng(99)
     engine = StreamingEngine(
         model, stream=SMALL_STREAM, cache=POLICY, generation=GREEDY, fast_decode=fast_decode
     )
     session = engine.start(previous_text="Blue against red, second half.")
+    if attention is not None:  # the engine really runs the decode attention under test
+        assert session._static_step.attention == attention
     texts = []
     for k in range(chunks):
         texts += [c.text for c in session.push(random_frames(rng, 56, 84), k, k + 1)]
@@ -34,7 +36,7 @@ def run(model, fast_decode: bool, chunks: int = 10) -> tuple[list[int], list[str
 @pytest.mark.parametrize("attention", ["matmul", "math"])
 def test_static_step_gives_the_dynamic_paths_tokens(tiny_model, monkeypatch, attention):
     monkeypatch.setattr("core.engine.DECODE_ATTENTION", attention)
-    assert run(tiny_model, fast_decode=True) == run(tiny_model, fast_decode=False)
+    assert run(tiny_model, fast_decode=True, attention=attention) == run(tiny_model, fast_decode=False)
     assert tiny_model.model.config.text_config._attn_implementation == "sdpa"  # restored after each step
 
 
