@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from core.attention import MATMUL_DECODE
 from core.cache import StreamCache
 from core.model import StreamModel
 
@@ -29,35 +30,6 @@ ATTENTION_BACKENDS = {
     "efficient": [SDPBackend.EFFICIENT_ATTENTION],
     "cudnn": [SDPBackend.CUDNN_ATTENTION],
 }
-MATMUL_ATTENTION = "streamvlm_decode_matmul"
-
-
-def matmul_decode_attention(
-    module: torch.nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
-    dropout: float = 0.0,
-    **kwargs,
-) -> tuple[torch.Tensor, None]:
-    """q [1, Hq, n, D] against k/v [1, Hkv, S, D] with a bool mask [1, 1, n, S] -> [1, n, Hq, D].
-
-    The query heads that share a key head are stacked as rows, so each key and value is read once.
-    """
-    batch, q_heads, n, dim = query.shape
-    kv_heads = key.shape[1]
-    group = q_heads // kv_heads
-    q = query.view(batch, kv_heads, group * n, dim)
-    scale = scaling if scaling is not None else dim**-0.5
-    scores = torch.matmul(q, key.transpose(-1, -2)).float() * scale  # [1, Hkv, group*n, S]
-    if attention_mask is not None:
-        mask = attention_mask if n == 1 else attention_mask.repeat_interleave(group, dim=2)
-        scores = scores.masked_fill(~mask, float("-inf"))
-    probs = scores.softmax(dim=-1).to(value.dtype)
-    out = torch.matmul(probs, value).view(batch, q_heads, n, dim)
-    return out.transpose(1, 2), None
 
 
 class StaticDecodeStep:
@@ -74,11 +46,6 @@ class StaticDecodeStep:
         self.use_graph = use_graph
         self.backends = ATTENTION_BACKENDS[attention]
         self.attention = attention
-        if attention == "matmul":
-            from transformers import AttentionInterface
-
-            if MATMUL_ATTENTION not in AttentionInterface._global_mapping:
-                AttentionInterface.register(MATMUL_ATTENTION, matmul_decode_attention)
         device = model.device
         self.token = torch.zeros(1, dtype=torch.long, device=device)
         self.position = torch.zeros(3, 1, dtype=torch.float32, device=device)
@@ -134,7 +101,7 @@ class StaticDecodeStep:
             return
         hf = self.model.model
         previous = hf.config.text_config._attn_implementation
-        hf.set_attn_implementation({"text_config": MATMUL_ATTENTION})
+        hf.set_attn_implementation({"text_config": MATMUL_DECODE})
         try:
             yield
         finally:

@@ -169,8 +169,15 @@ class StreamModel:
                 f"'{name}' is inconsistent: the tokenizer's <|video_pad|> is {self.special.video_pad} "
                 f"but the config's video_token_id is {config.video_token_id}"
             )
+        from core import attention
         from core.vision import VisionRunner
 
+        if self.model.config._attn_implementation == "sdpa":
+            # The engine's own SDPA calls for its three attention shapes (core/attention.py).
+            attention.register()
+            self.model.set_attn_implementation(
+                {"text_config": attention.CAUSAL_PREFILL, "vision_config": attention.VARLEN_VISION}
+            )
         self._vision = VisionRunner(self.model, use_graph=self.device.type == "cuda")
         language_model = self.model.model.language_model
         # transformers renamed `past_key_values` to `cache`; accept checkpoints on either side of it.
@@ -195,7 +202,7 @@ class StreamModel:
 
     @property
     def attention_backend(self) -> str:
-        return self.model.config._attn_implementation
+        return self.model.config.text_config._attn_implementation
 
     def encode(self, text: str) -> list[int]:
         """Token ids of plain text (no special-token parsing surprises: specials are written explicitly)."""

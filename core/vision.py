@@ -7,9 +7,8 @@ transformers' public extension points:
 
 - the indices are computed once per frame grid and passed in as precomputed kwargs
   (`transformers.vision_utils`), with the segment bounds kept on the host;
-- the vision config's attention is a registered `AttentionInterface` function that receives all
-  segments at once (the packed "varlen" convention transformers uses for implementations whose
-  name contains "flash") and runs equal-length windows as one batched SDPA call;
+- the vision config's attention is `core.attention.batched_varlen_attention`, which receives all
+  segments at once and runs equal-length windows as one batched SDPA call;
 - on a GPU the whole tower is captured in a CUDA graph per frame grid and replayed per chunk.
 
 The result equals the stock path (a test compares them); only the number of launches changes.
@@ -21,50 +20,9 @@ import logging
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 log = logging.getLogger(__name__)
-
-# transformers passes packed segment bounds (cu_seqlens) to implementations with "flash" in their name.
-VARLEN_ATTENTION = "flash_streamvlm_batched_sdpa"
-
-
-def batched_varlen_attention(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    scaling: float | None = None,
-    dropout: float = 0.0,
-    cu_seq_lens_q: torch.Tensor | None = None,
-    **kwargs,
-) -> tuple[torch.Tensor, None]:
-    """Bidirectional attention within packed segments; q/k/v [1, heads, tokens, dim] -> [1, tokens, heads, dim]."""
-    _, heads, tokens, dim = query.shape
-    bounds = cu_seq_lens_q.tolist() if cu_seq_lens_q is not None else [0, tokens]  # host tensor: no sync
-    lengths = {b - a for a, b in zip(bounds, bounds[1:])}
-    if len(lengths) == 1:
-        n, length = len(bounds) - 1, lengths.pop()
-
-        def windows(x: torch.Tensor) -> torch.Tensor:
-            return x.view(heads, n, length, dim).transpose(0, 1)  # [windows, heads, length, dim]
-
-        out = F.scaled_dot_product_attention(windows(query), windows(key), windows(value), scale=scaling)
-        out = out.transpose(0, 1).reshape(1, heads, tokens, dim)
-    else:  # windows cut by the frame edge: one call per segment, as stock transformers does
-        out = torch.cat(
-            [
-                F.scaled_dot_product_attention(
-                    query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], scale=scaling
-                )
-                for a, b in zip(bounds, bounds[1:])
-                if b > a
-            ],
-            dim=2,
-        )
-    return out.transpose(1, 2), None
 
 
 @dataclass
@@ -81,13 +39,9 @@ class VisionRunner:
     """Runs `get_video_features` for one chunk: precomputed indices, batched windows, a graph per grid."""
 
     def __init__(self, model: nn.Module, *, use_graph: bool) -> None:
-        from transformers import AttentionInterface
-
-        self.model = model  # Qwen2_5_VLForConditionalGeneration
+        """`model` is a Qwen2_5_VLForConditionalGeneration whose vision config uses VARLEN_VISION attention."""
+        self.model = model
         self.use_graph = use_graph
-        if VARLEN_ATTENTION not in AttentionInterface._global_mapping:
-            AttentionInterface.register(VARLEN_ATTENTION, batched_varlen_attention)
-        model.set_attn_implementation({"vision_config": VARLEN_ATTENTION})
         self._plans: dict[tuple[int, ...], _Plan] = {}
 
     @torch.inference_mode()

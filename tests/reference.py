@@ -35,10 +35,14 @@ def stock_forward(model: StreamModel, ids: list[int], videos: list[VideoInput], 
 
 @contextmanager
 def stock_attention(hf_model):
-    """Run the stock SDPA attention everywhere (the engine registers its own for the vision tower)."""
-    vision = hf_model.config.vision_config._attn_implementation
-    hf_model.set_attn_implementation({"vision_config": "sdpa"})
+    """Run the stock SDPA attention everywhere (the engine registers its own, core/attention.py)."""
+    config = hf_model.config
+    engine = {
+        "text_config": config.text_config._attn_implementation,
+        "vision_config": config.vision_config._attn_implementation,
+    }
+    hf_model.set_attn_implementation({"text_config": "sdpa", "vision_config": "sdpa"})
     try:
         yield
     finally:
-        hf_model.set_attn_implementation({"vision_config": vision})
+        hf_model.set_attn_implementation(engine)

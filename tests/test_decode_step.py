@@ -37,7 +37,9 @@ def run(model, fast_decode: bool, chunks: int = 10, attention: str | None = None
 def test_static_step_gives_the_dynamic_paths_tokens(tiny_model, monkeypatch, attention):
     monkeypatch.setattr("core.engine.DECODE_ATTENTION", attention)
     assert run(tiny_model, fast_decode=True, attention=attention) == run(tiny_model, fast_decode=False)
-    assert tiny_model.model.config.text_config._attn_implementation == "sdpa"  # restored after each step
+    assert (
+        tiny_model.model.config.text_config._attn_implementation == "streamvlm_causal"
+    )  # restored after each step
 
 
 def test_static_step_survives_buffer_growth(tiny_model):

@@ -33,7 +33,7 @@ def test_tiny_model_folder_loads_through_the_normal_path(tiny_dir, tiny_model):
     assert isinstance(tiny_model.processor, Qwen2_5_VLProcessor)  # AutoProcessor found it on disk
     assert tiny_model.name == str(tiny_dir)
     assert (tiny_model.device, tiny_model.dtype) == (CPU, torch.float32)
-    assert tiny_model.attention_backend == "sdpa"
+    assert tiny_model.attention_backend == "streamvlm_causal"  # SDPA through the engine's own calls
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from conftest import random_frames
+from core.attention import CAUSAL_PREFILL, VARLEN_VISION
 from core.config import StreamConfig
 from core.frames import video_input
-from core.vision import VARLEN_ATTENTION
 from reference import stock_attention
 
 STREAM = StreamConfig(min_pixels=4 * 28 * 28, max_pixels=200 * 28 * 28)
@@ -37,5 +37,5 @@ def test_fast_vision_equals_stock_vision(tiny_model, rng, height, width, frames)
 
 
 def test_the_engine_uses_the_batched_attention(tiny_model):
-    assert tiny_model.model.config.vision_config._attn_implementation == VARLEN_ATTENTION
-    assert tiny_model.model.config.text_config._attn_implementation == "sdpa"
+    assert tiny_model.model.config.vision_config._attn_implementation == VARLEN_VISION
+    assert tiny_model.model.config.text_config._attn_implementation == CAUSAL_PREFILL

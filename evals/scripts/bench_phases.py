@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import statistics
 from pathlib import Path
 
 import torch
 
+from core.attention import CAUSAL_PREFILL
 from core.decode_step import ATTENTION_BACKENDS, StaticDecodeStep
 from core.engine import StreamingEngine
 from core.frames import video_input
@@ -134,46 +134,22 @@ def main() -> None:
         model.forward(embeds, positions, cache)
         rollback(length)
 
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    kernels = {
-        "auto": [
-            SDPBackend.FLASH_ATTENTION,
-            SDPBackend.CUDNN_ATTENTION,
-            SDPBackend.EFFICIENT_ATTENTION,
-            SDPBackend.MATH,
-        ],
-        "cudnn": [SDPBackend.CUDNN_ATTENTION],
-        "efficient": [SDPBackend.EFFICIENT_ATTENTION],
-        "math": [SDPBackend.MATH],
-    }
-    for force in ("0", "1"):
-        os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] = force
-        for name, backends in kernels.items():
-            key = f"prefill_gqa{force}_{name}"
-            try:
-                with sdpa_kernel(backends):
-                    results[key + "_ms"] = timed(prefill, repeats=5)
-                    # a key length not seen before: what a chunk pays when kernels are planned per shape
-                    firsts = []
-                    for k in range(1, 4):
-                        rollback(length - 7 * k)
-                        start, end = (
-                            torch.cuda.Event(enable_timing=True),
-                            torch.cuda.Event(enable_timing=True),
-                        )
-                        start.record()
-                        model.forward(embeds, positions, cache)
-                        end.record()
-                        end.synchronize()
-                        firsts.append(start.elapsed_time(end))
-                        rollback(length)
-                    results[key + "_new_shape_ms"] = statistics.median(firsts)
-            except RuntimeError as exc:
-                results[key + "_ms"] = float("nan")
-                print("prefill", key, "failed:", str(exc)[:200], flush=True)
+    for impl in (CAUSAL_PREFILL, "sdpa"):
+        model.model.set_attn_implementation({"text_config": impl})
+        key = f"prefill_{impl}"
+        results[key + "_ms"] = timed(prefill, repeats=5)
+        firsts = []  # key lengths not seen before: what a chunk pays where kernels are planned per shape
+        for k in range(1, 4):
+            rollback(length - 7 * k)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            model.forward(embeds, positions, cache)
+            end.record()
+            end.synchronize()
+            firsts.append(start.elapsed_time(end))
             rollback(length)
-    os.environ.pop("TRANSFORMERS_SDPA_FORCE_GQA")
+        results[key + "_new_shape_ms"] = statistics.median(firsts)
+    model.model.set_attn_implementation({"text_config": CAUSAL_PREFILL})
 
     # -- what one graph decode step spends, kernel by kernel ----------------------------------
     from torch.profiler import ProfilerActivity, profile
