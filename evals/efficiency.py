@@ -11,6 +11,7 @@ table, a JSON file and PNG plots against stream time.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import logging
@@ -25,7 +26,7 @@ import numpy as np
 import psutil
 import torch
 
-from core.config import CachePolicy, EvictionMode, GenerationConfig, StreamConfig
+from core.config import CachePolicy, EvictionMode, GenerationConfig, StreamConfig, load_config_file
 from core.engine import StreamingEngine
 from core.errors import ConfigError
 from evals.registry import register
@@ -44,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokens", type=int, default=20, help="tokens forced per chunk")
     parser.add_argument("--policies", default="streaming,recompute,none", help="comma-separated cache modes")
     parser.add_argument("--warmup", type=int, default=2, help="first chunks left out of the summary")
+    parser.add_argument(
+        "--config", type=Path, help="TOML/YAML with [cache] window sizes (modes come from --policies)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/efficiency-TIME)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
@@ -74,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     load_s = time.perf_counter() - started
     stream = StreamConfig(fps=args.fps)
     generation = GenerationConfig(max_new_tokens=args.tokens, min_new_tokens=args.tokens, seed=0)
+    windows = load_config_file(args.config).cache if args.config else CachePolicy()
     frames = _frame_source(args, stream, width, height)
 
     meta = {
@@ -97,9 +102,8 @@ def run(args: argparse.Namespace) -> int:
     status: dict[str, str] = {}
     with Progress(console=console) as progress:
         for policy in policies:
-            engine = StreamingEngine(
-                model, stream=stream, cache=CachePolicy(mode=modes[policy]), generation=generation
-            )
+            cache = dataclasses.replace(windows, mode=modes[policy])
+            engine = StreamingEngine(model, stream=stream, cache=cache, generation=generation)
             session = engine.start(previous_text="")
             task = progress.add_task(policy, total=args.seconds)
             status[policy] = "ok"
