@@ -16,6 +16,7 @@ whether to stop.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -148,9 +149,7 @@ class Session:
         )
         gen = engine.generation
         if seed is not None:
-            from dataclasses import replace
-
-            gen = replace(gen, seed=seed)
+            gen = dataclasses.replace(gen, seed=seed)
         self.generation = gen
         self.sampler = TokenSampler(
             gen,

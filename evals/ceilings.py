@@ -9,37 +9,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
 from evals.registry import register
+from evals.timing import median_ms
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=None, help="write ceilings.json here")
-
-
-def _time_ms(fn, device: torch.device, repeats: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
 
 
 def measure(device: torch.device) -> dict:
@@ -48,11 +28,11 @@ def measure(device: torch.device) -> dict:
     dtype = torch.bfloat16 if cuda else torch.float32
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    matmul_ms = _time_ms(lambda: a @ b, device)
+    matmul_ms = median_ms(lambda: a @ b, device)
     size = (2 if cuda else 0.25) * 2**30
     src = torch.randn(int(size // 2), device=device, dtype=torch.bfloat16)
     dst = torch.empty_like(src)
-    copy_ms = _time_ms(lambda: dst.copy_(src), device)
+    copy_ms = median_ms(lambda: dst.copy_(src), device)
     return {
         "device": torch.cuda.get_device_name(device) if cuda else "cpu",
         "matmul_dtype": str(dtype),

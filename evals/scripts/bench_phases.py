@@ -28,20 +28,11 @@ from core.frames import video_input
 from core.model import build_random_model
 from core.synthetic import synthetic_frames
 from core.vision import VisionRunner
+from evals.timing import median_ms
 
 
 def timed(fn, repeats: int = 20, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return median_ms(fn, "cuda", repeats=repeats, warmup=warmup)
 
 
 def main() -> None:

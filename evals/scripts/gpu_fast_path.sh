@@ -6,13 +6,7 @@ set -euo pipefail
 seconds=${1:-150}
 out=${OUT:-runs/gpu}
 mkdir -p "$out"
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
-export PYTHONUNBUFFERED=1
+source evals/scripts/gpu_env.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt"
 python3 -m pytest -q -p no:cacheprovider tests/test_decode_step.py tests/test_vision.py tests/test_engine_equivalence.py 2>&1 | tail -3 | tee "$out/gpu_tests.log"
 python3 evals/scripts/bench_phases.py --warm 24 --out "$out" > "$out/phases.log" 2>&1 || true

@@ -4,13 +4,7 @@
 set -euo pipefail
 out=${OUT:-runs/gpu}
 mkdir -p "$out/hd2fps" "$out/hd8fps"
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
-export PYTHONUNBUFFERED=1
+source evals/scripts/gpu_env.sh
 python3 -m evals efficiency --random-weights 7b --seconds "${SECONDS_2FPS:-1000}" --resolution 1280x720 --fps 2 \
   --tokens 20 --policies streaming --out "$out/hd2fps" 2>&1 | tail -5
 python3 -m evals efficiency --random-weights 7b --seconds "${SECONDS_8FPS:-120}" --resolution 1280x720 --fps 8 \

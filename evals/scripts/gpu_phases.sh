@@ -3,13 +3,7 @@
 set -euo pipefail
 out=${OUT:-runs/gpu}
 mkdir -p "$out"
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
-export PYTHONUNBUFFERED=1
+source evals/scripts/gpu_env.sh
 python3 evals/scripts/bench_phases.py --warm 24 --out "$out" > "$out/phases.log" 2>&1 || true
 grep -v "^ *File\|^    " "$out/phases.log" | tail -80
 python3 evals/scripts/profile_chunk.py --warm 20 --out "$out" > "$out/profile.log" 2>&1 || tail -20 "$out/profile.log"
