@@ -289,8 +289,8 @@ class StreamCache(Cache):
             if span.round == PREFIX_ROUND:
                 prefix[span.part].append(span)
                 continue
-            vision_kept = span.round > round - policy.vision_window_chunks
-            text_kept = span.round > round - policy.text_window_replies
+            vision_kept = policy.keeps_vision(span.round, round)
+            text_kept = policy.keeps_text(span.round, round)
             if span.part is Part.VISION:
                 keep = vision_kept
             elif span.part in _ROUND_FRAME:

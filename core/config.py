@@ -101,6 +101,14 @@ class CachePolicy:
     def evicts(self) -> bool:
         return self.mode is not EvictionMode.NONE
 
+    def keeps_vision(self, round: int, current: int) -> bool:
+        """Whether round `round`'s vision stays once round `current` is added."""
+        return not self.evicts or round > current - self.vision_window_chunks
+
+    def keeps_text(self, round: int, current: int) -> bool:
+        """Whether round `round`'s reply stays in place once round `current` is added."""
+        return not self.evicts or round > current - self.text_window_replies
+
     def budget(
         self,
         *,

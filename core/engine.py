@@ -168,7 +168,7 @@ class Session:
         self._pending_round = PREFIX_ROUND
         self._recent_replies: deque[list[int]] = deque(maxlen=max(1, gen.repetition_window_replies))
         self._vision_features: dict[int, torch.Tensor] = {}  # RECOMPUTE only: kept rounds' vision tokens
-        self._budget_logged = False
+        self._cache_planned = False
         self._static_step = None
         if engine.fast_decode:
             use_graph = model.device.type == "cuda"
@@ -197,7 +197,7 @@ class Session:
         vision_ms = clock.lap()
         if self.trace is not None:
             self.trace.videos.append(video)
-        self._log_budget(video.num_tokens)
+        self._plan_cache(video.num_tokens)
 
         with record_function("streamvlm.evict"):
             eviction = cache.evict(self.round)
@@ -287,7 +287,7 @@ class Session:
 
     def _round_text_kept(self, round: int) -> bool:
         policy = self.cache.policy
-        return round == PREFIX_ROUND or not policy.evicts or round > self.round - policy.text_window_replies
+        return round == PREFIX_ROUND or policy.keeps_text(round, self.round)
 
     def _forward(self, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         tracing = self.trace is not None
@@ -340,7 +340,7 @@ class Session:
         ]
         self._pending_round = self.round
         self._recent_replies.append(words)
-        if self.cache.policy.evicts and self.cache.policy.text_window_replies <= 1:
+        if not self.cache.policy.keeps_text(self.round, self.round + 1):
             # This round's reply retires at the next eviction, before a prefill could feed its tail.
             self._flush_pending()
         return words
@@ -353,10 +353,10 @@ class Session:
         self._forward(self.model.embed(torch.tensor(ids, device=self.model.device)), positions)
         self._pending = []
 
-    def _log_budget(self, vision_tokens: int) -> None:
-        if self._budget_logged:
+    def _plan_cache(self, vision_tokens: int) -> None:
+        if self._cache_planned:
             return
-        self._budget_logged = True
+        self._cache_planned = True
         policy = self.cache.policy
         if not policy.evicts:
             log.info("cache policy: none (full attention); the cache grows with the stream")

@@ -27,6 +27,7 @@ class TokenSampler:
         self.valid_vocab = valid_vocab  # rows past the tokenizer's vocabulary are padding, never sampled
         self.stop_ids = torch.tensor(stop_ids, dtype=torch.long, device=device)
         self.suppress_ids = torch.tensor(sorted(set(suppress_ids)), dtype=torch.long, device=device)
+        self._banned: torch.Tensor | None = None  # [vocab] bool, built on the first call (vocab size known)
         self.generator = torch.Generator(device=device)
         seed = config.seed if config.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
         self.generator.manual_seed(seed)
@@ -35,9 +36,12 @@ class TokenSampler:
         """logits [vocab] float32, recent token ids [k] for the repetition penalty, step = tokens so far."""
         cfg = self.config
         logits = logits.clone()
-        logits[self.valid_vocab :] = -torch.inf
-        if self.suppress_ids.numel():
-            logits[self.suppress_ids] = -torch.inf
+        if self._banned is None or self._banned.numel() != logits.numel():
+            banned = torch.zeros(logits.numel(), dtype=torch.bool, device=logits.device)
+            banned[self.valid_vocab :] = True
+            banned[self.suppress_ids] = True
+            self._banned = banned
+        logits.masked_fill_(self._banned, -torch.inf)
         if cfg.repetition_penalty != 1.0 and recent.numel():
             scores = logits.gather(0, recent)
             scores = torch.where(scores < 0, scores * cfg.repetition_penalty, scores / cfg.repetition_penalty)
