@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     run.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
     run.add_argument("--attn", default="auto", help="attention backend: auto, sdpa, eager, flash_attention_2")
+    run.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="do not fuse kernels with torch.compile (on by default on a GPU)",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     group = run.add_argument_group("overrides of the config file")
     group.add_argument("--fps", type=float)
@@ -111,7 +116,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     console = Console(stderr=False, highlight=False)
     source = FileSource(args.source, fps=config.stream.fps, realtime=args.realtime)  # fails fast on bad input
     with console.status(f"loading model {args.model}"):
-        model = load_model(args.model, device=args.device, dtype=args.dtype, attn=args.attn)
+        model = load_model(
+            args.model,
+            device=args.device,
+            dtype=args.dtype,
+            attn=args.attn,
+            compile=False if args.no_compile else None,
+        )
     log.info(
         "model %s on %s (%s, attention %s)", model.name, model.device, model.dtype, model.attention_backend
     )

@@ -29,7 +29,8 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from core.config import CachePolicy, EvictionMode
 from core.conversation import Part, Piece
-from core.positions import rotate, rotation, text_positions, vision_extent, vision_positions
+from core.kernels import rotate_into
+from core.positions import rotation, text_positions, vision_extent, vision_positions
 
 PREFIX_ROUND = -1
 CAPACITY_STEP = 256  # buffer sizes are multiples of this (aligned attention masks, few distinct shapes)
@@ -124,13 +125,12 @@ class StreamCache(Cache):
         policy: CachePolicy,
         capacity: int = 4 * CAPACITY_STEP,
     ) -> None:
-        shape = (1, num_kv_heads, capacity, head_dim)
-        layers = [
-            StreamLayer(
-                torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device)
-            )
-            for _ in range(num_layers)
-        ]
+        # All layers in one tensor each for keys and values, so an eviction moves every layer in
+        # one gather and one fused rotation; each layer sees its own view [1, kv_heads, capacity, head_dim].
+        shape = (num_layers, 1, num_kv_heads, capacity, head_dim)
+        self.key_buffer = torch.zeros(shape, dtype=dtype, device=device)
+        self.value_buffer = torch.zeros(shape, dtype=dtype, device=device)
+        layers = [StreamLayer(self.key_buffer[i], self.value_buffer[i]) for i in range(num_layers)]
         super().__init__(layers=layers)
         self.policy = policy
         self.inv_freq = inv_freq
@@ -171,12 +171,14 @@ class StreamCache(Cache):
         if need <= self.capacity:
             return
         capacity = -(-max(need, int(self.capacity * 1.5)) // CAPACITY_STEP) * CAPACITY_STEP
-        for layer in self.layers:
-            for name in ("keys", "values"):
-                old = getattr(layer, name)
-                new = old.new_zeros(old.shape[0], old.shape[1], capacity, old.shape[3])
-                new[:, :, : layer.length] = old[:, :, : layer.length]
-                setattr(layer, name, new)
+        length = self.length
+        for name in ("key_buffer", "value_buffer"):
+            old = getattr(self, name)
+            new = old.new_zeros(*old.shape[:3], capacity, old.shape[4])
+            new[:, :, :, :length] = old[:, :, :, :length]
+            setattr(self, name, new)
+        for i, layer in enumerate(self.layers):
+            layer.keys, layer.values = self.key_buffer[i], self.value_buffer[i]
         self.capacity = capacity
 
     def reserve(
@@ -329,15 +331,15 @@ class StreamCache(Cache):
             for layer in self.layers:
                 layer.length = slot
             return 0
-        device = self.layers[0].keys.device
+        device = self.key_buffer.device
         index = torch.from_numpy(np.concatenate(src)[first:]).to(device)
         shifts = torch.from_numpy(np.concatenate(delta)[first:]).to(device)
         cos, sin = rotation(shifts, self.inv_freq.to(device))
+        # Every layer at once; the gathers are copies, so overlapping moves are safe.
+        keys = self.key_buffer.index_select(3, index)  # [layers, 1, kv_heads, moved, head_dim]
+        self.value_buffer[:, :, :, first:slot] = self.value_buffer.index_select(3, index)
+        rotate_into(self.key_buffer[:, :, :, first:slot], keys, cos, sin)
         for layer in self.layers:
-            keys = layer.keys.index_select(2, index)  # a copy, so overlapping moves are safe
-            values = layer.values.index_select(2, index)
-            layer.keys[:, :, first:slot] = rotate(keys, cos, sin)
-            layer.values[:, :, first:slot] = values
             layer.length = slot
         return slot - first
 

@@ -56,10 +56,27 @@ class StaticDecodeStep:
         self._slots = torch.empty(0, device=device)
         self._logits: torch.Tensor | None = None
 
+    @property
+    def overlaps(self) -> bool:
+        """Whether `launch` returns before the step has run (a graph replay is asynchronous)."""
+        return self.use_graph
+
     @torch.inference_mode()
     def __call__(self, token: torch.Tensor, position: float) -> torch.Tensor:
-        """`token` is a device scalar (the sampler's output: no host round trip); the cache must
-        already hold its span (`StreamCache.append_token`)."""
+        """Feed one token and count it in the cache; see `launch`."""
+        logits = self.launch(token, position)
+        self.commit()
+        return logits
+
+    @torch.inference_mode()
+    def launch(self, token: torch.Tensor, position: float) -> torch.Tensor:
+        """Start the forward of `token` (a device scalar: no host round trip) at `position`, writing its
+        keys and values into the slot after the cached ones; return the logits [vocab] (float32).
+
+        The cache's bookkeeping is left to the caller (`StreamCache.append_token`, then `commit`), so a
+        step can be started before the host knows the token; one never committed is overwritten by
+        the next write.
+        """
         cache = self.cache
         if cache.capacity != self._capacity:
             self._prepare()
@@ -68,12 +85,13 @@ class StaticDecodeStep:
         self.write_at.fill_(cache.length)
         if self.graph is not None:
             self.graph.replay()
-            logits = self._logits
-        else:
-            with self._decode_attention():
-                logits = self._step()
-        cache.advance(1)
-        return logits
+            return self._logits
+        with self._decode_attention():
+            return self._step()
+
+    def commit(self) -> None:
+        """Count the launched token as cached."""
+        self.cache.advance(1)
 
     def _step(self) -> torch.Tensor:
         mask = (self._slots <= self.write_at).view(1, 1, 1, -1)  # the live slots and the new one

@@ -10,8 +10,9 @@ for one stream. Per chunk, `Session.push(frames, t_start, t_end)`:
 5. return the reply, with the ` ...` marker removed at token level, as `Commentary`.
 
 The last sampled token is not fed at once: it opens the next chunk's prefill, which saves one
-forward per chunk. The only host synchronisation in the token loop is the `.item()` that decides
-whether to stop.
+forward per chunk. The only host synchronisation in the token loop is reading each token back to
+decide whether to stop; on a GPU the next step is already queued behind the draw by then, so the
+GPU never waits for the host.
 """
 
 from __future__ import annotations
@@ -170,6 +171,7 @@ class Session:
         self._vision_features: dict[int, torch.Tensor] = {}  # RECOMPUTE only: kept rounds' vision tokens
         self._cache_planned = False
         self._static_step = None
+        self._token_reader = _TokenReader(model.device)
         if engine.fast_decode:
             use_graph = model.device.type == "cuda"
             self._static_step = StaticDecodeStep(
@@ -190,7 +192,7 @@ class Session:
         arrays = [f.rgb if isinstance(f, Frame) else f for f in frames]
         model, cache, device = self.model, self.cache, self.model.device
 
-        clock = _Clock(device)
+        clock = Stopwatch(device)
         with record_function("streamvlm.vision"):
             video = video_input(arrays, self.engine.stream, model.vision, device)
             features = model.encode_video(video.pixel_values, video.grid_thw)  # [vision tokens, hidden]
@@ -304,19 +306,34 @@ class Session:
         recent = torch.tensor(recent_ids, dtype=torch.long, device=device)
         stop = {model.special.im_end, model.special.endoftext}
         text = _TextStream(model, self.conv.marker, self.on_token) if self.on_token else None
+        step_fn = self._static_step
+        overlap = step_fn is not None and step_fn.overlaps
         generated: list[int] = []
         for step in range(gen.max_new_tokens):
             token = self.sampler(logits, recent, step)
-            token_id = int(token.item())  # the one host sync per token: do we stop?
+            last = step == gen.max_new_tokens - 1
+            if overlap and not last:
+                # Start the next forward before the host knows the token: the GPU runs it while the
+                # host waits for the token, decides whether to stop and keeps the books. After a stop
+                # token that forward is wasted but harmless (it wrote one slot past the cached ones).
+                self._token_reader.start(token)
+                self.cache.ensure_capacity(1)
+                logits = step_fn.launch(token, self.cache.cursor)
+                token_id = self._token_reader.result()
+            else:
+                token_id = int(token.item())  # the one host sync per token: do we stop?
             generated.append(token_id)
             if text is not None:
                 text.push(token_id)
-            if token_id in stop or step == gen.max_new_tokens - 1:
+            if token_id in stop or last:
                 break
             recent = torch.cat([recent, token.view(1)])
-            if self._static_step is not None:
+            if step_fn is not None:
                 position = self.cache.append_token(Part.REPLY, self.round, token_id)
-                logits = self._static_step(token, position)
+                if overlap:
+                    step_fn.commit()
+                else:
+                    logits = step_fn(token, position)
                 if self.trace is not None:
                     self.trace.logits.append((self.cache.length, logits[None].detach().cpu()))
             else:
@@ -374,7 +391,7 @@ class Session:
         self.cache.ensure_capacity(budget.tokens)
 
 
-class _Clock:
+class Stopwatch:
     """Wall-clock laps, synchronised with the device so GPU work is counted where it happens."""
 
     def __init__(self, device: torch.device) -> None:
@@ -390,6 +407,25 @@ class _Clock:
         now = self._now()
         elapsed, self.last = (now - self.last) * 1000.0, now
         return elapsed
+
+
+class _TokenReader:
+    """Copies a sampled token to the host without waiting for work queued after it."""
+
+    def __init__(self, device: torch.device) -> None:
+        cuda = device.type == "cuda"
+        self.host = torch.zeros(1, dtype=torch.long, pin_memory=cuda)
+        self.ready = torch.cuda.Event() if cuda else None
+
+    def start(self, token: torch.Tensor) -> None:
+        self.host.copy_(token.view(1), non_blocking=True)
+        if self.ready is not None:
+            self.ready.record()
+
+    def result(self) -> int:
+        if self.ready is not None:
+            self.ready.synchronize()
+        return int(self.host[0])
 
 
 class _TextStream:
@@ -436,4 +472,4 @@ def _marker_prefix_overlap(ids: list[int], marker: list[int]) -> int:
     return 0
 
 
-__all__ = ["MARKER", "ChunkStats", "Session", "StreamingEngine", "Trace"]
+__all__ = ["MARKER", "ChunkStats", "Session", "Stopwatch", "StreamingEngine", "Trace"]

@@ -13,6 +13,7 @@ code, for speed and memory measurements without a checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import logging
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 ATTENTION_BACKENDS = ("auto", "sdpa", "eager", "flash_attention_2", "flex_attention")
+MATMUL_ALIGNMENT = 64  # elements: keeps bf16 rows 16-byte aligned for cuBLAS's Hopper kernels
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # Qwen2's special tokens (the tiny tokenizer's ids differ from Qwen's; they are always read from it).
@@ -123,7 +125,15 @@ class TextSpec:
 class StreamModel:
     """A loaded Qwen2.5-VL plus its tokenizer, seen through the few calls the engine makes."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any, name: str, processor: Any | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        name: str,
+        processor: Any | None = None,
+        compile: bool | None = None,
+    ) -> None:
+        """`compile` fuses elementwise work with torch.compile (`compile_modules`); default: on a GPU."""
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.processor = processor
@@ -169,7 +179,7 @@ class StreamModel:
                 f"'{name}' is inconsistent: the tokenizer's <|video_pad|> is {self.special.video_pad} "
                 f"but the config's video_token_id is {config.video_token_id}"
             )
-        from core import attention
+        from core import attention, kernels
         from core.vision import VisionRunner
 
         if self.model.config._attn_implementation == "sdpa":
@@ -179,10 +189,54 @@ class StreamModel:
                 {"text_config": attention.CAUSAL_PREFILL, "vision_config": attention.VARLEN_VISION}
             )
         self._vision = VisionRunner(self.model, use_graph=self.device.type == "cuda")
+        if self.device.type == "cuda":
+            for block in self.model.model.visual.blocks:
+                align_mlp_width(block.mlp, MATMUL_ALIGNMENT)
+            kernels.warm_up(self.text.head_dim, self.dtype, self.device)
+        self.compiled = False
+        if compile if compile is not None else self.device.type == "cuda":
+            self.compile_modules()
         language_model = self.model.model.language_model
         # transformers renamed `past_key_values` to `cache`; accept checkpoints on either side of it.
         params = inspect.signature(language_model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+
+    def compile_modules(self) -> None:
+        """Fuse the elementwise work between the matmuls with `torch.compile` on stock submodules.
+
+        A decode step is memory-bound and its RMSNorms (float32 upcasts, a mean, a rescale) and
+        SiLU-gated MLP glue are dozens of tiny kernels per layer; a vision block's norms, float32
+        rotary and MLP glue are the same over 2,880 patches. Compiled, each chain becomes one or two
+        kernels (docs/performance.md has the measured gain). The language model's norms and MLPs and
+        the vision blocks and merger are compiled; attention and the cache stay eager. Compilation
+        happens at the first call of each shape (seconds, once per process; the CUDA graphs are
+        captured after it), and a platform where it cannot work is left uncompiled with a warning.
+        """
+        if self.compiled:
+            return
+        if not _compile_works(self.device):
+            return
+        language_model, visual = self.model.model.language_model, self.model.model.visual
+        for layer in language_model.layers:
+            for part in (layer.input_layernorm, layer.post_attention_layernorm, layer.mlp):
+                part.compile()
+        language_model.norm.compile()
+        for block in visual.blocks:
+            block.compile()
+        visual.merger.compile()
+        self.compiled = True
+
+    def _stance(self, tokens: int):
+        """Prefill runs the compiled modules' Python originals.
+
+        Each compiled module checks its guards on the host at every call (85 calls a forward). In the
+        CUDA graphs (decode, vision) that is paid once, at capture; the prefill runs eagerly with a
+        new length every chunk, and there the checks cost more than the fusion saves (an H100 prefill:
+        50.8 ms compiled vs 40.2 ms eager, docs/performance.md).
+        """
+        if self.compiled and tokens > 1:
+            return torch.compiler.set_stance("force_eager")
+        return contextlib.nullcontext()
 
     # -- facts -----------------------------------------------------------------------------------
 
@@ -238,16 +292,63 @@ class StreamModel:
         `attention_mask` [1, 1, n, keys] (bool, True = attend) replaces the causal mask the model
         would build from the cache's length; the static decode step uses it.
         """
-        out = self.model.model.language_model(
-            inputs_embeds=embeds.unsqueeze(0),
-            position_ids=positions.unsqueeze(1),
-            attention_mask=attention_mask,
-            use_cache=True,
-            **{self._cache_kwarg: cache},
-        )
+        with self._stance(embeds.shape[0]):
+            out = self.model.model.language_model(
+                inputs_embeds=embeds.unsqueeze(0),
+                position_ids=positions.unsqueeze(1),
+                attention_mask=attention_mask,
+                use_cache=True,
+                **{self._cache_kwarg: cache},
+            )
         hidden = out.last_hidden_state[0]
         hidden = hidden if all_logits else hidden[-1]
         return self.model.lm_head(hidden).float()
+
+
+def _compile_works(device: torch.device) -> bool:
+    """Compile and run one small function first: torch.compile needs Triton and a C compiler."""
+    try:
+        probe = torch.compile(lambda x: torch.nn.functional.silu(x) * x + 1)
+        probe(torch.ones(8, device=device))
+        return True
+    except Exception as exc:  # any toolchain failure means: run the stock modules eagerly
+        log.warning(
+            "torch.compile does not work here (%s); running uncompiled", str(exc).splitlines()[0][:200]
+        )
+        return False
+
+
+def align_mlp_width(mlp: nn.Module, multiple: int) -> None:
+    """Pad a gated MLP's hidden width with zero units up to a multiple of `multiple`, in place.
+
+    The Qwen2.5-VL vision MLP is 3,420 wide: rows of 3,420 bf16 values are not 16-byte aligned, so
+    cuBLAS cannot use its Hopper kernels and falls back to an Ampere one at ~190 TFLOP/s (12.8 of a
+    chunk's ~19 ms of vision on an H100, docs/performance.md). A padded unit has zero gate and up
+    weights and biases and a zero down-projection column: act(0) * 0 = 0 adds nothing, so outputs
+    are unchanged. For inference only: the module no longer matches its config's width.
+    """
+    gate, up, down = mlp.gate_proj, mlp.up_proj, mlp.down_proj
+    width = gate.out_features
+    pad = -width % multiple
+    if pad == 0:
+        return
+    with torch.no_grad():
+        for linear in (gate, up):
+            linear.weight = nn.Parameter(
+                torch.cat([linear.weight, linear.weight.new_zeros(pad, linear.in_features)]),
+                requires_grad=False,
+            )
+            if linear.bias is not None:
+                linear.bias = nn.Parameter(
+                    torch.cat([linear.bias, linear.bias.new_zeros(pad)]), requires_grad=False
+                )
+            linear.out_features = width + pad
+        down.weight = nn.Parameter(
+            torch.cat([down.weight, down.weight.new_zeros(down.out_features, pad)], dim=1),
+            requires_grad=False,
+        )
+        down.in_features = width + pad
+    mlp.intermediate_size = width + pad
 
 
 _SPECIAL_NAMES = {
@@ -306,7 +407,12 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def load_model(
-    name_or_path: str | os.PathLike, *, device: str = "auto", dtype: str = "auto", attn: str = "auto"
+    name_or_path: str | os.PathLike,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    attn: str = "auto",
+    compile: bool | None = None,
 ) -> StreamModel:
     """Load a Qwen2.5-VL checkpoint from a local folder or a hub id (downloading it if needed).
 
@@ -348,7 +454,7 @@ def load_model(
             f"model '{name}' could not be found locally or downloaded from the hub ({reason[:160]}); "
             "check the id, your network and HF_TOKEN, or pass a local folder"
         ) from None
-    return StreamModel(model, tokenizer, name=name, processor=processor)
+    return StreamModel(model, tokenizer, name=name, processor=processor, compile=compile)
 
 
 # -- building models without a checkpoint ---------------------------------------------------------
@@ -526,7 +632,13 @@ def tiny_model_dir() -> Path:
 
 
 def build_random_model(
-    preset: str = "7b", *, device: str = "auto", dtype: str = "auto", attn: str = "auto", seed: int = 0
+    preset: str = "7b",
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    attn: str = "auto",
+    seed: int = 0,
+    compile: bool | None = None,
 ) -> StreamModel:
     """Full-size random weights (no checkpoint needed): the right way to measure speed and memory."""
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -548,4 +660,4 @@ def build_random_model(
     finally:
         torch.set_default_dtype(previous)
     stream_processor = _processor(tokenizer, 100 * 28 * 28, 768 * 28 * 28)
-    return StreamModel(model, tokenizer, name=f"random-{preset}", processor=stream_processor)
+    return StreamModel(model, tokenizer, name=f"random-{preset}", processor=stream_processor, compile=compile)

@@ -1,7 +1,7 @@
 """Choosing the next token from logits: penalties, suppression, temperature, top-k/top-p, a seeded draw.
 
-Everything stays on the device; the caller's single `.item()` per step (to decide whether to
-stop) is the only host synchronisation in the token loop.
+Everything stays on the device and nothing waits for it, so the caller can queue the next decode
+step behind the draw before reading the token back (core/engine.py).
 """
 
 from __future__ import annotations
@@ -61,4 +61,7 @@ class TokenSampler:
             drop = cumulative - sorted_logits.softmax(-1) >= cfg.top_p
             logits = logits.scatter(0, order, sorted_logits.masked_fill(drop, -torch.inf))
         probs = logits.softmax(-1)
-        return torch.multinomial(probs, 1, generator=self.generator)[0]
+        # What torch.multinomial does for one draw (the exponential race: argmax p / q, q ~ Exp(1), same
+        # generator use, same draws), without its input checks, which wait for the GPU twice a token.
+        race = torch.empty_like(probs).exponential_(1.0, generator=self.generator)
+        return (probs / race).argmax()

@@ -1,11 +1,15 @@
 """`python -m evals efficiency`: per-chunk latency and memory of the engine against stream length.
 
 Streams N seconds of video (a file, or synthetic frames at a chosen resolution) through each
-cache policy in turn: `streaming` (the method), `recompute` (the same windows rebuilt every
-chunk) and `none` (full attention, the cache grows until memory runs out). Every chunk is forced
-to generate the same number of tokens so the work is comparable. Reports, per chunk: vision,
+policy in turn: `stock` (stock transformers `generate` over one growing cache: evals/stock.py),
+`streaming` (the method), `recompute` (the same windows rebuilt every chunk) and `none` (our
+engine with full attention, the cache grows until memory runs out). Every chunk is forced to
+generate the same number of tokens so the work is comparable. Reports, per chunk: vision,
 prefill and decode time, ms per generated token, cached tokens and peak memory; then a markdown
-table, a JSON file and PNG plots against stream time.
+table, a JSON file and PNG plots against stream time, and how many times slower than
+`streaming` the others are at 100 s and 200 s. With `--oom-probe`, a stock stream that has not
+run out of memory within `--seconds` is probed further: its cache is filled to the length it
+would have at later times and one chunk is run there, until one fails.
 """
 
 from __future__ import annotations
@@ -30,8 +34,12 @@ from core.config import CachePolicy, EvictionMode, GenerationConfig, StreamConfi
 from core.engine import StreamingEngine
 from core.errors import ConfigError
 from evals.registry import register
+from evals.stock import StockStream, probe_out_of_memory
 
 log = logging.getLogger(__name__)
+STOCK = "stock"
+POLICIES = (STOCK, *(m.value for m in EvictionMode))
+FACTOR_AT_SECONDS = (100, 200)  # where the report compares each policy with `streaming`
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resolution", default="1280x720", help="synthetic frame size WxH")
     parser.add_argument("--fps", type=float, default=2.0)
     parser.add_argument("--tokens", type=int, default=20, help="tokens forced per chunk")
-    parser.add_argument("--policies", default="streaming,recompute,none", help="comma-separated cache modes")
+    parser.add_argument(
+        "--policies", default="streaming,recompute,none", help=f"comma-separated, from {', '.join(POLICIES)}"
+    )
+    parser.add_argument(
+        "--oom-probe", action="store_true", help="find where stock generate runs out of GPU memory"
+    )
     parser.add_argument("--warmup", type=int, default=2, help="first chunks left out of the summary")
     parser.add_argument(
         "--config", type=Path, help="TOML/YAML with [cache] window sizes (modes come from --policies)"
@@ -52,6 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--attn", default="auto")
+    parser.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="run the stock modules uncompiled (compiled by default on a GPU)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,20 +79,22 @@ def run(args: argparse.Namespace) -> int:
     from core.model import build_random_model, load_model
 
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-    modes = {m.value: m for m in EvictionMode}
-    unknown = [p for p in policies if p not in modes]
+    unknown = [p for p in policies if p not in POLICIES]
     if unknown:
-        raise ConfigError(f"unknown policies {', '.join(unknown)}; use {', '.join(modes)}")
+        raise ConfigError(f"unknown policies {', '.join(unknown)}; use {', '.join(POLICIES)}")
     width, height = _resolution(args.resolution)
     out = args.out or Path("runs") / f"efficiency-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True)
 
     started = time.perf_counter()
+    compile = False if args.no_compile else None
     if args.random_weights:
-        model = build_random_model(args.random_weights, device=args.device, dtype=args.dtype, attn=args.attn)
+        model = build_random_model(
+            args.random_weights, device=args.device, dtype=args.dtype, attn=args.attn, compile=compile
+        )
     else:
-        model = load_model(args.model, device=args.device, dtype=args.dtype, attn=args.attn)
+        model = load_model(args.model, device=args.device, dtype=args.dtype, attn=args.attn, compile=compile)
     load_s = time.perf_counter() - started
     stream = StreamConfig(fps=args.fps)
     generation = GenerationConfig(max_new_tokens=args.tokens, min_new_tokens=args.tokens, seed=0)
@@ -86,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         "device": _device_name(model.device),
         "dtype": str(model.dtype),
         "attention": model.attention_backend,
+        "compiled": model.compiled,
         "resolution": f"{width}x{height}" if not args.source else str(args.source),
         "fps": args.fps,
         "tokens_per_chunk": args.tokens,
@@ -100,11 +121,15 @@ def run(args: argparse.Namespace) -> int:
     }
     rows: list[dict] = []
     status: dict[str, str] = {}
+    probes: list[dict] = []
     with Progress(console=console) as progress:
         for policy in policies:
-            cache = dataclasses.replace(windows, mode=modes[policy])
-            engine = StreamingEngine(model, stream=stream, cache=cache, generation=generation)
-            session = engine.start(previous_text="")
+            if policy == STOCK:
+                session = StockStream(model, stream, generation, previous_text="")
+            else:
+                cache = dataclasses.replace(windows, mode=EvictionMode(policy))
+                engine = StreamingEngine(model, stream=stream, cache=cache, generation=generation)
+                session = engine.start(previous_text="")
             task = progress.add_task(policy, total=args.seconds)
             status[policy] = "ok"
             for k, chunk_frames in zip(range(args.seconds), frames()):
@@ -126,27 +151,49 @@ def run(args: argparse.Namespace) -> int:
                     }
                 )
                 progress.advance(task)
+            if policy == STOCK and args.oom_probe and status[policy] == "ok":
+                probes = probe_out_of_memory(
+                    session, next(iter(frames())), start_seconds=args.seconds, console=console
+                )
+                status[policy] = oom_status(probes, args.seconds)
             session.close()
             del session
             if model.device.type == "cuda":
                 torch.cuda.empty_cache()
-            _write(out, meta, rows, policies, status, args.warmup, stream.chunk_seconds)
+            _write(out, meta, rows, policies, status, args.warmup, stream.chunk_seconds, probes)
 
-    table = _write(out, meta, rows, policies, status, args.warmup, stream.chunk_seconds)
+    table = _write(out, meta, rows, policies, status, args.warmup, stream.chunk_seconds, probes)
     console.print(f"wrote {out}/results.json, table.md and latency_memory.png")
     print(table)
     return 0
 
 
 def _write(
-    out: Path, meta: dict, rows: list[dict], policies, status, warmup: int, chunk_seconds: float
+    out: Path,
+    meta: dict,
+    rows: list[dict],
+    policies,
+    status,
+    warmup: int,
+    chunk_seconds: float,
+    probes: list[dict] = (),
 ) -> str:
     """Write results.json, table.md and the plot (after each policy too, so a cut-off run keeps its data)."""
     summary = _summarise(rows, policies, status, warmup, chunk_seconds)
+    factors = _factors(rows, policies)
     (out / "results.json").write_text(
-        json.dumps({"meta": meta, "summary": summary, "chunks": rows}, indent=1)
+        json.dumps(
+            {
+                "meta": meta,
+                "summary": summary,
+                "factors_vs_streaming": factors,
+                "oom_probes": list(probes),
+                "chunks": rows,
+            },
+            indent=1,
+        )
     )
-    table = _markdown(meta, summary)
+    table = _markdown(meta, summary, factors)
     (out / "table.md").write_text(table)
     _plot(rows, policies, out)
     return table
@@ -238,7 +285,47 @@ def _summarise(rows, policies, status, warmup: int, chunk_seconds: float) -> lis
     return summary
 
 
-def _markdown(meta: dict, summary: list[dict]) -> str:
+def oom_status(probes: list[dict], streamed_seconds: float) -> str:
+    """The stock policy's status line from its out-of-memory probes."""
+    worked = [p["seconds"] for p in probes if p["ok"]] or [streamed_seconds]
+    failed = [p["seconds"] for p in probes if not p["ok"]]
+    if failed:
+        return f"out of memory between {max(worked):.0f} and {min(failed):.0f} s (probed)"
+    return f"no out of memory up to {max(worked):.0f} s (probed)"
+
+
+def _factors(rows: list[dict], policies, window: float = 5.0) -> list[dict]:
+    """How many times the streaming policy's chunk time each other policy takes, near given stream times.
+
+    Medians over the chunks that end within `window` seconds of each time, so one slow chunk does
+    not decide the figure.
+    """
+
+    def near(policy: str, t: float) -> float | None:
+        times = [r["total_ms"] for r in rows if r["policy"] == policy and abs(r["t_end"] - t) <= window]
+        return statistics.median(times) if times else None
+
+    out = []
+    for t in FACTOR_AT_SECONDS:
+        base = near("streaming", t)
+        if base is None:
+            continue
+        for policy in policies:
+            other = near(policy, t) if policy != "streaming" else None
+            if other is not None:
+                out.append(
+                    {
+                        "policy": policy,
+                        "seconds": t,
+                        "ms": other,
+                        "streaming_ms": base,
+                        "factor": other / base,
+                    }
+                )
+    return out
+
+
+def _markdown(meta: dict, summary: list[dict], factors: list[dict] = ()) -> str:
     lines = [
         f"Model {meta['model']} on {meta['device']} ({meta['dtype']}, {meta['attention']}), {meta['resolution']} at "
         f"{meta['fps']:g} FPS, {meta['tokens_per_chunk']} tokens forced per chunk, {meta['seconds']} s stream. "
@@ -256,6 +343,16 @@ def _markdown(meta: dict, summary: list[dict]) -> str:
             f"{s['decode_ms_per_token']:.2f} | {s['total_ms']:.1f} | {s['last_total_ms']:.1f} | {s['cached_tokens_end']:,} | "
             f"{s['peak_memory_gib']:.2f} | {s['realtime_factor']:.2f} | {s['status']} |"
         )
+    if factors:
+        lines += [
+            "",
+            "| policy | at stream time | ms per chunk | streaming ms | x streaming |",
+            "|---|---|---|---|---|",
+        ]
+        for f in factors:
+            lines.append(
+                f"| {f['policy']} | {f['seconds']} s | {f['ms']:.1f} | {f['streaming_ms']:.1f} | {f['factor']:.2f} |"
+            )
     return "\n".join(lines) + "\n"
 
 

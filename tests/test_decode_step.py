@@ -42,6 +42,33 @@ def test_static_step_gives_the_dynamic_paths_tokens(tiny_model, monkeypatch, att
     )  # restored after each step
 
 
+def test_overlapped_decode_gives_the_same_tokens(tiny_model, monkeypatch):
+    """On a GPU the next step is launched before the host reads the token (and is wasted after a
+    stop token); forced on here, where launches run at once, it must change nothing. Sampled hot
+    and long so that some replies stop early and some run to the limit."""
+    from core.decode_step import StaticDecodeStep
+
+    hot = GenerationConfig(temperature=1.5, max_new_tokens=30, seed=3)
+    lengths = []
+
+    def sampled(fast: bool):
+        engine = StreamingEngine(
+            tiny_model, stream=SMALL_STREAM, cache=POLICY, generation=hot, fast_decode=fast
+        )
+        session = engine.start(previous_text="Blue against red, second half.")
+        rng = np.random.default_rng(99)
+        for k in range(12):
+            session.push(random_frames(rng, 56, 84), k, k + 1)
+            lengths.append(session.last_stats.new_tokens)
+        return session.cache.token_ids()
+
+    monkeypatch.setattr(StaticDecodeStep, "overlaps", property(lambda self: True))
+    overlapped = sampled(True)
+    monkeypatch.undo()
+    assert overlapped == sampled(False)
+    assert min(lengths) < hot.max_new_tokens and max(lengths) == hot.max_new_tokens
+
+
 def test_static_step_survives_buffer_growth(tiny_model):
     engine = StreamingEngine(
         tiny_model, stream=SMALL_STREAM, cache=CachePolicy(mode="none"), generation=GREEDY, fast_decode=True

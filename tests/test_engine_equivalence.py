@@ -158,7 +158,7 @@ def test_positions_stay_contiguous_after_eviction(one_layer_model, rng):
 
 
 def test_missing_delta_rotation_is_caught(one_layer_model, rng, monkeypatch):
-    monkeypatch.setattr(core.cache, "rotate", lambda keys, cos, sin: keys)
+    monkeypatch.setattr(core.cache, "rotate_into", lambda dst, keys, cos, sin: dst.copy_(keys))
     worst = []
     stream_chunks(
         one_layer_model,

@@ -39,3 +39,21 @@ def test_fast_vision_equals_stock_vision(tiny_model, rng, height, width, frames)
 def test_the_engine_uses_the_batched_attention(tiny_model):
     assert tiny_model.model.config.vision_config._attn_implementation == VARLEN_VISION
     assert tiny_model.model.config.text_config._attn_implementation == CAUSAL_PREFILL
+
+
+def test_padding_the_mlp_width_changes_no_output(tiny_dir, rng):
+    """The vision MLP is padded with zero units on a GPU (cuBLAS alignment); the tower's output stays."""
+    from core.model import align_mlp_width, load_model
+
+    model = load_model(tiny_dir, device="cpu", dtype="float32")  # its own copy: the padding is in place
+    video = video_input(random_frames(rng, 224, 336), STREAM, model.vision)
+    before = model.encode_video(video.pixel_values, video.grid_thw)
+    mlp = model.model.model.visual.blocks[0].mlp
+    width = mlp.gate_proj.out_features
+    for block in model.model.model.visual.blocks:
+        align_mlp_width(block.mlp, 48)
+    assert mlp.gate_proj.weight.shape[0] == mlp.down_proj.weight.shape[1] == 96 != width
+    after = model.encode_video(video.pixel_values, video.grid_thw)
+    torch.testing.assert_close(after, before, rtol=1e-6, atol=1e-6)
+    align_mlp_width(mlp, 48)  # already aligned: nothing changes
+    assert mlp.gate_proj.weight.shape[0] == 96

@@ -2,14 +2,17 @@
 
     python evals/scripts/profile_chunk.py --warm 20 --out DIR
 
-Streams `--warm` HD chunks to warm up, then runs one more under torch.profiler and writes the
-top operators by CUDA and CPU time (what the phases spend, for docs/performance.md).
+Streams `--warm` HD chunks to warm up (compilation and CUDA graph capture happen there), then runs
+one more under torch.profiler and writes the top operators by CUDA and CPU time, and, per phase
+of the chunk, its wall time against the time the GPU was busy (the union of kernel intervals): a
+phase whose busy time is well under its wall time is waiting on the host.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 from pathlib import Path
 
 from torch.profiler import ProfilerActivity, profile, record_function
@@ -18,6 +21,19 @@ from core.config import GenerationConfig
 from core.engine import StreamingEngine
 from core.model import build_random_model
 from core.synthetic import synthetic_frames
+
+PHASES = ("streamvlm.vision", "streamvlm.evict", "streamvlm.prefill", "streamvlm.decode")
+
+
+def busy_us(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of [start, end) intervals."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b <= end:
+            continue
+        total += b - max(a, end)
+        end = b
+    return total
 
 
 def main() -> None:
@@ -40,9 +56,35 @@ def main() -> None:
     print("profiled:", session.last_stats)
     lines = []
     for key in ("cuda_time_total", "cpu_time_total"):
-        table = prof.key_averages().table(sort_by=key, row_limit=30)
+        table = prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=60)
         lines.append(table)
         print(table)
+
+    events = prof.events()
+    kernels = [
+        (e.time_range.start, e.time_range.end)
+        for e in events
+        if e.device_type.name == "CUDA" and e.time_range.end > e.time_range.start
+    ]
+
+    def first(name):
+        return next(e.time_range for e in events if e.name == name and e.device_type.name == "CPU")
+
+    # A phase's window runs from its start to the next phase's start: each phase ends with a device
+    # sync (core.engine.Stopwatch), so its kernels all fall inside, though after its host range.
+    starts = [(name, first(name).start) for name in PHASES]
+    bounds = starts[1:] + [("end", first("chunk").end)]
+    phases = {}
+    for (name, start), (_, end) in zip(starts, bounds):
+        inside = [(max(a, start), min(b, end)) for a, b in kernels if b > start and a < end]
+        phases[name] = {
+            "wall_ms": (end - start) / 1000,
+            "gpu_busy_ms": busy_us(inside) / 1000,
+            "kernels": len(inside),
+        }
+    summary = {"stats": str(session.last_stats), "phases": phases}
+    print(json.dumps(summary, indent=1))
+    (args.out / "profile_phases.json").write_text(json.dumps(summary, indent=1))
     (args.out / "profile_tables.txt").write_text("\n\n".join(lines))
 
 
