@@ -1,6 +1,8 @@
 """Headless command line: `python -m core run` streams a video through a model and writes subtitles.
 
     python -m core run --source clip.mp4 --model PATH_OR_ID --srt out.srt --vtt out.vtt --jsonl out.jsonl
+    python -m core run --source rtsp://camera.local/stream --model PATH_OR_ID   # or camera:0, screen:1@0,0,1280,720
+    python -m core sources               # the cameras and monitors this machine has
     python -m core build-tiny DIR        # the tiny random-weight model tests and smoke runs use
 
 Every error a user can cause prints one line (`error: ...`) and exits with status 2.
@@ -23,7 +25,7 @@ from core.config import (
     config_from_mapping,
     load_config_file,
 )
-from core.errors import StreamVLMError
+from core.errors import ConfigError, StreamVLMError
 
 log = logging.getLogger("streamvlm")
 
@@ -46,8 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="stream a video file through the model and print commentary")
-    run.add_argument("--source", required=True, help="video file (any format FFmpeg reads)")
+    run = sub.add_parser("run", help="stream a video through the model and print commentary")
+    run.add_argument(
+        "--source",
+        required=True,
+        help="a video file, camera:N (or camera:/dev/videoN), screen:N or screen:N@x,y,w,h, or a stream URL "
+        "(rtsp, rtmp, http(s), udp, srt)",
+    )
     run.add_argument("--model", required=True, help="local checkpoint folder, hub id, or 'tiny' (smoke test)")
     run.add_argument("--instruction", default=None, help="what to do (default: 'Commentate on this match')")
     run.add_argument("--previous-text", default="", help="context: a title or earlier commentary")
@@ -56,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--jsonl", type=Path, help="write {start, end, text} JSON lines here")
     run.add_argument("--config", type=Path, help="TOML or YAML file with [stream], [cache], [generation]")
     run.add_argument("--realtime", action="store_true", help="pace the file at real time, like a live feed")
+    run.add_argument("--cursor", action="store_true", help="screen sources: draw the mouse pointer in")
+    run.add_argument("--duration", type=float, help="stop after this many seconds of stream time")
+    run.add_argument(
+        "--latency-budget",
+        type=float,
+        default=2.0,
+        help="live sources: skip a chunk whose commentary would come more than this many seconds after it",
+    )
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     run.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
     run.add_argument("--attn", default="auto", help="attention backend: auto, sdpa, eager, flash_attention_2")
@@ -76,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--top-k", type=int)
     group.add_argument("--repetition-penalty", type=float)
     group.add_argument("--seed", type=int)
+
+    sub.add_parser("sources", help="list the cameras that open and the monitors of this display")
 
     tiny = sub.add_parser("build-tiny", help="write the tiny random-weight model (for tests and smoke runs)")
     tiny.add_argument("path", type=Path)
@@ -108,13 +125,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from core.engine import DEFAULT_INSTRUCTION, StreamingEngine
     from core.model import load_model
+    from core.realtime import RealtimeRunner
     from core.sampler import chunks
-    from core.sources import FileSource
+    from core.sources import FileSource, open_source
     from core.subtitles import open_writers
 
     config = engine_config(args)
+    if args.duration is not None and args.duration <= 0:
+        raise ConfigError(f"--duration must be positive (got {args.duration})")
+    if args.latency_budget <= 0:
+        raise ConfigError(f"--latency-budget must be positive (got {args.latency_budget})")
     console = Console(stderr=False, highlight=False)
-    source = FileSource(args.source, fps=config.stream.fps, realtime=args.realtime)  # fails fast on bad input
+    # Opened first, so a bad source fails before the model loads.
+    source = open_source(args.source, config.stream.fps, realtime=args.realtime, cursor=args.cursor)
+    live = args.realtime or not isinstance(source, FileSource)
     with console.status(f"loading model {args.model}"):
         model = load_model(
             args.model,
@@ -140,11 +164,54 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     with source, session, open_writers(srt=args.srt, vtt=args.vtt, jsonl=args.jsonl) as writers, progress:
         task = progress.add_task("streaming", total=total)
-        for chunk in chunks(source, config.stream):
-            for event in session.push(chunk.frames, chunk.t_start, chunk.t_end):
+
+        def show(events, t_end: float) -> None:
+            for event in events:
                 writers.write(event)
                 progress.console.print(f"[{_clock(event.start)} - {_clock(event.end)}] {event.text}")
-            progress.update(task, completed=chunk.t_end)
+            progress.update(task, completed=t_end)
+
+        end = args.duration if args.duration is not None else float("inf")
+        if not live:
+            for chunk in chunks(source, config.stream):
+                if chunk.t_start >= end:
+                    break
+                show(session.push(chunk.frames, chunk.t_start, chunk.t_end), chunk.t_end)
+            return 0
+        runner = RealtimeRunner(source, session, config.stream, budget=args.latency_budget)
+        latencies = []
+        try:
+            for report in runner.run():
+                if report.skipped_span:
+                    a, b = report.skipped_span
+                    progress.console.print(f"[{_clock(a)} - {_clock(b)}] (skipped: the model fell behind)")
+                latencies.append(report.latency)
+                show(report.commentary, report.t_end)
+                if report.t_end >= end:
+                    break
+        finally:
+            if latencies:
+                latencies.sort()
+                log.info(
+                    "%d chunks commented, %d skipped; capture-to-commentary latency median %.2f s, max %.2f s",
+                    len(latencies),
+                    runner.skipped,
+                    latencies[len(latencies) // 2],
+                    latencies[-1],
+                )
+    return 0
+
+
+def cmd_sources(args: argparse.Namespace) -> int:
+    from core.sources import list_cameras, list_monitors
+
+    cameras, monitors = list_cameras(), list_monitors()
+    print("cameras:" if cameras else "cameras: none that open")
+    for camera in cameras:
+        print(f"  camera:{camera.index}  {camera.path}  {camera.width}x{camera.height}")
+    print("monitors:" if monitors else "monitors: none (no display)")
+    for monitor in monitors:
+        print(f"  screen:{monitor.index}  {monitor.width}x{monitor.height} at {monitor.left},{monitor.top}")
     return 0
 
 
@@ -169,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    commands = {"run": cmd_run, "build-tiny": cmd_build_tiny}
+    commands = {"run": cmd_run, "sources": cmd_sources, "build-tiny": cmd_build_tiny}
     try:
         return commands[args.command](args)
     except StreamVLMError as exc:

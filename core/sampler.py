@@ -34,8 +34,10 @@ class Chunk:
 def chunks(frames: Iterable[Frame], stream: StreamConfig) -> Iterator[Chunk]:
     """Group time-stamped frames into chunks of `stream.chunk_seconds`; frame times must not decrease."""
     index: int | None = None  # chunk the pending frames belong to
+    done: int | None = None  # the chunk already yielded, whose late frames are dropped
     pending: list[Frame] = []
     last_t = -math.inf
+    last_slot = (stream.frames_per_chunk - 1) / stream.fps  # seconds after a chunk's start
     for frame in frames:
         if frame.t < last_t - _EPS:
             raise ValueError(
@@ -43,11 +45,16 @@ def chunks(frames: Iterable[Frame], stream: StreamConfig) -> Iterator[Chunk]:
             )
         last_t = frame.t
         k = math.floor(frame.t / stream.chunk_seconds + _EPS)
-        if index is not None and k != index:
+        if k == done:
+            continue
+        if index is not None and k != index and pending:
             yield _fill(index, pending, stream)
             pending = []
         index = k
         pending.append(frame)
+        if frame.t >= k * stream.chunk_seconds + last_slot - _EPS:
+            yield _fill(index, pending, stream)
+            pending, done = [], k
     if pending:
         yield _fill(index, pending, stream)
 

@@ -2,7 +2,11 @@
 
 Every source is a `Source`: iterate it for `Frame`s whose `t` runs 0, 1/fps, 2/fps, ... and
 close it (or use it as a context manager) when done. `FileSource` decodes any file FFmpeg
-reads; live sources (camera, screen, RTSP) will sit beside it in this module.
+reads; `RtspSource` reads network streams (RTSP, RTMP, HTTP(S), UDP, SRT) by presentation time;
+`CameraSource` (OpenCV) and `ScreenSource` (mss) sample on the monotonic clock. `open_source`
+turns a user's `--source` text into one of them, and `list_cameras` / `list_monitors` say what
+this machine has. Live sources that drop reconnect with backoff (core/reconnect.py); their times
+keep increasing across the gap, and sample times inside a gap yield no frame.
 
 The frame yielded for sample time t_k = k / fps is the one on screen at t_k: the latest
 decoded frame whose presentation time (relative to the first frame) is <= t_k. Sampling by
@@ -18,10 +22,12 @@ from __future__ import annotations
 import abc
 import itertools
 import logging
+import math
 import re
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
@@ -31,6 +37,7 @@ import av
 import numpy as np
 
 from core.errors import SourceError
+from core.reconnect import Backoff, Reconnector, SourceState, StateCallback
 from core.types import Frame
 
 logger = logging.getLogger(__name__)
@@ -41,6 +48,8 @@ _RECOVERED_AFTER = 1.0  # seconds of good frames after damage before it counts a
 _TS_SUFFIXES = {".ts", ".m2ts", ".mts"}
 _TEXT_DEMUXERS = {"tty"}  # FFmpeg renders .txt/.ans files as ANSI-art "video"; nobody means that
 _TS_PACKET_SIZES = (188, 192)  # MPEG-TS and M2TS: a file cut mid-packet is a multiple of neither
+_HOLD = 1.0  # seconds; a live frame older than this is a gap (dropped source), not a still picture
+STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "rtp", "srt", "tcp")
 
 
 class Source(abc.ABC):
@@ -299,3 +308,403 @@ def _declared_duration(
 
 def _reason(exc: av.error.FFmpegError) -> str:
     return exc.strerror or type(exc).__name__
+
+
+# -- live sources ------------------------------------------------------------------------------------
+
+
+class RtspSource(Source):
+    """A live network stream FFmpeg reads: RTSP (over TCP), RTMP, HTTP(S), UDP, SRT.
+
+    Frames are sampled at `fps` by presentation time, like a file. When the stream stalls for
+    `read_timeout` seconds, ends or errors, it is opened again with backoff (`Backoff`), and the
+    new connection's frames continue after the old ones, shifted by the time spent reconnecting.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        fps: float = 2.0,
+        *,
+        backoff: Backoff | None = None,
+        on_state: StateCallback | None = None,
+        open_timeout: float = 5.0,
+        read_timeout: float = 5.0,
+    ) -> None:
+        if not fps > 0:
+            raise ValueError(f"fps must be positive (got {fps})")
+        scheme = _scheme(url)
+        if scheme not in STREAM_SCHEMES:
+            raise SourceError(_unsupported_scheme(scheme))
+        self.url, self.fps = url, fps
+        self.timeouts = (open_timeout, read_timeout)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._reconnect = Reconnector(f"stream {url}", backoff or Backoff(), on_state, self._stop)
+        self._container: av.container.InputContainer | None = self._open()  # fail here, not mid-stream
+        self._reconnect.report(SourceState.CONNECTED, "connected")
+
+    def _open(self) -> av.container.InputContainer:
+        # Probe briefly (FFmpeg's default reads ~3 s of a live stream before the first frame) and do not buffer.
+        options = {"analyzeduration": "500000", "probesize": "262144", "fflags": "nobuffer"}
+        if _scheme(self.url).startswith("rtsp"):
+            options["rtsp_transport"] = "tcp"
+        try:
+            container = av.open(self.url, mode="r", options=options, timeout=self.timeouts)
+        except (av.error.FFmpegError, OSError) as exc:
+            raise SourceError(
+                f"stream '{self.url}' could not be opened ({_reason(exc)}); check the URL and that the server "
+                "is running and reachable"
+            ) from None
+        if not container.streams.video:
+            container.close()
+            raise SourceError(f"stream '{self.url}' has no video; pass a stream that carries video")
+        return container
+
+    def __iter__(self) -> Iterator[Frame]:
+        with self._lock:
+            if self._stop.is_set():
+                return
+            container, self._container = self._container, None
+        if container is None:
+            container = self._reconnect.reopen(self._open, "a new iteration")
+        samples = _LiveSampler(self.fps)
+        offset = 0.0  # stream time of this connection's first frame
+        while container is not None:
+            stream = container.streams.video[0]
+            clock = _Clock(stream)
+            reason = "the stream ended"
+            try:
+                for frame in container.decode(stream):
+                    if self._stop.is_set():
+                        return
+                    if frame.is_corrupt:
+                        continue
+                    yield from samples.add(frame, offset + clock.time_of(frame))
+            except (av.error.FFmpegError, OSError) as exc:
+                reason = _reason(exc)
+            finally:
+                container.close()
+            if self._stop.is_set():
+                return
+            container = self._reconnect.reopen(self._open, reason)  # raises SourceError when it gives up
+            offset = samples.resume_time()
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._lock:
+            if self._container is not None:
+                self._container.close()
+                self._container = None
+
+
+class _LiveSampler:
+    """Yields the frame on screen at each sample time k / fps as later frames arrive; a span with no
+    frames for longer than `_HOLD` is a gap, whose sample times yield nothing."""
+
+    def __init__(self, fps: float) -> None:
+        self.fps = fps
+        self.k = 0
+        self.shown: av.VideoFrame | None = None
+        self.shown_t = 0.0
+        self.shown_rgb: np.ndarray | None = None
+        self.shown_at = time.monotonic()
+
+    def add(self, frame: av.VideoFrame, t: float) -> Iterator[Frame]:
+        if self.shown is not None:
+            until = min(t, self.shown_t + _HOLD)
+            while self.k / self.fps < until - _EPS:
+                if self.shown_rgb is None:
+                    self.shown_rgb = self.shown.to_ndarray(format="rgb24")
+                yield Frame(self.shown_rgb, self.k / self.fps)
+                self.k += 1
+        if self.k / self.fps < t - _EPS and self.shown is not None:
+            self.k = math.ceil(t * self.fps - _EPS)  # skip the gap's sample times
+        self.shown, self.shown_t, self.shown_rgb = frame, t, None
+        self.shown_at = time.monotonic()
+
+    def resume_time(self) -> float:
+        """Where a new connection's first frame goes: after the last frame, plus the time it was away."""
+        return self.shown_t + (time.monotonic() - self.shown_at)
+
+
+class CameraSource(Source):
+    """A camera through OpenCV, by index (`0`) or device path (`/dev/video0`), sampled at `fps`.
+
+    A reader thread takes every frame the camera delivers and keeps the newest, so a sample is
+    never a stale buffered frame; times are the monotonic clock since the first sample. A camera
+    that stops delivering (unplugged) is reopened with backoff.
+    """
+
+    def __init__(
+        self,
+        device: int | str = 0,
+        fps: float = 2.0,
+        *,
+        width: int | None = None,
+        height: int | None = None,
+        capture_fps: float | None = None,
+        backoff: Backoff | None = None,
+        on_state: StateCallback | None = None,
+    ) -> None:
+        if not fps > 0:
+            raise ValueError(f"fps must be positive (got {fps})")
+        self.cv2 = _import_cv2()
+        self.device, self.fps = device, fps
+        self.size, self.capture_fps = (width, height), capture_fps
+        self._stop = threading.Event()
+        self._reconnect = Reconnector(f"camera {device}", backoff or Backoff(), on_state, self._stop)
+        self._capture = self._open()
+        self._reconnect.report(SourceState.CONNECTED, "connected")
+        self._latest: tuple[np.ndarray, float] | None = None  # (BGR frame, monotonic time it arrived)
+        self._error: SourceError | None = None
+        self._new_frame = threading.Condition()
+        self._reader: threading.Thread | None = None
+
+    def _open(self):
+        cv2 = self.cv2
+        capture = cv2.VideoCapture(self.device)
+        if not capture.isOpened():
+            capture.release()
+            raise SourceError(
+                f"camera {self.device} could not be opened; `python -m core sources` lists the cameras that open"
+            )
+        width, height = self.size
+        if width and height:
+            capture.set(cv2.CAP_PROP_FRAME_WIDTH, width)
+            capture.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
+        if self.capture_fps:
+            capture.set(cv2.CAP_PROP_FPS, self.capture_fps)
+        return capture
+
+    def _read_forever(self) -> None:
+        capture = self._capture
+        try:
+            while not self._stop.is_set():
+                ok, frame = capture.read() if capture is not None else (False, None)
+                if ok:
+                    with self._new_frame:
+                        self._latest = (frame, time.monotonic())
+                        self._new_frame.notify_all()
+                    continue
+                if capture is not None:
+                    capture.release()
+                capture = self._capture = None
+                capture = self._capture = self._reconnect.reopen(self._open, "it delivered no frame")
+        except SourceError as exc:
+            self._error = exc
+        finally:
+            if capture is not None:
+                capture.release()
+            with self._new_frame:
+                self._new_frame.notify_all()
+
+    def __iter__(self) -> Iterator[Frame]:
+        if self._reader is None:
+            self._reader = threading.Thread(target=self._read_forever, name="camera-reader", daemon=True)
+            self._reader.start()
+        start = None
+        k = 0
+        while not self._stop.is_set():
+            with self._new_frame:
+                self._new_frame.wait_for(
+                    lambda: self._latest or self._error or self._stop.is_set(), timeout=1.0
+                )
+            if self._error is not None:
+                raise self._error
+            if self._latest is None:
+                continue
+            if start is None:
+                start = time.monotonic()
+            # Wait for the next sample time, then take the newest frame if it is recent.
+            slot = start + k / self.fps
+            if self._stop.wait(max(0.0, slot - time.monotonic())):
+                return
+            frame, arrived = self._latest
+            now = time.monotonic()
+            if now - arrived <= _HOLD:
+                yield Frame(np.ascontiguousarray(frame[:, :, ::-1]), k / self.fps)
+            k = max(
+                k + 1, math.floor((now - start) * self.fps)
+            )  # a slow consumer skips slots, never queues them
+
+    def close(self) -> None:
+        self._stop.set()
+        reader = self._reader
+        if reader is not None and reader is not threading.current_thread():
+            reader.join(timeout=5.0)
+        elif self._capture is not None:
+            self._capture.release()
+
+
+class ScreenSource(Source):
+    """A monitor, or a region of one (x, y, width, height relative to its top left), through mss.
+
+    Grabbed at each sample time on the monotonic clock; `cursor=True` draws the pointer in.
+    """
+
+    def __init__(
+        self,
+        monitor: int = 1,
+        region: tuple[int, int, int, int] | None = None,
+        fps: float = 2.0,
+        *,
+        cursor: bool = False,
+    ) -> None:
+        if not fps > 0:
+            raise ValueError(f"fps must be positive (got {fps})")
+        self.fps, self.cursor = fps, cursor
+        self._stop = threading.Event()
+        monitors = list_monitors(raise_errors=True)
+        if not 1 <= monitor <= len(monitors):
+            have = ", ".join(f"{m.index} ({m.width}x{m.height})" for m in monitors) or "none"
+            raise SourceError(f"monitor {monitor} does not exist; this display has monitors {have}")
+        screen = monitors[monitor - 1]
+        if region is None:
+            region = (0, 0, screen.width, screen.height)
+        x, y, width, height = region
+        if (
+            width <= 0
+            or height <= 0
+            or x < 0
+            or y < 0
+            or x + width > screen.width
+            or y + height > screen.height
+        ):
+            raise SourceError(
+                f"region {x},{y},{width},{height} is not inside monitor {monitor} ({screen.width}x{screen.height}); "
+                "give x,y,width,height within it"
+            )
+        self.box = {"left": screen.left + x, "top": screen.top + y, "width": width, "height": height}
+
+    def __iter__(self) -> Iterator[Frame]:
+        import mss
+
+        start = time.monotonic()
+        k = 0
+        with mss.MSS(with_cursor=self.cursor) as screen:  # mss handles belong to the thread that made them
+            while not self._stop.is_set():
+                if self._stop.wait(max(0.0, start + k / self.fps - time.monotonic())):
+                    return
+                shot = np.asarray(screen.grab(self.box))  # BGRA
+                yield Frame(np.ascontiguousarray(shot[:, :, 2::-1]), k / self.fps)
+                k = max(k + 1, math.floor((time.monotonic() - start) * self.fps))
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+# -- what this machine has, and --source parsing -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CameraInfo:
+    index: int
+    path: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class MonitorInfo:
+    index: int  # as `screen:N` takes it, from 1
+    left: int
+    top: int
+    width: int
+    height: int
+
+
+def list_cameras(max_index: int = 10) -> list[CameraInfo]:
+    """Cameras that open, with their default resolution; empty where there are none (or no OpenCV)."""
+    try:
+        cv2 = _import_cv2()
+    except SourceError:
+        return []
+    paths = sorted(Path("/dev").glob("video*")) if Path("/dev").is_dir() else []
+    candidates = [int(p.name[5:]) for p in paths if p.name[5:].isdigit()] if paths else []
+    if not paths and not Path("/dev").is_dir():  # not Linux: probe indices
+        candidates = list(range(max_index))
+    found = []
+    for index in candidates:
+        capture = cv2.VideoCapture(index)
+        try:
+            if capture.isOpened():
+                width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+                height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+                found.append(CameraInfo(index, f"/dev/video{index}", width, height))
+        finally:
+            capture.release()
+    return found
+
+
+def list_monitors(raise_errors: bool = False) -> list[MonitorInfo]:
+    """Monitors of the current display with their geometry; empty where there is no display."""
+    import mss
+
+    try:
+        with mss.MSS() as screen:
+            monitors = screen.monitors[1:]  # [0] is all monitors together
+    except mss.exception.ScreenShotError as exc:
+        if raise_errors:
+            raise SourceError(
+                f"there is no screen to capture ({str(exc).splitlines()[0]}); run on a desktop or set DISPLAY"
+            ) from None
+        return []
+    return [
+        MonitorInfo(i, m["left"], m["top"], m["width"], m["height"]) for i, m in enumerate(monitors, start=1)
+    ]
+
+
+def open_source(
+    spec: str,
+    fps: float = 2.0,
+    *,
+    realtime: bool = False,
+    cursor: bool = False,
+    on_state: StateCallback | None = None,
+) -> Source:
+    """A source from what a user typed: a file path, `camera:N` or `camera:/dev/videoN` (optionally
+    `@WIDTHxHEIGHT`), `screen:N` or `screen:N@x,y,w,h`, or a stream URL (rtsp, rtmp, http(s), udp, srt)."""
+    text = spec.strip()
+    kind, _, rest = text.partition(":")
+    if kind == "camera" and rest:
+        device, _, size = rest.rpartition("@") if re.search(r"@\d+x\d+$", rest) else (rest, "", "")
+        width, height = (int(v) for v in size.split("x")) if size else (None, None)
+        return CameraSource(
+            int(device) if device.isdigit() else device, fps, width=width, height=height, on_state=on_state
+        )
+    if kind == "screen":
+        match = re.fullmatch(r"(\d+)(?:@(\d+),(\d+),(\d+),(\d+))?", rest or "1")
+        if match is None:
+            raise SourceError(f"'{spec}' is not a screen; use screen:N or screen:N@x,y,width,height")
+        region = tuple(int(v) for v in match.groups()[1:]) if match[2] else None
+        return ScreenSource(int(match[1]), region, fps, cursor=cursor)
+    scheme = _scheme(text)
+    if scheme == "file":
+        return FileSource(text[len("file://") :], fps, realtime=realtime)
+    if scheme in STREAM_SCHEMES:
+        return RtspSource(text, fps, on_state=on_state)
+    if scheme:
+        raise SourceError(_unsupported_scheme(scheme))
+    return FileSource(text, fps, realtime=realtime)
+
+
+def _scheme(text: str) -> str:
+    """The URL scheme, lower case; '' for paths (a Windows drive letter is not a scheme)."""
+    match = re.match(r"([A-Za-z][A-Za-z0-9+.-]+)://", text)
+    return match[1].lower() if match else ""
+
+
+def _unsupported_scheme(scheme: str) -> str:
+    return (
+        f"'{scheme}://' sources are not supported; use a file path, camera:N, screen:N[@x,y,w,h] or a stream "
+        f"URL ({', '.join(s + '://' for s in STREAM_SCHEMES)})"
+    )
+
+
+def _import_cv2():
+    try:
+        import cv2
+    except ImportError:
+        raise SourceError("cameras need OpenCV; install it with pip install 'streamvlm[live]'") from None
+    return cv2

@@ -133,6 +133,18 @@ BAD_INPUTS = {
         lambda tmp, model: ["--source", str(CLIP), "--model", str(tmp / "model")],
         "does not exist",
     ),
+    "unreachable stream": (
+        lambda tmp, model: ["--source", "rtsp://127.0.0.1:9/live", "--model", model],
+        "could not be opened",
+    ),
+    "wrong camera index": (
+        lambda tmp, model: ["--source", "camera:17", "--model", model],
+        "camera 17 could not be opened",
+    ),
+    "unsupported scheme": (
+        lambda tmp, model: ["--source", "ftp://example.com/match.mp4", "--model", model],
+        "'ftp://' sources are not supported",
+    ),
     "bad config value": (
         lambda tmp, model: ["--source", str(CLIP), "--model", model, "--top-p", "2"],
         "top_p",

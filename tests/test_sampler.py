@@ -78,7 +78,14 @@ def test_chunks_are_lazy_and_yield_as_soon_as_a_chunk_is_complete():
     stream = chunks(source(), StreamConfig())
     first = next(stream)
     assert read(first) == (0.0, 1.0, [0, 1])
-    assert pulled == [0.0, 0.5, 1.0]  # the first frame of the next chunk closes this one
+    assert pulled == [0.0, 0.5]  # the frame for its last slot completes it: no wait for the next chunk
+
+
+def test_frames_after_the_last_slot_change_nothing():
+    """At 30 FPS a chunk is complete at its 0.5 s frame; the frames up to 1.0 s are not needed."""
+    times = [i / 30 for i in range(75)]
+    got = [read(c) for c in chunks(frames_at(times), StreamConfig())]
+    assert got == [(0.0, 1.0, [0, 15]), (1.0, 2.0, [30, 45]), (2.0, 3.0, [60, 74])]
 
 
 def test_frames_of_different_sizes_are_kept_as_they_are():
