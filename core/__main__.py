@@ -190,6 +190,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 if report.t_end >= end:
                     break
         finally:
+            runner.stop()
             if latencies:
                 latencies.sort()
                 log.info(

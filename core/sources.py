@@ -77,29 +77,21 @@ class Source(abc.ABC):
         self.close()
 
 
-class FileSource(Source):
-    """Frames of a video file sampled at `fps`; `realtime=True` paces them like a live feed."""
+class _ContainerSource(Source):
+    """A source reading one PyAV container at a time, which exactly one owner closes."""
 
-    def __init__(self, path: str | Path, fps: float = 2.0, realtime: bool = False) -> None:
-        if not fps > 0:
-            raise ValueError(f"fps must be positive (got {fps})")
-        self.path = Path(path)
-        self.fps = fps
-        self.realtime = realtime
+    def __init__(self) -> None:
         self._stop = threading.Event()
         self._lock = threading.Lock()  # hands the open container to exactly one owner
-        self._container: av.container.InputContainer | None = self._open()  # fail here, not mid-iteration
-        self.duration = _declared_duration(self._container.streams.video[0], self._container)
+        self._container: av.container.InputContainer | None = None
 
-    def __iter__(self) -> Iterator[Frame]:
+    def _take_container(self) -> tuple[bool, av.container.InputContainer | None]:
+        """(False, None) once closed; else (True, the container opened ahead of iteration, if any)."""
         with self._lock:
             if self._stop.is_set():
-                return
-            container, self._container = self._container or self._open(), None
-        try:
-            yield from self._paced(self._sampled(container))
-        finally:
-            container.close()
+                return False, None
+            container, self._container = self._container, None
+            return True, container
 
     def close(self) -> None:
         self._stop.set()
@@ -109,6 +101,30 @@ class FileSource(Source):
             if self._container is not None:
                 self._container.close()
                 self._container = None
+
+
+class FileSource(_ContainerSource):
+    """Frames of a video file sampled at `fps`; `realtime=True` paces them like a live feed."""
+
+    def __init__(self, path: str | Path, fps: float = 2.0, realtime: bool = False) -> None:
+        if not fps > 0:
+            raise ValueError(f"fps must be positive (got {fps})")
+        self.path = Path(path)
+        self.fps = fps
+        self.realtime = realtime
+        super().__init__()
+        self._container = self._open()  # fail here, not mid-iteration
+        self.duration = _declared_duration(self._container.streams.video[0], self._container)
+
+    def __iter__(self) -> Iterator[Frame]:
+        running, container = self._take_container()
+        if not running:
+            return
+        container = container or self._open()
+        try:
+            yield from self._paced(self._sampled(container))
+        finally:
+            container.close()
 
     def _open(self) -> av.container.InputContainer:
         if not self.path.exists():
@@ -313,7 +329,7 @@ def _reason(exc: av.error.FFmpegError) -> str:
 # -- live sources ------------------------------------------------------------------------------------
 
 
-class RtspSource(Source):
+class RtspSource(_ContainerSource):
     """A live network stream FFmpeg reads: RTSP (over TCP), RTMP, HTTP(S), UDP, SRT.
 
     Frames are sampled at `fps` by presentation time, like a file. When the stream stalls for
@@ -338,10 +354,9 @@ class RtspSource(Source):
             raise SourceError(_unsupported_scheme(scheme))
         self.url, self.fps = url, fps
         self.timeouts = (open_timeout, read_timeout)
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
+        super().__init__()
         self._reconnect = Reconnector(f"stream {url}", backoff or Backoff(), on_state, self._stop)
-        self._container: av.container.InputContainer | None = self._open()  # fail here, not mid-stream
+        self._container = self._open()  # fail here, not mid-stream
         self._reconnect.report(SourceState.CONNECTED, "connected")
 
     def _open(self) -> av.container.InputContainer:
@@ -362,12 +377,10 @@ class RtspSource(Source):
         return container
 
     def __iter__(self) -> Iterator[Frame]:
-        with self._lock:
-            if self._stop.is_set():
-                return
-            container, self._container = self._container, None
-        if container is None:
-            container = self._reconnect.reopen(self._open, "a new iteration")
+        running, container = self._take_container()
+        if not running:
+            return
+        container = container or self._open()
         samples = _LiveSampler(self.fps)
         offset = 0.0  # stream time of this connection's first frame
         while container is not None:
@@ -389,13 +402,6 @@ class RtspSource(Source):
                 return
             container = self._reconnect.reopen(self._open, reason)  # raises SourceError when it gives up
             offset = samples.resume_time()
-
-    def close(self) -> None:
-        self._stop.set()
-        with self._lock:
-            if self._container is not None:
-                self._container.close()
-                self._container = None
 
 
 class _LiveSampler:

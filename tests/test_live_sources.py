@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -192,6 +193,8 @@ def test_no_display_is_a_clear_error(monkeypatch):
 
 def test_cameras_open_what_opencv_opens_and_say_so_when_one_does_not():
     cameras = list_cameras()
+    if not list(Path("/dev").glob("video*")):  # CI and containers: nothing to open, an empty listing
+        assert cameras == []
     for camera in cameras:  # on a machine with cameras: each one listed opens and delivers a frame
         with CameraSource(camera.index, fps=2.0) as source:
             frames, done, errors = collect(source, lambda f: len(f) >= 1)
