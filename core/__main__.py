@@ -11,6 +11,7 @@ Every error a user can cause prints one line (`error: ...`) and exits with statu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from dataclasses import fields, replace
@@ -63,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--jsonl", type=Path, help="write {start, end, text} JSON lines here")
     run.add_argument("--config", type=Path, help="TOML or YAML file with [stream], [cache], [generation]")
     run.add_argument("--realtime", action="store_true", help="pace the file at real time, like a live feed")
+    run.add_argument(
+        "--record",
+        type=Path,
+        help="record the stream with the commentary burned in to this .mp4 (and a .srt beside it)",
+    )
+    run.add_argument(
+        "--record-fps", type=float, help="frame rate of the recording (default: the source's, at most 30)"
+    )
     run.add_argument("--cursor", action="store_true", help="screen sources: draw the mouse pointer in")
     run.add_argument("--duration", type=float, help="stop after this many seconds of stream time")
     run.add_argument(
@@ -125,7 +134,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from core.engine import DEFAULT_INSTRUCTION, StreamingEngine
     from core.model import load_model
-    from core.realtime import RealtimeRunner
+    from core.realtime import RealtimeRunner, tee
+    from core.recorder import Recorder
     from core.sampler import chunks
     from core.sources import FileSource, open_source
     from core.subtitles import open_writers
@@ -139,6 +149,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Opened first, so a bad source fails before the model loads.
     source = open_source(args.source, config.stream.fps, realtime=args.realtime, cursor=args.cursor)
     live = args.realtime or not isinstance(source, FileSource)
+    recorder = None
+    if args.record:
+        # The recording keeps the source's frame rate; the model still sees `fps` frames a second,
+        # picked from the faster feed by the chunk sampler.
+        record_fps = args.record_fps or min(30.0, source.native_fps or 10.0)
+        if record_fps < config.stream.fps:
+            raise ConfigError(f"--record-fps must be at least the model's {config.stream.fps:g} FPS")
+        source.fps = record_fps  # sources sample at `fps` when iterated
+        recorder = Recorder(args.record, record_fps)
+        log.info(
+            "recording to %s (%s, %g FPS) and %s",
+            args.record,
+            recorder.codec,
+            record_fps,
+            recorder.subtitles.path,
+        )
     with console.status(f"loading model {args.model}"):
         model = load_model(
             args.model,
@@ -162,23 +188,34 @@ def cmd_run(args: argparse.Namespace) -> int:
         console=console,
         disable=args.quiet or not console.is_terminal,
     )
-    with source, session, open_writers(srt=args.srt, vtt=args.vtt, jsonl=args.jsonl) as writers, progress:
+    with (
+        source,
+        session,
+        open_writers(srt=args.srt, vtt=args.vtt, jsonl=args.jsonl) as writers,
+        progress,
+        recorder or contextlib.nullcontext(),
+    ):
         task = progress.add_task("streaming", total=total)
 
         def show(events, t_end: float) -> None:
             for event in events:
                 writers.write(event)
+                if recorder is not None:
+                    recorder.add(event)
                 progress.console.print(f"[{_clock(event.start)} - {_clock(event.end)}] {event.text}")
             progress.update(task, completed=t_end)
 
         end = args.duration if args.duration is not None else float("inf")
+        write_frame = recorder.write if recorder is not None else None
         if not live:
-            for chunk in chunks(source, config.stream):
+            for chunk in chunks(tee(source, write_frame), config.stream):
                 if chunk.t_start >= end:
                     break
                 show(session.push(chunk.frames, chunk.t_start, chunk.t_end), chunk.t_end)
             return 0
-        runner = RealtimeRunner(source, session, config.stream, budget=args.latency_budget)
+        runner = RealtimeRunner(
+            source, session, config.stream, budget=args.latency_budget, on_frame=write_frame
+        )
         latencies = []
         try:
             for report in runner.run():

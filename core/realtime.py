@@ -20,13 +20,13 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from core.config import StreamConfig
 from core.sampler import Chunk, chunks
 from core.sources import Source
-from core.types import Commentary
+from core.types import Commentary, Frame
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +56,16 @@ class RealtimeRunner:
         *,
         budget: float = 2.0,
         queue_chunks: int = 2,
+        on_frame: Callable[[Frame], None] | None = None,
     ) -> None:
-        """`session` is anything with `push(frames, t_start, t_end) -> list[Commentary]` (local or remote)."""
+        """`session` is anything with `push(frames, t_start, t_end) -> list[Commentary]` (local or remote);
+        `on_frame` sees every captured frame in the capture thread (a recorder), and must keep up."""
         if budget <= 0:
             raise ValueError(f"the latency budget must be positive (got {budget})")
         if queue_chunks < 1:
             raise ValueError(f"the queue must hold at least one chunk (got {queue_chunks})")
         self.source, self.session, self.stream = source, session, stream
+        self.on_frame = on_frame
         self.budget = budget
         self.queue: queue.Queue = queue.Queue(maxsize=queue_chunks)
         self.skipped = 0
@@ -108,7 +111,7 @@ class RealtimeRunner:
 
     def _capture(self) -> None:
         try:
-            for chunk in chunks(self.source, self.stream):
+            for chunk in chunks(tee(self.source, self.on_frame), self.stream):
                 if self._stop.is_set():
                     return
                 item = (chunk, time.monotonic())
@@ -154,3 +157,11 @@ class RealtimeRunner:
         with self._lock:
             self.skipped += 1
         log.debug("skipped chunk %.1f-%.1f s: %s", chunk.t_start, chunk.t_end, why)
+
+
+def tee(frames: Iterable[Frame], on_frame: Callable[[Frame], None] | None) -> Iterator[Frame]:
+    """The frames, each shown to `on_frame` first (the recorder writes every frame, the model sees two a second)."""
+    for frame in frames:
+        if on_frame is not None:
+            on_frame(frame)
+        yield frame

@@ -60,6 +60,8 @@ class Source(abc.ABC):
     """
 
     duration: float | None = None  # seconds, when known up front (for progress bars)
+    native_fps: float | None = None  # the rate the source delivers pictures at, when known (recording)
+    fps: float  # the sample rate; may be changed before iterating
 
     @abc.abstractmethod
     def __iter__(self) -> Iterator[Frame]: ...
@@ -114,7 +116,9 @@ class FileSource(_ContainerSource):
         self.realtime = realtime
         super().__init__()
         self._container = self._open()  # fail here, not mid-iteration
-        self.duration = _declared_duration(self._container.streams.video[0], self._container)
+        video = self._container.streams.video[0]
+        self.duration = _declared_duration(video, self._container)
+        self.native_fps = float(video.guessed_rate) if video.guessed_rate else None
 
     def __iter__(self) -> Iterator[Frame]:
         running, container = self._take_container()
@@ -357,6 +361,8 @@ class RtspSource(_ContainerSource):
         super().__init__()
         self._reconnect = Reconnector(f"stream {url}", backoff or Backoff(), on_state, self._stop)
         self._container = self._open()  # fail here, not mid-stream
+        rate = self._container.streams.video[0].guessed_rate
+        self.native_fps = float(rate) if rate else None
         self._reconnect.report(SourceState.CONNECTED, "connected")
 
     def _open(self) -> av.container.InputContainer:
@@ -461,6 +467,7 @@ class CameraSource(Source):
         self._stop = threading.Event()
         self._reconnect = Reconnector(f"camera {device}", backoff or Backoff(), on_state, self._stop)
         self._capture = self._open()
+        self.native_fps = float(self._capture.get(self.cv2.CAP_PROP_FPS)) or None
         self._reconnect.report(SourceState.CONNECTED, "connected")
         self._latest: tuple[np.ndarray, float] | None = None  # (BGR frame, monotonic time it arrived)
         self._error: SourceError | None = None

@@ -1,0 +1,143 @@
+"""Recording: the stream as MP4 with the commentary burned in, and an SRT sidecar.
+
+The MP4 is fragmented (`empty_moov`, a fragment at every key frame, one key frame a second) and
+every packet is flushed to the file as it is written, so a crash, a killed process or a power
+cut leaves a file that players open and decode up to about a second before the end. Cues go to
+`<name>.srt` through the crash-safe subtitle writer (core/subtitles.py) as they are generated.
+H.264 (libx264) where the PyAV build has it; otherwise MPEG-4 Part 2, which `codec` reports.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from fractions import Fraction
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import av
+import numpy as np
+
+from core.errors import StreamVLMError
+from core.overlay import Overlay
+from core.subtitles import SrtWriter
+from core.types import Commentary, Frame
+
+log = logging.getLogger(__name__)
+
+_FRAGMENTED = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
+_CODECS = ("libx264", "mpeg4")
+
+
+class Recorder:
+    """Writes frames (with the overlay of their time drawn in) to `path`; `add` feeds commentary."""
+
+    def __init__(self, path: str | Path, fps: float, *, overlay: Overlay | None = None) -> None:
+        if not fps > 0:
+            raise ValueError(f"fps must be positive (got {fps})")
+        self.path = Path(path)
+        if self.path.suffix.lower() != ".mp4":
+            raise StreamVLMError(f"recordings are MP4 files; give a path ending in .mp4 (got '{self.path}')")
+        self.fps = fps
+        self.overlay = overlay or Overlay()
+        self.codec = next((name for name in _CODECS if _can_encode(name)), None)
+        if self.codec is None:
+            raise StreamVLMError(
+                "this PyAV build can encode neither H.264 nor MPEG-4; install the 'av' wheel"
+            )
+        if self.codec != _CODECS[0]:
+            log.warning("H.264 is not available in this PyAV build; recording MPEG-4 Part 2 instead")
+        folder = self.path.parent
+        if not folder.is_dir():
+            raise StreamVLMError(
+                f"cannot record to '{self.path}': the folder '{folder}' does not exist; create it or choose another"
+            )
+        if not os.access(folder, os.W_OK):
+            raise StreamVLMError(f"cannot record to '{self.path}': the folder '{folder}' is not writable")
+        self.subtitles = SrtWriter(self.path.with_suffix(".srt"))
+        try:
+            self._container = av.open(str(self.path), mode="w", format="mp4", options=_FRAGMENTED)
+        except (av.error.FFmpegError, OSError) as exc:
+            self.subtitles.close()
+            raise StreamVLMError(
+                f"cannot record to '{self.path}' ({exc}); check the folder and its permissions"
+            ) from None
+        self._stream = None
+        self._size: tuple[int, int] | None = None
+        self._last_pts = -1
+        self.frames = 0
+
+    def write(self, frame: Frame) -> None:
+        """Encode one frame at its stream time; a frame no later than the previous one is dropped."""
+        pts = round(frame.t * self.fps)
+        if pts <= self._last_pts:
+            return
+        rgb = self.overlay.draw(frame.rgb, frame.t)
+        if self._stream is None:
+            self._open_stream(rgb.shape[1], rgb.shape[0])
+        rgb = _fit(rgb, self._size)
+        video = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        video.pts = pts
+        self._container.mux(self._stream.encode(video))
+        self._last_pts = pts
+        self.frames += 1
+
+    def add(self, commentary: Commentary) -> None:
+        """A new line: on the picture from the end of its chunk (when a viewer sees it), and in the SRT."""
+        self.overlay.add(commentary)
+        self.subtitles.write(commentary)
+
+    def close(self) -> None:
+        if self._container is None:
+            return
+        try:
+            if self._stream is not None:
+                self._container.mux(self._stream.encode(None))  # flush the encoder
+        finally:
+            self._container.close()
+            self._container = None
+            self.subtitles.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _open_stream(self, width: int, height: int) -> None:
+        self._size = (width - width % 2, height - height % 2)  # 4:2:0 needs even sides
+        rate = Fraction(self.fps).limit_denominator(1001)
+        stream = self._container.add_stream(self.codec, rate=rate)
+        stream.width, stream.height = self._size
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = 1 / rate
+        stream.gop_size = max(1, round(self.fps))  # a key frame, so a fragment, every second
+        if self.codec == "libx264":
+            stream.options = {"preset": "veryfast", "tune": "zerolatency"}
+        self._stream = stream
+
+
+def _fit(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The frame at the recording's size: cropped to even sides, or resized if the source changed size."""
+    width, height = size
+    if (
+        rgb.shape[1] >= width
+        and rgb.shape[0] >= height
+        and rgb.shape[1] - width < 2
+        and rgb.shape[0] - height < 2
+    ):
+        return rgb[:height, :width]
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR))
+
+
+def _can_encode(name: str) -> bool:
+    try:
+        av.codec.Codec(name, "w")
+    except (av.error.FFmpegError, ValueError):
+        return False
+    return True

@@ -1,0 +1,141 @@
+"""Recording: MP4 with the commentary burned in and an SRT sidecar, playable after a crash."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import srt
+
+from core.errors import StreamVLMError
+from core.overlay import Overlay, OverlayStyle
+from core.recorder import Recorder
+from core.types import Commentary, Frame
+from test_cli import CLIP, run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def decoded(path: Path) -> tuple[list[np.ndarray], float]:
+    with av.open(str(path)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        duration = container.duration / av.time_base if container.duration else float("nan")
+    return frames, duration
+
+
+def test_recorder_writes_every_frame_with_the_overlay_and_an_srt(tmp_path):
+    y, x = np.mgrid[0:180, 0:320]
+    background = np.stack([60 + x // 3, 60 + y // 2, 200 - x // 4], axis=-1).astype(np.uint8)  # smooth ramps
+    path = tmp_path / "rec.mp4"
+    with Recorder(path, fps=10) as recorder:
+        for k in range(40):
+            recorder.write(Frame(background, k / 10))
+            if k == 14:  # the commentary of chunk [0.5, 1.5) arrives; it shows from 1.5 s
+                recorder.add(Commentary(0.5, 1.5, "Red breaks down the left"))
+        recorder.write(Frame(background, 3.9))  # a repeated time is dropped, not written twice
+        assert recorder.codec == "libx264" and recorder.frames == 40
+    frames, duration = decoded(path)
+    assert len(frames) == 40 and duration == pytest.approx(4.0, abs=0.15)
+    band = (slice(130, 180), slice(40, 280))  # where the bottom line is drawn
+
+    def change(frame):
+        return np.abs(frame[band].astype(int) - background[band]).mean()
+
+    assert change(frames[10]) < 6  # before 1.5 s: the picture, up to compression
+    assert change(frames[20]) > 12  # after: the subtitle band is drawn over it (3x the noise)
+    cues = list(srt.parse((tmp_path / "rec.srt").read_text()))
+    assert [(c.start.total_seconds(), c.end.total_seconds(), c.content) for c in cues] == [
+        (0.5, 1.5, "Red breaks down the left")
+    ]
+
+
+def test_overlay_shows_the_newest_lines_and_fades_old_ones():
+    overlay = Overlay(OverlayStyle(max_lines=2, fade_seconds=4.0))
+    for k, text in enumerate(["one", "two", "three"]):
+        overlay.add(Commentary(k, k + 1, text))
+    assert overlay.lines_at(3.0) == [("three", 1.0), ("two", 1.0)]  # newest first, at most two
+    assert [t for t, _ in overlay.lines_at(5.5)] == ["three", "two"]
+    (text, opacity), *_ = overlay.lines_at(5.5)
+    assert text == "three" and 0 < opacity < 1  # fading in its second half of life
+    assert overlay.lines_at(7.5) == []
+    frame = np.zeros((90, 160, 3), np.uint8)
+    assert overlay.draw(frame, 10.0) is frame  # nothing to draw: the frame itself
+    for position in ("top", "bottom"):
+        drawn = Overlay(OverlayStyle(position=position))
+        drawn.add(Commentary(0, 1, "Goal!"))
+        rows = np.nonzero(drawn.draw(frame, 1.5).any(axis=(1, 2)))[0]
+        assert (rows.max() > 60) if position == "bottom" else (rows.min() < 30)
+    with pytest.raises(ValueError, match="position must be one of bottom, top"):
+        OverlayStyle(position="left")
+
+
+def test_cli_records_a_file_at_its_frame_rate_with_a_sidecar(tiny_dir, tmp_path):
+    out = tmp_path / "match.mp4"
+    result = run_cli(
+        "run", "--source", str(CLIP), "--model", str(tiny_dir), "--device", "cpu", "--record", str(out)
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    frames, duration = decoded(out)
+    with av.open(str(CLIP)) as source:
+        rate = float(source.streams.video[0].guessed_rate)
+        expected = sum(1 for _ in source.decode(video=0))
+    assert len(frames) == expected and duration == pytest.approx(expected / rate, abs=0.2)
+    cues = list(srt.parse(out.with_suffix(".srt").read_text()))
+    assert cues and all(0 <= c.start.total_seconds() < c.end.total_seconds() <= duration + 1e-6 for c in cues)
+
+
+def test_bad_recording_paths_are_refused_clearly(tmp_path):
+    with pytest.raises(StreamVLMError, match="the folder .* does not exist"):
+        Recorder(tmp_path / "missing" / "a.mp4", fps=10)
+    with pytest.raises(StreamVLMError, match="give a path ending in .mp4"):
+        Recorder(tmp_path / "a.avi", fps=10)
+
+
+def test_a_killed_recording_plays_up_to_near_the_kill(tiny_dir, tmp_path):
+    """SIGKILL mid-recording (no cleanup at all): the fragmented MP4 still opens and decodes."""
+    out = tmp_path / "crash.mp4"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "core",
+            "run",
+            "--source",
+            str(CLIP),
+            "--model",
+            str(tiny_dir),
+            "--device",
+            "cpu",
+            "--realtime",
+            "--record",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=ROOT,
+    )
+    try:
+        # Wait for the first commentary line: loading is done and the stream is running.
+        first = process.stdout.readline()
+        assert first.startswith(b"[00:00:00.0"), process.stderr.read().decode()[-2000:]
+        started = time.monotonic()
+        time.sleep(3.0)
+        process.send_signal(signal.SIGKILL)
+        killed_after = time.monotonic() - started + 1.0  # the first line comes ~1 s into the stream
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+    frames, _ = decoded(out)
+    assert len(frames) >= (killed_after - 1.5) * 10  # all but about the last second (one fragment)
+    assert len(frames) < 80  # it really was cut
+    cues = list(srt.parse(out.with_suffix(".srt").read_text()))
+    assert cues  # every cue written before the kill is there
