@@ -1,0 +1,34 @@
+"""`python -m app [--model M] [--source S] [--smoke]`: the desktop app.
+
+`--smoke` (or `--model tiny`) runs the tiny random model offline and says so in the title.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app", description="streamvlm: live video commentary")
+    parser.add_argument("--model", help="checkpoint folder, hub id, or tiny")
+    parser.add_argument("--source", help="a file, camera:N, screen:N[@x,y,w,h] or a stream URL")
+    parser.add_argument("--smoke", action="store_true", help="offline smoke mode on the tiny random model")
+    parser.add_argument("--start", action="store_true", help="start streaming as soon as the window opens")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from PySide6.QtWidgets import QApplication
+
+    from app.window import MainWindow
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    window = MainWindow(model="tiny" if args.smoke else args.model, source=args.source, smoke=args.smoke)
+    window.show()
+    if args.start:
+        window.start()
+    return app.exec()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""The stream worker: model, source, runner and recorder, in a thread of their own.
+
+`StreamWorker` lives in a `QThread`. Its `run` loads the model (once per model name; kept for
+the next run), opens the source, and runs `core.realtime.RealtimeRunner`; everything it learns
+goes to the window through signals, never by touching widgets. `stop` may be called from the
+GUI thread at any time: it stops the runner, which closes the source and returns after the
+chunk in progress.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from PySide6.QtCore import QObject, Signal
+
+from core.config import StreamConfig
+from core.errors import StreamVLMError
+from core.types import Frame
+
+FRAME_INTERVAL = 1 / 15  # the view is refreshed at most 15 times a second; it shows the newest frame
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What the user asked for when pressing Start."""
+
+    source: str
+    model: str
+    instruction: str
+    previous_text: str
+    record_to: str | None = None  # an .mp4 path, or None
+    device: str = "auto"
+    stream: StreamConfig = StreamConfig()
+    latency_budget: float = 2.0
+
+
+class StreamWorker(QObject):
+    frame = Signal(object)  # core.types.Frame, the newest captured picture
+    commentary = Signal(object)  # core.types.Commentary
+    report = Signal(object)  # core.realtime.ChunkReport
+    status = Signal(str)  # one line for the status bar (loading, connected, reconnecting, ...)
+    failed = Signal(str)  # a user-facing reason; the run is over
+    finished = Signal()
+
+    _models: dict[tuple[str, str], object] = {}  # (model, device) -> StreamModel, kept across runs
+
+    def __init__(self, request: RunRequest) -> None:
+        super().__init__()
+        self.request = request
+        self._runner = None
+        self._stopped = threading.Event()
+        self._last_frame = 0.0
+        self.recorder = None
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except StreamVLMError as exc:
+            self.failed.emit(str(exc))
+        except Exception as exc:  # anything else is a bug, but the window must stay usable
+            self.failed.emit(f"unexpected error: {type(exc).__name__}: {exc}")
+        finally:
+            if self.recorder is not None:
+                self.recorder.close()
+            self.finished.emit()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        runner = self._runner
+        if runner is not None:
+            runner.stop()
+
+    def _run(self) -> None:
+        from core.engine import StreamingEngine
+        from core.realtime import RealtimeRunner
+        from core.recorder import Recorder
+        from core.sources import FileSource, open_source
+
+        request = self.request
+        self.status.emit(f"opening {request.source}")
+        source = open_source(request.source, request.stream.fps, realtime=True, on_state=self._on_state)
+        try:
+            model = self._model()
+            if self._stopped.is_set():
+                return
+            record_fps = request.stream.fps
+            if request.record_to:
+                record_fps = max(request.stream.fps, min(30.0, source.native_fps or 10.0))
+                self.recorder = Recorder(request.record_to, record_fps)
+            source.fps = record_fps
+            engine = StreamingEngine(model, stream=request.stream)
+            session = engine.start(
+                instruction=request.instruction or None, previous_text=request.previous_text
+            )
+            self._runner = RealtimeRunner(
+                source, session, request.stream, budget=request.latency_budget, on_frame=self._on_frame
+            )
+            if self._stopped.is_set():
+                return
+            kind = "file" if isinstance(source, FileSource) else "live"
+            self.status.emit(f"streaming ({kind}) on {model.device}")
+            with session:
+                for report in self._runner.run():
+                    for line in report.commentary:
+                        if self.recorder is not None:
+                            self.recorder.add(line)
+                        self.commentary.emit(line)
+                    self.report.emit(report)
+        finally:
+            source.close()
+
+    def _model(self):
+        from core.model import load_model
+
+        key = (self.request.model, self.request.device)
+        if key not in self._models:
+            self.status.emit(f"loading model {self.request.model}")
+            self._models[key] = load_model(self.request.model, device=self.request.device)
+        return self._models[key]
+
+    def _on_frame(self, frame: Frame) -> None:
+        """Capture thread: record every frame; hand the view the newest, at most 15 a second."""
+        if self.recorder is not None:
+            self.recorder.write(frame)
+        now = time.monotonic()
+        if now - self._last_frame >= FRAME_INTERVAL:
+            self._last_frame = now
+            self.frame.emit(frame)
+
+    def _on_state(self, state, message: str) -> None:
+        self.status.emit(f"source {state.value}: {message}")

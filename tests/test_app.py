@@ -1,0 +1,146 @@
+"""The desktop app driven as a person would: real widgets offscreen (pytest-qt), the tiny model."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import av  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import srt  # noqa: E402
+
+pytest.importorskip("PySide6")
+
+from PySide6.QtCore import QSettings, Qt  # noqa: E402
+
+from app.window import MainWindow  # noqa: E402
+from test_cli import CLIP  # noqa: E402
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+
+
+@pytest.fixture
+def window(qtbot, settings):
+    win = MainWindow(settings=settings)
+    qtbot.addWidget(win)
+    win.show()
+    yield win
+    win.close()
+
+
+def start(qtbot, win, source: str, model: str) -> None:
+    win.source_box.setCurrentText(source)
+    win.model_edit.setText(model)
+    qtbot.mouseClick(win.start_button, Qt.MouseButton.LeftButton)
+
+
+def log_lines(win) -> list[str]:
+    return [line for line in win.log.toPlainText().splitlines() if line.strip()]
+
+
+def test_a_file_streams_commentary_into_the_log_and_over_the_video_and_records(
+    qtbot, window, tiny_dir, tmp_path
+):
+    window.record_check.setChecked(True)
+    window.output_edit.setText(str(tmp_path))
+    start(qtbot, window, str(CLIP), str(tiny_dir))
+    qtbot.waitUntil(lambda: len(log_lines(window)) >= 3, timeout=60_000)
+    assert all(line.startswith("[00:0") for line in log_lines(window))
+    frame = window.frame
+    assert frame is not None and not window.view.pixmap().isNull()
+    assert window.overlay.lines_at(frame.t), "the newest commentary is on the overlay"
+    drawn = window.overlay.draw(frame.rgb, frame.t)
+    assert (drawn != frame.rgb).any()
+    assert "chunks/s" in window.rate_label.text() and "latency" in window.latency_label.text()
+    qtbot.mouseClick(window.stop_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: window.start_button.isEnabled(), timeout=10_000)
+
+    (recording,) = tmp_path.glob("streamvlm-*.mp4")
+    with av.open(str(recording)) as container:
+        frames = sum(1 for _ in container.decode(video=0))
+        duration = container.duration / av.time_base
+    assert frames >= 20 and duration == pytest.approx(frames / 10, abs=0.2)  # the clip's 10 FPS, kept
+    cues = list(srt.parse(recording.with_suffix(".srt").read_text()))
+    assert cues and all(c.end.total_seconds() <= duration + 1.0 for c in cues)
+
+
+def test_closing_during_inference_returns_promptly_and_leaves_no_thread(qtbot, settings, tiny_dir):
+    win = MainWindow(settings=settings)
+    qtbot.addWidget(win)
+    win.show()
+    start(qtbot, win, str(CLIP), str(tiny_dir))
+    qtbot.waitUntil(lambda: len(log_lines(win)) >= 1, timeout=60_000)
+    thread = win.thread
+    started = time.monotonic()
+    win.close()
+    assert time.monotonic() - started < 2.0
+    assert thread.isFinished()
+    assert not [t.name for t in threading.enumerate() if t.name in ("capture", "camera-reader")]
+
+
+BAD_INPUTS = {
+    "wrong URL": (lambda tmp, model: ("rtsp://127.0.0.1:9/nothing", model), "could not be opened"),
+    "missing model": (lambda tmp, model: (str(CLIP), str(tmp / "no-model")), "does not exist"),
+    "not a video": (lambda tmp, model: (str(_text(tmp)), model), "not a video"),
+}
+
+
+def _text(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("not a video\n" * 40)
+    return path
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+def test_bad_input_shows_a_specific_message_and_the_app_stays_usable(qtbot, window, tiny_dir, tmp_path, case):
+    make, words = case
+    source, model = make(tmp_path, str(tiny_dir))
+    start(qtbot, window, source, model)
+    qtbot.waitUntil(lambda: words in window.message.text(), timeout=30_000)
+    assert window.error_box is not None and words in window.error_box.text()
+    qtbot.waitUntil(lambda: window.start_button.isEnabled(), timeout=10_000)
+    # usable: the same window then streams a good source
+    window.error_box.close()
+    start(qtbot, window, str(CLIP), str(tiny_dir))
+    qtbot.waitUntil(lambda: len(log_lines(window)) >= 1, timeout=60_000)
+
+
+def test_an_unwritable_output_folder_is_named_before_anything_starts(qtbot, window, tiny_dir, tmp_path):
+    window.record_check.setChecked(True)
+    window.output_edit.setText(str(tmp_path / "missing"))
+    start(qtbot, window, str(CLIP), str(tiny_dir))
+    assert "does not exist or is not writable" in window.message.text()
+    assert window.thread is None and window.start_button.isEnabled()
+
+
+def test_smoke_mode_says_so_and_settings_are_kept(qtbot, settings, tiny_dir):
+    win = MainWindow(model="tiny", source=str(CLIP), settings=settings, smoke=True)
+    qtbot.addWidget(win)
+    assert "SMOKE MODE" in win.windowTitle()
+    win.output_edit.setText("/tmp")
+    win.model_edit.setText(str(tiny_dir))
+    win.start()
+    qtbot.waitUntil(lambda: len(log_lines(win)) >= 1, timeout=60_000)
+    win.close()
+    again = MainWindow(settings=settings)
+    qtbot.addWidget(again)
+    assert again.source_box.currentText() == str(CLIP) and again.model_edit.text() == str(tiny_dir)
+    assert "SMOKE MODE" not in again.windowTitle()
+
+
+def test_overlay_toggle_shortcut_shows_the_plain_picture(qtbot, window):
+    from core.types import Commentary, Frame
+
+    window.frame = Frame(np.full((90, 160, 3), 128, np.uint8), 2.0)
+    window.on_commentary(Commentary(0.0, 1.0, "Into the box"))
+    shown = window.view.pixmap().toImage()
+    window.toggle_overlay()
+    plain = window.view.pixmap().toImage()
+    assert shown != plain and window.overlay_visible is False
