@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", help="a file, camera:N, screen:N[@x,y,w,h] or a stream URL")
     parser.add_argument("--smoke", action="store_true", help="offline smoke mode on the tiny random model")
     parser.add_argument("--start", action="store_true", help="start streaming as soon as the window opens")
+    parser.add_argument("--record", metavar="FOLDER", help="record into this folder (recording switched on)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from PySide6.QtWidgets import QApplication
@@ -24,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     window = MainWindow(model="tiny" if args.smoke else args.model, source=args.source, smoke=args.smoke)
+    if args.record:
+        window.record_check.setChecked(True)
+        window.output_edit.setText(args.record)
     window.show()
     if args.start:
         window.start()

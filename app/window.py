@@ -16,6 +16,7 @@ from PySide6.QtGui import QImage, QKeySequence, QPixmap, QShortcut
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -32,6 +33,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.worker import RunRequest, StreamWorker
+from core.errors import StreamVLMError
 from core.overlay import Overlay, OverlayStyle
 from core.types import Commentary, Frame
 
@@ -60,6 +62,7 @@ class MainWindow(QMainWindow):
         self.frame: Frame | None = None
         self.chunks_done = 0
         self.started_at = 0.0
+        self.lines: list[Commentary] = []  # this session's commentary, for export
         self._build()
         self._restore(model=model, source=source)
 
@@ -85,6 +88,28 @@ class MainWindow(QMainWindow):
         record_row = QHBoxLayout()
         record_row.addWidget(self.record_check)
         record_row.addWidget(self.output_edit, 1)
+        self.audio_check = QCheckBox("with sound from")
+        self.audio_box = QComboBox()
+        self.audio_note = QLabel("")
+        self.audio_note.setWordWrap(True)
+        self.audio_note.setStyleSheet("color: gray;")
+        audio_row = QHBoxLayout()
+        audio_row.addWidget(self.audio_check)
+        audio_row.addWidget(self.audio_box, 1)
+        self.position_box = QComboBox()
+        self.position_box.addItems(["bottom", "top"])
+        self.font_spin = QDoubleSpinBox(minimum=0.5, maximum=3.0, singleStep=0.1, decimals=1)
+        self.position_box.currentTextChanged.connect(self._style_changed)
+        self.font_spin.valueChanged.connect(self._style_changed)
+        style_row = QHBoxLayout()
+        style_row.addWidget(QLabel("Overlay"))
+        style_row.addWidget(self.position_box)
+        style_row.addWidget(QLabel("size"))
+        style_row.addWidget(self.font_spin)
+        style_row.addStretch(1)
+        self.export_button = QPushButton("Export…")
+        self.export_button.setToolTip("save the commentary as SRT, WebVTT or JSON lines")
+        self.export_button.clicked.connect(self._export_dialog)
         self.start_button = QPushButton("Start")
         self.stop_button = QPushButton("Stop")
         self.stop_button.setEnabled(False)
@@ -93,6 +118,7 @@ class MainWindow(QMainWindow):
         buttons = QHBoxLayout()
         buttons.addWidget(self.start_button)
         buttons.addWidget(self.stop_button)
+        buttons.addWidget(self.export_button)
 
         form = QFormLayout()
         form.addRow("Source", source_row)
@@ -100,6 +126,9 @@ class MainWindow(QMainWindow):
         form.addRow("Instruction", self.instruction_edit)
         form.addRow("Previous text", self.previous_edit)
         form.addRow("", record_row)
+        form.addRow("", audio_row)
+        form.addRow("", self.audio_note)
+        form.addRow("", style_row)
         form.addRow("", buttons)
 
         self.view = QLabel("no video")
@@ -149,6 +178,20 @@ class MainWindow(QMainWindow):
         self.source_box.setCurrentText(source or last or (choices[0] if choices else ""))
         self.model_edit.setText(model or self.settings.value("model", "", str))
         self.output_edit.setText(self.settings.value("output_folder", str(Path.home() / "Videos"), str))
+        from core.audio import input_devices
+
+        devices, why_none = input_devices(rescan=self.thread is None)
+        for device in devices:
+            self.audio_box.addItem(f"{device.name} ({device.channels} ch)", device.index)
+        if why_none:
+            # No sound input: recording works without sound, and the option says why it is off.
+            for widget in (self.audio_check, self.audio_box):
+                widget.setEnabled(False)
+                widget.setToolTip(why_none)
+            self.audio_note.setText(f"Sound recording is off: {why_none}.")
+        style = self.overlay.style
+        self.position_box.setCurrentText(style.position)
+        self.font_spin.setValue(style.font_scale)
 
     def _overlay_style(self) -> OverlayStyle:
         position = self.settings.value("overlay/position", "bottom", str)
@@ -188,6 +231,7 @@ class MainWindow(QMainWindow):
         self.settings.setValue("output_folder", self.output_edit.text().strip())
         self.show_message("")
         self.log.clear()
+        self.lines.clear()
         self.overlay = Overlay(self._overlay_style())
         self.chunks_done, self.started_at = 0, time.monotonic()
         request = RunRequest(
@@ -196,6 +240,7 @@ class MainWindow(QMainWindow):
             instruction=self.instruction_edit.text().strip(),
             previous_text=self.previous_edit.toPlainText().strip(),
             record_to=record_to,
+            audio_device=self.audio_box.currentData() if record_to and self.audio_check.isChecked() else None,
         )
         self.worker = StreamWorker(request)
         self.thread = QThread(self)
@@ -223,6 +268,43 @@ class MainWindow(QMainWindow):
         self.stop() if self.thread is not None else self.start()
 
     @Slot()
+    def _style_changed(self, *_) -> None:
+        style = OverlayStyle(
+            position=self.position_box.currentText(), font_scale=round(self.font_spin.value(), 1)
+        )
+        self.settings.setValue("overlay/position", style.position)
+        self.settings.setValue("overlay/font_scale", style.font_scale)
+        self.overlay.style = style
+        self._paint()
+
+    def export(self, path: str | Path) -> int:
+        """Write the session's commentary so far to `path` (.srt, .vtt or .jsonl); returns the cue count."""
+        from core.subtitles import JsonlWriter, SrtWriter, VttWriter
+
+        kinds = {".srt": SrtWriter, ".vtt": VttWriter, ".jsonl": JsonlWriter}
+        path = Path(path)
+        kind = kinds.get(path.suffix.lower())
+        if kind is None:
+            raise ValueError(f"export to .srt, .vtt or .jsonl (got '{path.name}')")
+        with kind(path) as writer:
+            for line in self.lines:
+                writer.write(line)
+        return len(self.lines)
+
+    def _export_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(
+            self,
+            "Export commentary",
+            "commentary.srt",
+            "SubRip (*.srt);;WebVTT (*.vtt);;JSON lines (*.jsonl)",
+        )
+        if path:
+            try:
+                self.show_message(f"exported {self.export(path)} lines to {path}")
+            except (ValueError, StreamVLMError) as exc:
+                self.show_message(str(exc))
+
+    @Slot()
     def toggle_overlay(self) -> None:
         self.overlay_visible = not self.overlay_visible
         self._paint()
@@ -246,6 +328,7 @@ class MainWindow(QMainWindow):
 
     @Slot(object)
     def on_commentary(self, line: Commentary) -> None:
+        self.lines.append(line)
         self.overlay.add(line)
         self.log.appendPlainText(f"[{_clock(line.start)} - {_clock(line.end)}] {line.text}")
         self._paint()
@@ -253,8 +336,14 @@ class MainWindow(QMainWindow):
     @Slot(object)
     def on_report(self, report) -> None:
         self.chunks_done += 1
+        if self.chunks_done == 1:
+            self.started_at = time.monotonic()  # rates count from the first chunk, not from model loading
         elapsed = max(1e-6, time.monotonic() - self.started_at)
-        self.rate_label.setText(f"{self.chunks_done / elapsed:.2f} chunks/s, {report.skipped} skipped")
+        frames = self.worker.frames_in if self.worker is not None else 0
+        self.rate_label.setText(
+            f"in {frames / max(elapsed, 1.0):.1f} FPS, {(self.chunks_done - 1) / elapsed:.2f} chunks/s, "
+            f"{report.skipped} skipped"
+        )
         self.latency_label.setText(f"latency {report.latency:.2f} s")
         self.device_label.setText(_device_line())
 

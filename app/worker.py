@@ -31,6 +31,7 @@ class RunRequest:
     instruction: str
     previous_text: str
     record_to: str | None = None  # an .mp4 path, or None
+    audio_device: int | None = None  # record sound from this input device (with record_to)
     device: str = "auto"
     stream: StreamConfig = StreamConfig()
     latency_budget: float = 2.0
@@ -52,7 +53,10 @@ class StreamWorker(QObject):
         self._runner = None
         self._stopped = threading.Event()
         self._last_frame = 0.0
+        self.frames_in = 0  # frames captured (the status bar's input rate)
         self.recorder = None
+        self.audio = None
+        self._clock_offset: float | None = None  # monotonic time - stream time, from the first frame
 
     def run(self) -> None:
         try:
@@ -62,6 +66,8 @@ class StreamWorker(QObject):
         except Exception as exc:  # anything else is a bug, but the window must stay usable
             self.failed.emit(f"unexpected error: {type(exc).__name__}: {exc}")
         finally:
+            if self.audio is not None:
+                self.audio.close()
             if self.recorder is not None:
                 self.recorder.close()
             self.finished.emit()
@@ -88,7 +94,15 @@ class StreamWorker(QObject):
             record_fps = request.stream.fps
             if request.record_to:
                 record_fps = max(request.stream.fps, min(30.0, source.native_fps or 10.0))
-                self.recorder = Recorder(request.record_to, record_fps)
+                with_audio = request.audio_device is not None
+                self.recorder = Recorder(
+                    request.record_to, record_fps, audio_rate=48_000 if with_audio else None
+                )
+                if with_audio:
+                    from core.audio import AudioCapture
+
+                    self.audio = AudioCapture(request.audio_device, self._on_audio)
+                    self.audio.start()
             source.fps = record_fps
             engine = StreamingEngine(model, stream=request.stream)
             session = engine.start(
@@ -122,12 +136,20 @@ class StreamWorker(QObject):
 
     def _on_frame(self, frame: Frame) -> None:
         """Capture thread: record every frame; hand the view the newest, at most 15 a second."""
+        self.frames_in += 1
+        if self._clock_offset is None:
+            self._clock_offset = time.monotonic() - frame.t
         if self.recorder is not None:
             self.recorder.write(frame)
         now = time.monotonic()
         if now - self._last_frame >= FRAME_INTERVAL:
             self._last_frame = now
             self.frame.emit(frame)
+
+    def _on_audio(self, samples, started: float) -> None:
+        """PortAudio's thread: place the block on the stream clock of the pictures."""
+        if self._clock_offset is not None and self.recorder is not None:
+            self.recorder.write_audio(samples, started - self._clock_offset)
 
     def _on_state(self, state, message: str) -> None:
         self.status.emit(f"source {state.value}: {message}")

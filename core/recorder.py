@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
@@ -33,7 +34,16 @@ _CODECS = ("libx264", "mpeg4")
 class Recorder:
     """Writes frames (with the overlay of their time drawn in) to `path`; `add` feeds commentary."""
 
-    def __init__(self, path: str | Path, fps: float, *, overlay: Overlay | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        fps: float,
+        *,
+        overlay: Overlay | None = None,
+        audio_rate: int | None = None,
+        audio_channels: int = 1,
+    ) -> None:
+        """`audio_rate` adds an AAC track fed by `write_audio`."""
         if not fps > 0:
             raise ValueError(f"fps must be positive (got {fps})")
         self.path = Path(path)
@@ -67,6 +77,14 @@ class Recorder:
         self._size: tuple[int, int] | None = None
         self._last_pts = -1
         self.frames = 0
+        self._lock = threading.Lock()  # video comes from capture, audio from PortAudio's thread
+        self._audio = None
+        self._audio_next = 0  # the sample the next block must start at
+        self.audio_samples = 0
+        if audio_rate:
+            self._audio = self._container.add_stream("aac", rate=audio_rate)
+            self._audio.layout = "mono" if audio_channels == 1 else "stereo"
+            self._audio.time_base = Fraction(1, audio_rate)
 
     def write(self, frame: Frame) -> None:
         """Encode one frame at its stream time; a frame no later than the previous one is dropped."""
@@ -79,9 +97,34 @@ class Recorder:
         rgb = _fit(rgb, self._size)
         video = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         video.pts = pts
-        self._container.mux(self._stream.encode(video))
+        with self._lock:
+            self._container.mux(self._stream.encode(video))
         self._last_pts = pts
         self.frames += 1
+
+    def write_audio(self, samples: np.ndarray, t: float) -> None:
+        """Samples (float32 [n, channels]) whose first one sounds at stream time `t`. Overlaps with what
+        is written are cut, gaps filled with silence, so sound stays where the picture is."""
+        if self._audio is None or self._container is None or self._stream is None:
+            return  # sound before the first picture has no place on the stream clock yet
+        rate = self._audio.rate
+        start = round(t * rate)
+        if start < self._audio_next:  # overlap (clock jitter): drop what was already written
+            samples = samples[self._audio_next - start :]
+            start = self._audio_next
+        if len(samples) == 0 or start < 0:
+            return
+        if start > self._audio_next and self._audio_next > 0:
+            silence = np.zeros((start - self._audio_next, samples.shape[1]), np.float32)
+            samples, start = np.concatenate([silence, samples]), self._audio_next
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(samples.T, dtype=np.float32), format="fltp", layout=self._audio.layout.name
+        )
+        frame.sample_rate, frame.pts = rate, start
+        with self._lock:
+            self._container.mux(self._audio.encode(frame))
+        self._audio_next = start + len(samples)
+        self.audio_samples += len(samples)
 
     def add(self, commentary: Commentary) -> None:
         """A new line: on the picture from the end of its chunk (when a viewer sees it), and in the SRT."""
@@ -92,8 +135,11 @@ class Recorder:
         if self._container is None:
             return
         try:
-            if self._stream is not None:
-                self._container.mux(self._stream.encode(None))  # flush the encoder
+            with self._lock:
+                if self._stream is not None:
+                    self._container.mux(self._stream.encode(None))  # flush the encoders
+                if self._audio is not None:
+                    self._container.mux(self._audio.encode(None))
         finally:
             self._container.close()
             self._container = None

@@ -139,3 +139,49 @@ def draw_known_picture() -> subprocess.Popen:
         process.kill()
         raise RuntimeError("the Tk window did not draw")
     return process
+
+
+class SoundServer:
+    """A PulseAudio server with one virtual output ("virt") whose monitor is an input device: what
+    is played into it with paplay can be recorded through PortAudio's ALSA "pulse" device."""
+
+    def __init__(self, folder: Path) -> None:
+        if not (shutil.which("pulseaudio") and shutil.which("paplay")):
+            pytest.skip(
+                "needs a sound server for a virtual input: apt-get install pulseaudio pulseaudio-utils libasound2-plugins"
+            )
+        self.socket = folder / "native"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> SoundServer:
+        self.process = subprocess.Popen(
+            [
+                "pulseaudio",
+                "--daemonize=no",
+                "--exit-idle-time=-1",
+                "-n",
+                "--load=module-null-sink sink_name=virt",
+                f"--load=module-native-protocol-unix socket={self.socket}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not self.socket.exists():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError("pulseaudio did not start")
+            time.sleep(0.05)
+        return self
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"PULSE_SERVER": f"unix:{self.socket}", "PULSE_SOURCE": "virt.monitor", "PULSE_SINK": "virt"}
+
+    def play(self, wav: Path) -> None:
+        subprocess.run(["paplay", str(wav)], env={**os.environ, **self.env}, check=True, timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None

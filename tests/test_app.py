@@ -144,3 +144,91 @@ def test_overlay_toggle_shortcut_shows_the_plain_picture(qtbot, window):
     window.toggle_overlay()
     plain = window.view.pixmap().toImage()
     assert shown != plain and window.overlay_visible is False
+
+
+def test_export_writes_the_sessions_commentary_in_each_format(qtbot, window, tmp_path):
+    import json
+
+    import webvtt
+
+    from core.types import Commentary
+
+    for k, text in enumerate(["Kick-off", "Long ball forward", "Header, wide"]):
+        window.on_commentary(Commentary(float(k), k + 1.0, text))
+    assert window.export(tmp_path / "c.srt") == 3
+    assert [c.content for c in srt.parse((tmp_path / "c.srt").read_text())][-1] == "Header, wide"
+    window.export(tmp_path / "c.vtt")
+    assert [c.text for c in webvtt.read(str(tmp_path / "c.vtt"))] == [
+        "Kick-off",
+        "Long ball forward",
+        "Header, wide",
+    ]
+    window.export(tmp_path / "c.jsonl")
+    assert json.loads((tmp_path / "c.jsonl").read_text().splitlines()[1])["start"] == 1.0
+    with pytest.raises(ValueError, match=r"\.srt, \.vtt or \.jsonl"):
+        window.export(tmp_path / "c.doc")
+
+
+def test_overlay_position_and_size_apply_at_once_and_are_remembered(qtbot, window, settings):
+    window.position_box.setCurrentText("top")
+    window.font_spin.setValue(1.6)
+    assert window.overlay.style.position == "top" and window.overlay.style.font_scale == 1.6
+    again = MainWindow(settings=settings)
+    qtbot.addWidget(again)
+    assert again.position_box.currentText() == "top" and again.font_spin.value() == pytest.approx(1.6)
+
+
+def test_killing_the_app_while_it_records_leaves_a_playable_file(tiny_dir, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"}
+    app = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "app",
+            "--model",
+            str(tiny_dir),
+            "--source",
+            str(CLIP),
+            "--start",
+            "--record",
+            str(tmp_path),
+        ],
+        env=env,
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not list(tmp_path.glob("*.mp4")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (recording,) = tmp_path.glob("*.mp4")
+        while recording.stat().st_size < 60_000 and time.monotonic() < deadline:  # a few seconds in
+            time.sleep(0.1)
+        time.sleep(1.0)
+        app.send_signal(signal.SIGKILL)
+    finally:
+        app.kill()
+        app.wait(timeout=10)
+    with av.open(str(recording)) as container:
+        frames = sum(1 for _ in container.decode(video=0))
+    assert frames >= 20, app.stderr.read().decode()[-2000:]  # seconds of video survived the kill
+    assert frames < 80  # it really was cut before the clip's end
+
+
+def test_without_a_sound_device_the_audio_option_is_off_and_says_why(qtbot, window):
+    from core.audio import input_devices
+
+    devices, why = input_devices()
+    if devices:  # a machine with a microphone: the option is offered
+        assert window.audio_check.isEnabled() and window.audio_box.count() == len(devices)
+        return
+    assert why and not window.audio_check.isEnabled() and not window.audio_box.isEnabled()
+    assert window.audio_note.text() == f"Sound recording is off: {why}."
+    assert window.audio_check.toolTip() == why

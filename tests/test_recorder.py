@@ -139,3 +139,37 @@ def test_a_killed_recording_plays_up_to_near_the_kill(tiny_dir, tmp_path):
     assert len(frames) < 80  # it really was cut
     cues = list(srt.parse(out.with_suffix(".srt").read_text()))
     assert cues  # every cue written before the kill is there
+
+
+def test_sound_is_muxed_on_the_pictures_clock(tmp_path):
+    rate = 48_000
+    t = np.arange(rate * 4) / rate
+    # A chirp (200 -> 2,000 Hz): unlike a steady tone it matches itself at one lag only.
+    tone = (0.3 * np.sin(2 * np.pi * (200 * t + 1800 * t**2 / 8))).astype(np.float32)[:, None]
+    background = np.full((90, 160, 3), 100, np.uint8)
+    path = tmp_path / "sound.mp4"
+    with Recorder(path, fps=10, audio_rate=rate) as recorder:
+        recorder.write_audio(tone[:4800], -0.1)  # before the first picture: no place yet, dropped
+        for k in range(40):
+            recorder.write(Frame(background, k / 10))
+            if k != 20:  # one block lost (a dropout): filled with silence, later sound stays in place
+                recorder.write_audio(tone[k * 4800 : (k + 1) * 4800], k / 10)
+        recorder.write_audio(tone[:2400], 3.85)  # overlaps what was written: only the new half counts
+    with av.open(str(path)) as container:
+        audio = container.streams.audio[0]
+        decoded_audio = [f for f in container.decode(audio)]
+    samples = np.concatenate([f.to_ndarray()[0] for f in decoded_audio])
+    assert audio.codec_context.name == "aac" and decoded_audio[0].pts == 0
+    assert len(samples) == pytest.approx(4 * rate, abs=2048)  # 4 s (+ the encoder's padding)
+    # The sound is where it belongs: around 2.5 s it matches the tone generated for 2.5 s, shifted at
+    # most by the AAC encoder's priming delay (1,024 samples, 21 ms: within lip-sync tolerance).
+    at = int(2.5 * rate)
+
+    def match(lag: int) -> float:
+        return np.corrcoef(samples[at + lag : at + lag + 4800], tone[at : at + 4800, 0])[0, 1]
+
+    lag = max(range(0, 2049), key=match)
+    print(f"audio lag {lag} samples, match {match(lag):.3f}")
+    assert lag <= 1024 + 64 and match(lag) > 0.9
+    gap = slice(int(2.02 * rate) + lag, int(2.08 * rate) + lag)
+    assert np.abs(samples[gap]).max() < 0.05  # the dropout is silent
