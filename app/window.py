@@ -32,7 +32,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.worker import RunRequest, StreamWorker
+from app.state import RunRequest
+from app.worker import StreamWorker
 from core.errors import StreamVLMError
 from core.overlay import Overlay, OverlayStyle
 from core.types import Commentary, Frame

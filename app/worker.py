@@ -11,30 +11,14 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 
 from PySide6.QtCore import QObject, Signal
 
-from core.config import StreamConfig
+from app.state import RunRequest
 from core.errors import StreamVLMError
 from core.types import Frame
 
 FRAME_INTERVAL = 1 / 15  # the view is refreshed at most 15 times a second; it shows the newest frame
-
-
-@dataclass(frozen=True)
-class RunRequest:
-    """What the user asked for when pressing Start."""
-
-    source: str
-    model: str
-    instruction: str
-    previous_text: str
-    record_to: str | None = None  # an .mp4 path, or None
-    audio_device: int | None = None  # record sound from this input device (with record_to)
-    device: str = "auto"
-    stream: StreamConfig = StreamConfig()
-    latency_budget: float = 2.0
 
 
 class StreamWorker(QObject):
