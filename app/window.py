@@ -63,6 +63,7 @@ class MainWindow(QMainWindow):
         self.frame: Frame | None = None
         self.chunks_done = 0
         self.started_at = 0.0
+        self.frames_at_start = 0
         self.lines: list[Commentary] = []  # this session's commentary, for export
         self._build()
         self._restore(model=model, source=source)
@@ -337,14 +338,17 @@ class MainWindow(QMainWindow):
     @Slot(object)
     def on_report(self, report) -> None:
         self.chunks_done += 1
-        if self.chunks_done == 1:
-            self.started_at = time.monotonic()  # rates count from the first chunk, not from model loading
-        elapsed = max(1e-6, time.monotonic() - self.started_at)
         frames = self.worker.frames_in if self.worker is not None else 0
-        self.rate_label.setText(
-            f"in {frames / max(elapsed, 1.0):.1f} FPS, {(self.chunks_done - 1) / elapsed:.2f} chunks/s, "
-            f"{report.skipped} skipped"
-        )
+        if self.chunks_done == 1:  # rates count from the first chunk, not from model loading
+            self.started_at, self.frames_at_start = time.monotonic(), frames
+        elapsed = time.monotonic() - self.started_at
+        rates = "measuring"
+        if elapsed >= 1.0:
+            rates = (
+                f"in {(frames - self.frames_at_start) / elapsed:.1f} FPS, "
+                f"{(self.chunks_done - 1) / elapsed:.2f} chunks/s"
+            )
+        self.rate_label.setText(f"{rates}, {report.skipped} skipped")
         self.latency_label.setText(f"latency {report.latency:.2f} s")
         self.device_label.setText(_device_line())
 
