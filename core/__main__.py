@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 from dataclasses import fields, replace
 from pathlib import Path
@@ -56,7 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a video file, camera:N (or camera:/dev/videoN), screen:N or screen:N@x,y,w,h, or a stream URL "
         "(rtsp, rtmp, http(s), udp, srt)",
     )
-    run.add_argument("--model", required=True, help="local checkpoint folder, hub id, or 'tiny' (smoke test)")
+    where = run.add_mutually_exclusive_group(required=True)
+    where.add_argument("--model", help="local checkpoint folder, hub id, or 'tiny' (smoke test)")
+    where.add_argument(
+        "--server", help="a remote engine: ws://host:8765 (or wss://) started by 'python -m core serve'"
+    )
+    run.add_argument("--token", help="the remote server's token (or set STREAMVLM_TOKEN)")
     run.add_argument("--instruction", default=None, help="what to do (default: 'Commentate on this match')")
     run.add_argument("--previous-text", default="", help="context: a title or earlier commentary")
     run.add_argument("--srt", type=Path, help="write SRT subtitles here, one cue per line of commentary")
@@ -103,6 +109,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("sources", help="list the cameras that open and the monitors of this display")
 
+    srv = sub.add_parser("serve", help="serve a model to remote clients over WebSocket (docs/protocol.md)")
+    srv.add_argument("--model", required=True, help="local checkpoint folder, hub id, or 'tiny'")
+    srv.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (other than loopback needs a token)"
+    )
+    srv.add_argument("--port", type=int, default=8765)
+    srv.add_argument("--token-file", type=Path, help="a file holding the token clients must present")
+    srv.add_argument(
+        "--tls-cert", type=Path, help="TLS certificate (PEM); with --tls-key, clients use wss://"
+    )
+    srv.add_argument("--tls-key", type=Path)
+    srv.add_argument("--max-sessions", type=int, default=4)
+    srv.add_argument(
+        "--idle-timeout", type=float, default=60.0, help="seconds before an idle session is closed"
+    )
+    srv.add_argument("--latency-budget", type=float, default=2.0)
+    srv.add_argument("--device", default="auto")
+
     tiny = sub.add_parser("build-tiny", help="write the tiny random-weight model (for tests and smoke runs)")
     tiny.add_argument("path", type=Path)
     tiny.add_argument("--layers", type=int, default=2)
@@ -130,15 +154,11 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from core.engine import DEFAULT_INSTRUCTION, StreamingEngine
     from core.model import load_model
-    from core.realtime import RealtimeRunner, tee
     from core.recorder import Recorder
-    from core.sampler import chunks
     from core.sources import FileSource, open_source
-    from core.subtitles import open_writers
 
     config = engine_config(args)
     if args.duration is not None and args.duration <= 0:
@@ -165,6 +185,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             record_fps,
             recorder.subtitles.path,
         )
+    if args.server:
+        from core.client import RemoteSession
+
+        token = args.token or os.environ.get("STREAMVLM_TOKEN")
+        instruction = args.instruction if args.instruction is not None else DEFAULT_INSTRUCTION
+        session = RemoteSession(
+            args.server, token=token, instruction=instruction, previous_text=args.previous_text
+        )
+        return _stream(args, config, console, source, live, recorder, session)
     with console.status(f"loading model {args.model}"):
         model = load_model(
             args.model,
@@ -179,6 +208,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     engine = StreamingEngine(model, stream=config.stream, cache=config.cache, generation=config.generation)
     instruction = args.instruction if args.instruction is not None else DEFAULT_INSTRUCTION
     session = engine.start(instruction=instruction, previous_text=args.previous_text)
+    return _stream(args, config, console, source, live, recorder, session)
+
+
+def _stream(args, config, console, source, live: bool, recorder, session) -> int:
+    """Chunks to the session (local or remote), commentary to the console, subtitle files and recording."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from core.realtime import RealtimeRunner, tee
+    from core.sampler import chunks
+    from core.subtitles import open_writers
+
     total = source.duration / config.stream.chunk_seconds if source.duration else None
     progress = Progress(
         TextColumn("[progress.description]{task.description}"),
@@ -240,6 +280,50 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import ssl
+
+    from core.engine import StreamingEngine
+    from core.model import load_model
+    from core.server import InferenceServer
+
+    token = None
+    if args.token_file:
+        try:
+            token = args.token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the token file '{args.token_file}' ({exc.strerror})") from None
+        if not token:
+            raise ConfigError(f"the token file '{args.token_file}' is empty; put the token in it")
+    context = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise ConfigError("TLS needs both --tls-cert and --tls-key")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(args.tls_cert, args.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load the TLS certificate or key ({exc})") from None
+    model = load_model(args.model, device=args.device)
+    server = InferenceServer(
+        StreamingEngine(model),
+        token=token,
+        max_sessions=args.max_sessions,
+        idle_timeout=args.idle_timeout,
+        budget=args.latency_budget,
+    )
+
+    async def run() -> None:
+        async with await server.serve(args.host, args.port, ssl=context):
+            scheme = "wss" if context else "ws"
+            print(f"serving {model.name} at {scheme}://{args.host}:{args.port}", flush=True)
+            await asyncio.Future()
+
+    asyncio.run(run())
+    return 0
+
+
 def cmd_sources(args: argparse.Namespace) -> int:
     from core.sources import list_cameras, list_monitors
 
@@ -274,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    commands = {"run": cmd_run, "sources": cmd_sources, "build-tiny": cmd_build_tiny}
+    commands = {"run": cmd_run, "serve": cmd_serve, "sources": cmd_sources, "build-tiny": cmd_build_tiny}
     try:
         return commands[args.command](args)
     except StreamVLMError as exc:

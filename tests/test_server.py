@@ -1,0 +1,193 @@
+"""The remote engine: the real WebSocket server on loopback with the tiny model, `RemoteSession`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+import numpy as np
+import pytest
+from websockets.sync.client import connect
+
+from conftest import SMALL_STREAM, random_frames
+from core import protocol as p
+from core.client import RemoteSession
+from core.config import GenerationConfig
+from core.engine import StreamingEngine
+from core.errors import StreamVLMError
+from core.server import InferenceServer
+
+GREEDY = GenerationConfig(temperature=0.0, max_new_tokens=6)
+
+
+class RunningServer:
+    """The server in a thread with its own event loop, on a free loopback port."""
+
+    def __init__(self, engine, **options) -> None:
+        self.server = InferenceServer(engine, **options)
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run():
+            asyncio.set_event_loop(self.loop)
+            self.ws_server = self.loop.run_until_complete(self.server.serve("127.0.0.1", 0))
+            ready.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        ready.wait(10)
+        port = next(iter(self.ws_server.sockets)).getsockname()[1]
+        self.url = f"ws://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        async def shutdown():
+            self.ws_server.close()
+            await self.ws_server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def no_sessions_left(server, timeout: float = 10.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while server.server.sessions and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return server.server.sessions == 0
+
+
+@pytest.fixture
+def server(tiny_model):
+    engine = StreamingEngine(tiny_model, stream=SMALL_STREAM, generation=GREEDY)
+    running = RunningServer(engine, token="s3cret", max_sessions=2, budget=30.0)
+    yield running
+    running.stop()
+
+
+def test_remote_commentary_equals_the_local_sessions(server, tiny_model):
+    local = StreamingEngine(tiny_model, stream=SMALL_STREAM, generation=GREEDY).start(
+        previous_text="Final, second half"
+    )
+    rng = np.random.default_rng(3)
+    chunks = [random_frames(rng, 56, 84) for _ in range(6)]
+    with RemoteSession(server.url, token="s3cret", previous_text="Final, second half", seed=0) as remote:
+        for k, frames in enumerate(chunks):
+            assert remote.push(frames, k, k + 1) == local.push(frames, k, k + 1)
+            assert remote.last_latency is not None and remote.skipped == 0
+    assert no_sessions_left(server)  # closing the client frees its session
+
+
+@pytest.mark.parametrize(
+    "token, words", [(None, "missing or wrong token"), ("nope", "missing or wrong token")]
+)
+def test_a_wrong_or_missing_token_is_refused(server, token, words):
+    with pytest.raises(StreamVLMError, match=rf"closed the session: {words} \(code 1008\)"):
+        RemoteSession(server.url, token=token)
+
+
+def test_another_protocol_version_is_refused_with_a_clear_message(server):
+    with connect(server.url) as ws:
+        ws.send(p.encode("hello", version=99, token="s3cret"))
+        with pytest.raises(Exception) as closed:
+            ws.recv(timeout=10)
+    assert closed.value.rcvd.code == p.CLOSE_BAD_VERSION
+    assert "this server speaks protocol 1, the client 99" in closed.value.rcvd.reason
+
+
+def test_malformed_and_oversized_messages_close_only_their_connection(server):
+    rng = np.random.default_rng(0)
+    with RemoteSession(server.url, token="s3cret") as steady:
+        steady.push(random_frames(rng, 56, 56), 0, 1)
+        for bad in (
+            "{not json",
+            json.dumps({"type": "chunk", "t_start": "x"}),
+            b"\x00" * (p.MAX_IMAGE_BYTES + 10),
+        ):
+            with connect(server.url, max_size=None) as ws:
+                ws.send(p.encode("hello", version=p.VERSION, token="s3cret"))
+                p.decode(ws.recv(timeout=10), ("ready",))
+                ws.send(bad)
+                with pytest.raises(Exception) as closed:
+                    ws.recv(timeout=10)
+                assert closed.value.rcvd.code in (p.CLOSE_MALFORMED, p.CLOSE_TOO_BIG)
+        steady.push(random_frames(rng, 56, 56), 1, 2)  # the other client's stream went on
+    assert no_sessions_left(server)
+
+
+def test_more_clients_than_max_sessions_get_a_clear_refusal(server):
+    first = RemoteSession(server.url, token="s3cret")
+    second = RemoteSession(server.url, token="s3cret")
+    with pytest.raises(StreamVLMError, match=r"the server is full \(2 sessions\).*code 4002"):
+        RemoteSession(server.url, token="s3cret")
+    first.close()
+    second.close()
+
+
+def test_a_server_on_another_address_needs_a_token(tiny_model):
+    from core.errors import ConfigError
+
+    server = InferenceServer(StreamingEngine(tiny_model))
+    with pytest.raises(ConfigError, match="refusing to listen on 0.0.0.0 without a token"):
+        asyncio.run(server.serve("0.0.0.0", 0))
+
+
+def test_cli_serve_and_run_against_it(tiny_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from livehelpers import free_port
+    from test_cli import CLIP, run_cli
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "token").write_text("abc123\n")
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)}
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "core",
+            "serve",
+            "--model",
+            str(tiny_dir),
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+            "--token-file",
+            str(tmp_path / "token"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=root,
+    )
+    try:
+        assert server.stdout.readline().startswith(f"serving {tiny_dir} at ws://127.0.0.1:{port}")
+        url = f"ws://127.0.0.1:{port}"
+        ok = run_cli(
+            "run",
+            "--source",
+            str(CLIP),
+            "--server",
+            url,
+            "--token",
+            "abc123",
+            "--jsonl",
+            str(tmp_path / "o.jsonl"),
+        )
+        refused = run_cli("run", "--source", str(CLIP), "--server", url, "--token", "wrong")
+    finally:
+        server.kill()
+        server.wait(10)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert len((tmp_path / "o.jsonl").read_text().splitlines()) >= 4
+    assert refused.returncode == 2
+    assert "error: the server at" in refused.stderr and "missing or wrong token (code 1008)" in refused.stderr
