@@ -57,16 +57,20 @@ class RtspServer:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> RtspServer:
+        import tempfile
+
+        log = tempfile.TemporaryFile("w+")  # not a pipe: nobody reads it while the server runs
         self.process = subprocess.Popen(
             [SYSTEM_PYTHON, str(HERE / "live" / "rtsp_server.py"), str(self.port), *self.args],
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=log,
             text=True,
         )
         line = self.process.stdout.readline()
         if line.strip() != "ready":
             self.stop()
-            raise RuntimeError(f"the RTSP server did not start: {line} {self.process.stderr.read()[-2000:]}")
+            log.seek(0)
+            raise RuntimeError(f"the RTSP server did not start: {line} {log.read()[-2000:]}")
         return self
 
     def stop(self) -> None:

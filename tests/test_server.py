@@ -164,7 +164,7 @@ def test_cli_serve_and_run_against_it(tiny_dir, tmp_path):
             str(tmp_path / "token"),
         ],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=(tmp_path / "serve.log").open("w"),  # a file: an unread pipe could block the server's logging
         text=True,
         env=env,
         cwd=root,
