@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import textwrap
 import threading
 
 import numpy as np
@@ -191,3 +192,37 @@ def test_cli_serve_and_run_against_it(tiny_dir, tmp_path):
     assert len((tmp_path / "o.jsonl").read_text().splitlines()) >= 4
     assert refused.returncode == 2
     assert "error: the server at" in refused.stderr and "missing or wrong token (code 1008)" in refused.stderr
+
+
+def test_killing_a_client_mid_stream_frees_its_session(server):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    client = textwrap.dedent(
+        f"""
+        import numpy as np
+        from core.client import RemoteSession
+        session = RemoteSession({server.url!r}, token="s3cret")
+        session.push([np.zeros((56, 56, 3), np.uint8)] * 2, 0, 1)
+        print("streaming", flush=True)
+        import time; time.sleep(60)
+        """
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", client],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        cwd=root,
+    )
+    try:
+        assert process.stdout.readline().strip() == b"streaming"
+        assert server.server.sessions == 1
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait(10)
+    assert no_sessions_left(server)
