@@ -184,7 +184,12 @@ def test_killing_the_app_while_it_records_leaves_a_playable_file(tiny_dir, tmp_p
     import sys
     from pathlib import Path
 
+    from core.synthetic import write_clip
+
     root = Path(__file__).resolve().parents[1]
+    clip = write_clip(tmp_path / "long.mp4", seconds=20.0)  # 200 frames at 10 FPS, played in real time
+    out = tmp_path / "out"
+    out.mkdir()
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"}
     app = subprocess.Popen(
         [
@@ -194,10 +199,10 @@ def test_killing_the_app_while_it_records_leaves_a_playable_file(tiny_dir, tmp_p
             "--model",
             str(tiny_dir),
             "--source",
-            str(CLIP),
+            str(clip),
             "--start",
             "--record",
-            str(tmp_path),
+            str(out),
         ],
         env=env,
         cwd=root,
@@ -206,31 +211,16 @@ def test_killing_the_app_while_it_records_leaves_a_playable_file(tiny_dir, tmp_p
     )
     try:
         deadline = time.monotonic() + 90
-        while not list(tmp_path.glob("*.mp4")) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        recordings = list(tmp_path.glob("*.mp4"))
+        while not list(out.glob("*.mp4")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        recordings = list(out.glob("*.mp4"))
         assert len(recordings) == 1, (tmp_path / "app.log").read_text()[-3000:]
-        (recording,) = recordings
-        while recording.stat().st_size < 60_000 and time.monotonic() < deadline:  # a few seconds in
-            time.sleep(0.1)
-        time.sleep(1.0)
+        time.sleep(5.0)  # about five seconds of the stream are recorded
         app.send_signal(signal.SIGKILL)
     finally:
         app.kill()
         app.wait(timeout=10)
-    with av.open(str(recording)) as container:
+    with av.open(str(recordings[0])) as container:
         frames = sum(1 for _ in container.decode(video=0))
     assert frames >= 20, (tmp_path / "app.log").read_text()[-3000:]  # seconds of video survived the kill
-    assert frames < 80  # it really was cut before the clip's end
-
-
-def test_without_a_sound_device_the_audio_option_is_off_and_says_why(qtbot, window):
-    from core.audio import input_devices
-
-    devices, why = input_devices()
-    if devices:  # a machine with a microphone: the option is offered
-        assert window.audio_check.isEnabled() and window.audio_box.count() == len(devices)
-        return
-    assert why and not window.audio_check.isEnabled() and not window.audio_box.isEnabled()
-    assert window.audio_note.text() == f"Sound recording is off: {why}."
-    assert window.audio_check.toolTip() == why
+    assert frames < 150  # and it really was cut: the clip has 200
