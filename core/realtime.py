@@ -4,7 +4,8 @@
 inference in the caller's thread; between them is a queue of at most `queue_chunks` chunks.
 Capture never blocks: when the queue is full the oldest waiting chunk is dropped. Inference
 skips a chunk whose commentary would come later than `budget` seconds after the chunk was
-captured (its wait so far plus the recent time per chunk), so latency stays bounded however slow
+captured (its wait so far plus the slowest recent time per chunk, with 10% to spare), so latency
+stays bounded however slow
 the model is: a slow model comments on fewer chunks, never on old ones. A skipped span shows in
 the time label of the next chunk that is processed (it starts where the stream is, not where the
 last label ended), and every report counts the chunks skipped so far.
@@ -20,6 +21,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -70,7 +72,8 @@ class RealtimeRunner:
         self.queue: queue.Queue = queue.Queue(maxsize=queue_chunks)
         self.skipped = 0
         self.max_queue_depth = 0  # the most chunks ever waiting (never above queue_chunks)
-        self.seconds_per_chunk = 0.0  # recent inference time per chunk (moving average)
+        self.seconds_per_chunk = 0.0  # what the next chunk is expected to take: the slowest recent one, +10%
+        self._recent: deque[float] = deque(maxlen=8)
         self._stop = threading.Event()
         self._lock = threading.Lock()  # guards `skipped` between capture and inference
         self._capture_error: BaseException | None = None
@@ -145,9 +148,9 @@ class RealtimeRunner:
         events = self.session.push(chunk.frames, chunk.t_start, chunk.t_end)
         done = time.monotonic()
         took = done - started
-        self.seconds_per_chunk = (
-            took if self.seconds_per_chunk == 0 else 0.7 * self.seconds_per_chunk + 0.3 * took
-        )
+        self._recent.append(took)
+        # Erring long: a chunk predicted to fit the budget must not overrun it by a little jitter.
+        self.seconds_per_chunk = 1.1 * max(self._recent)
         self._last_t_end = chunk.t_end
         with self._lock:
             skipped = self.skipped
