@@ -6,8 +6,6 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from contextlib import ExitStack
-from types import TracebackType
-from typing import Self
 
 import numpy as np
 from websockets.exceptions import ConnectionClosed, InvalidURI
@@ -15,12 +13,12 @@ from websockets.sync.client import connect
 
 from core import protocol as p
 from core.errors import StreamVLMError
-from core.types import Commentary, Frame
+from core.types import Closeable, Commentary, Frame
 
 DEFAULT = "<the engine's default instruction>"
 
 
-class RemoteSession:
+class RemoteSession(Closeable):
     """One stream on a remote server: `push(frames, t_start, t_end)` returns that chunk's commentary."""
 
     def __init__(
@@ -78,14 +76,6 @@ class RemoteSession:
 
     def close(self) -> None:
         self._stack.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def _send(self, message: str | bytes) -> None:
         try:

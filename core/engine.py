@@ -36,7 +36,7 @@ from core.frames import VideoInput, video_input
 from core.model import StreamModel
 from core.positions import temporal_step
 from core.sampling import TokenSampler
-from core.types import Commentary, Frame
+from core.types import Closeable, Commentary, Frame
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class StreamingEngine:
         return Session(self, instruction, previous_text, on_token=on_token, seed=seed, trace=trace)
 
 
-class Session:
+class Session(Closeable):
     """One stream's conversation with the model. Not thread-safe: push chunks from one thread."""
 
     def __init__(
@@ -242,12 +242,6 @@ class Session:
             self.cache = None  # type: ignore[assignment]
             self._static_step = None
             self._vision_features.clear()
-
-    def __enter__(self) -> Session:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     # -- steps -----------------------------------------------------------------------------------------
 

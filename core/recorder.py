@@ -14,8 +14,6 @@ import os
 import threading
 from fractions import Fraction
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import av
 import numpy as np
@@ -23,7 +21,7 @@ import numpy as np
 from core.errors import StreamVLMError
 from core.overlay import Overlay
 from core.subtitles import SrtWriter
-from core.types import Commentary, Frame
+from core.types import Closeable, Commentary, Frame
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +29,7 @@ _FRAGMENTED = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_
 _CODECS = ("libx264", "mpeg4")
 
 
-class Recorder:
+class Recorder(Closeable):
     """Writes frames (with the overlay of their time drawn in) to `path`; `add` feeds commentary."""
 
     def __init__(
@@ -144,14 +142,6 @@ class Recorder:
             self._container.close()
             self._container = None
             self.subtitles.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def _open_stream(self, width: int, height: int) -> None:
         self._size = (width - width % 2, height - height % 2)  # 4:2:0 needs even sides

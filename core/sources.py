@@ -30,15 +30,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import av
 import numpy as np
 
 from core.errors import SourceError
 from core.reconnect import Backoff, Reconnector, SourceState, StateCallback
-from core.types import Frame
+from core.types import Closeable, Frame
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +50,7 @@ _HOLD = 1.0  # seconds; a live frame older than this is a gap (dropped source), 
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "rtp", "srt", "tcp")
 
 
-class Source(abc.ABC):
+class Source(Closeable, abc.ABC):
     """A stream of sampled RGB frames. Files restart on each iteration; live sources continue.
 
     A picture on screen for several sample times is yielded as the same array each time, so
@@ -69,14 +67,6 @@ class Source(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Stop producing frames and release the file or device; safe to call twice or from another thread."""
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 class _ContainerSource(Source):

@@ -13,16 +13,15 @@ import html
 import json
 import os
 from pathlib import Path
-from types import TracebackType
-from typing import Self, TextIO
+from typing import TextIO
 
 from srt import Subtitle
 
 from core.errors import StreamVLMError
-from core.types import Commentary
+from core.types import Closeable, Commentary
 
 
-class SubtitleWriter(abc.ABC):
+class SubtitleWriter(Closeable, abc.ABC):
     """One subtitle file, created (or emptied) on open, growing by one flushed cue per `write`."""
 
     header = ""  # written once on open, so even a file with no cues is valid
@@ -47,14 +46,6 @@ class SubtitleWriter(abc.ABC):
 
     def close(self) -> None:
         self._file.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     @abc.abstractmethod
     def _cue(self, index: int, start: float, end: float, text: str) -> str:
@@ -94,7 +85,7 @@ class JsonlWriter(SubtitleWriter):
         return json.dumps({"start": start, "end": end, "text": text}, ensure_ascii=False) + "\n"
 
 
-class MultiWriter:
+class MultiWriter(Closeable):
     """Several subtitle writers fed the same commentary; closing closes them all."""
 
     def __init__(self, writers: list[SubtitleWriter]) -> None:
@@ -113,14 +104,6 @@ class MultiWriter:
                 errors.append(exc)
         if errors:
             raise errors[0]
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 def open_writers(
