@@ -1,25 +1,47 @@
 """`RemoteSession`: the `Session` interface over WebSocket, so the CLI and the GUI need not know
-where the model runs (protocol: core/protocol.py; server: core/server.py)."""
+where the model runs (protocol: core/protocol.py; server: core/server.py).
+
+A connection that drops (the server restarts, the network blips, the server stops answering)
+is opened again with backoff, as a new session whose previous text is the old one's plus all
+commentary received so far; the chunk that was in flight goes to the new session. The user sees
+a gap, not an end. Refusals that a retry cannot fix (a wrong token, another protocol version, a
+message the server rejected) end the session with the server's reason.
+"""
 
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Sequence
 from contextlib import ExitStack
 
 import numpy as np
-from websockets.exceptions import ConnectionClosed, InvalidURI
-from websockets.sync.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.sync.client import ClientConnection, connect
 
 from core import protocol as p
 from core.errors import StreamVLMError
+from core.reconnect import Backoff, Reconnector, StateCallback
 from core.types import Closeable, Commentary, Frame
 
 DEFAULT = "<the engine's default instruction>"
+# Closes a new session can get past: the server went away, failed, was full, or timed us out.
+RETRYABLE_CODES = {1001, 1006, p.CLOSE_INTERNAL, p.CLOSE_TOO_MANY_SESSIONS, p.CLOSE_IDLE}
+RESUME_HEAD_CHARS, RESUME_TAIL_CHARS = 4_000, 28_000  # previous text of a resumed session, < 64 KB
+DEFAULT_BACKOFF = Backoff(initial=0.25, factor=2.0, cap=2.0, give_up_after=60.0)
+
+
+class ServerLost(StreamVLMError):
+    """The connection ended in a way that a new session can fix."""
 
 
 class RemoteSession(Closeable):
-    """One stream on a remote server: `push(frames, t_start, t_end)` returns that chunk's commentary."""
+    """One stream on a remote server: `push(frames, t_start, t_end)` returns that chunk's commentary.
+
+    `reconnect` is the backoff for reopening a dropped connection (None: a drop ends the session);
+    `on_state` hears "reconnecting" and "connected" as a live source's reconnector reports them.
+    The first connection is not retried: a wrong URL fails at once with its reason.
+    """
 
     def __init__(
         self,
@@ -31,42 +53,95 @@ class RemoteSession(Closeable):
         seed: int | None = None,
         image_format: str = "png",
         timeout: float = 30.0,
+        reconnect: Backoff | None = DEFAULT_BACKOFF,
+        on_state: StateCallback | None = None,
     ) -> None:
         if image_format not in ("png", "jpeg"):
             raise ValueError(f"image_format must be png or jpeg (got {image_format!r})")
         self.url, self.image_format, self.timeout = url, image_format, timeout
         self.last_latency: float | None = None
         self.skipped = 0
-        self._stack = ExitStack()  # the connection is a context manager; the session closes it
-        try:
-            self._ws = self._stack.enter_context(
-                connect(url, open_timeout=timeout, max_size=p.MAX_TEXT_BYTES)
-            )
-        except (OSError, InvalidURI, TimeoutError) as exc:
-            raise StreamVLMError(
-                f"cannot reach the server at {url} ({exc}); check the URL and that it runs"
-            ) from None
-        hello = {"version": p.VERSION, "previous_text": previous_text, "seed": seed}
+        self.reconnects = 0
+        self.commentary: list[Commentary] = []  # everything received, the resumed session's context
+        self._previous_text = previous_text
+        self._hello: dict = {"version": p.VERSION, "seed": seed}
         if instruction is not DEFAULT:  # left out: the server's default instruction, as a local Session
-            hello["instruction"] = instruction
+            self._hello["instruction"] = instruction
         if token:
-            hello["token"] = token
-        try:
-            self._ws.send(p.encode("hello", **hello))
-            ready = p.decode(self._recv(), ("ready",))
-        except BaseException:
-            self._stack.close()
-            raise
-        self.session_id = ready["session"]
+            self._hello["token"] = token
+        self._closed = threading.Event()
+        self._reconnector = (
+            Reconnector(f"the server at {url}", reconnect, on_state, self._closed) if reconnect else None
+        )
+        self._stack = ExitStack()  # the connection is a context manager; the session closes it
+        self._ws = self._open(previous_text)
 
     def push(self, frames: Sequence[np.ndarray | Frame], t_start: float, t_end: float) -> list[Commentary]:
-        arrays = [f.rgb if isinstance(f, Frame) else f for f in frames]
-        self._send(p.encode("chunk", t_start=t_start, t_end=t_end, frames=len(arrays)))
-        for rgb in arrays:
-            self._send(_encode_image(rgb, self.image_format))
+        images = [_encode_image(f.rgb if isinstance(f, Frame) else f, self.image_format) for f in frames]
+        for attempt in range(3):
+            try:
+                events = self._exchange(images, t_start, t_end)
+            except ServerLost as exc:
+                if self._reconnector is None or self._closed.is_set() or attempt == 2:
+                    raise
+                self._resume(str(exc))
+                continue
+            self.commentary += events
+            return events
+        raise AssertionError("unreachable")
+
+    @property
+    def resume_text(self) -> str:
+        """The previous text a resumed session starts from: the old one's and all commentary since."""
+        text = " ".join([self._previous_text.strip(), *(c.text for c in self.commentary)]).strip()
+        if len(text) > RESUME_HEAD_CHARS + RESUME_TAIL_CHARS:
+            text = text[:RESUME_HEAD_CHARS] + " ... " + text[-RESUME_TAIL_CHARS:]
+        return text
+
+    def close(self) -> None:
+        self._closed.set()  # also stops a reconnection in progress in another thread
+        self._stack.close()
+
+    # -- one connection -----------------------------------------------------------------------
+
+    def _open(self, previous_text: str) -> ClientConnection:
+        stack = ExitStack()
+        try:
+            ws = stack.enter_context(connect(self.url, open_timeout=self.timeout, max_size=p.MAX_TEXT_BYTES))
+        except InvalidURI as exc:
+            raise StreamVLMError(f"{self.url} is not a server URL ({exc}); use ws://host:port") from None
+        except (OSError, InvalidHandshake, TimeoutError) as exc:
+            raise ServerLost(
+                f"cannot reach the server at {self.url} ({exc}); check the URL and that it runs"
+            ) from None
+        try:
+            self._send(ws, p.encode("hello", **self._hello, previous_text=previous_text))
+            ready = p.decode(self._recv(ws), ("ready",))
+        except BaseException:
+            stack.close()
+            raise
+        self.session_id = ready["session"]
+        self._stack = stack
+        return ws
+
+    def _resume(self, reason: str) -> None:
+        self._stack.close()
+        assert self._reconnector is not None
+        ws = self._reconnector.reopen(
+            lambda: self._open(self.resume_text), reason, retry_on=(ServerLost,), give_up=StreamVLMError
+        )
+        if ws is None:
+            raise StreamVLMError("the session was closed while reconnecting")
+        self._ws = ws
+        self.reconnects += 1
+
+    def _exchange(self, images: list[bytes], t_start: float, t_end: float) -> list[Commentary]:
+        self._send(self._ws, p.encode("chunk", t_start=t_start, t_end=t_end, frames=len(images)))
+        for image in images:
+            self._send(self._ws, image)
         events = []
         while True:
-            message = p.decode(self._recv(), ("commentary", "chunk_done"))
+            message = p.decode(self._recv(self._ws), ("commentary", "chunk_done"))
             if message["type"] == "commentary":
                 events.append(Commentary(message["start"], message["end"], message["text"]))
                 continue
@@ -74,29 +149,27 @@ class RemoteSession(Closeable):
             self.skipped += bool(message["skipped"])
             return events
 
-    def close(self) -> None:
-        self._stack.close()
-
-    def _send(self, message: str | bytes) -> None:
+    def _send(self, ws: ClientConnection, message: str | bytes) -> None:
         try:
-            self._ws.send(message)
+            ws.send(message)
         except ConnectionClosed as exc:
-            raise self._closed(exc) from None
+            raise self._ended(exc) from None
 
-    def _recv(self) -> str | bytes:
+    def _recv(self, ws: ClientConnection) -> str | bytes:
         try:
-            return self._ws.recv(timeout=self.timeout)
+            return ws.recv(timeout=self.timeout)
         except ConnectionClosed as exc:
-            raise self._closed(exc) from None
+            raise self._ended(exc) from None
         except TimeoutError:
-            raise StreamVLMError(
-                f"the server at {self.url} did not answer for {self.timeout:.0f} s"
-            ) from None
+            raise ServerLost(f"the server at {self.url} did not answer for {self.timeout:.0f} s") from None
 
-    def _closed(self, exc: ConnectionClosed) -> StreamVLMError:
+    def _ended(self, exc: ConnectionClosed) -> StreamVLMError:
         close = exc.rcvd
-        reason = f"{close.reason} (code {close.code})" if close else "the connection dropped"
-        return StreamVLMError(f"the server at {self.url} closed the session: {reason}")
+        reason = (
+            f"{close.reason or 'no reason given'} (code {close.code})" if close else "the connection dropped"
+        )
+        kind = ServerLost if close is None or close.code in RETRYABLE_CODES else StreamVLMError
+        return kind(f"the server at {self.url} closed the session: {reason}")
 
 
 def _encode_image(rgb: np.ndarray, image_format: str) -> bytes:

@@ -68,8 +68,17 @@ class Reconnector:
         if self.on_state is not None:
             self.on_state(state, message)
 
-    def reopen(self, open_once: Callable[[], T], reason: str) -> T | None:
-        """Call `open_once` until it succeeds; None if stopped. Raises SourceError once it gives up."""
+    def reopen(
+        self,
+        open_once: Callable[[], T],
+        reason: str,
+        retry_on: tuple[type[Exception], ...] = (SourceError,),
+        give_up: type[Exception] = SourceError,
+    ) -> T | None:
+        """Call `open_once` until it succeeds; None if stopped.
+
+        Failures of the `retry_on` kinds are retried; once it gives up it raises `give_up`.
+        """
         lost = time.monotonic()
         attempt = 0
         while not self.stop.is_set():
@@ -82,7 +91,7 @@ class Reconnector:
                 return None
             try:
                 opened = open_once()
-            except SourceError as exc:
+            except retry_on as exc:
                 reason = str(exc)
             else:
                 self.report(SourceState.CONNECTED, f"reconnected after {time.monotonic() - lost:.1f} s")
@@ -94,5 +103,5 @@ class Reconnector:
                     f"({reason}); check that it is on and reachable"
                 )
                 self.report(SourceState.FAILED, message)
-                raise SourceError(message)
+                raise give_up(message)
         return None

@@ -26,6 +26,6 @@ def register(name: str, help: str, add_arguments: Callable, run: Callable) -> No
 
 def load_tasks() -> dict[str, Task]:
     """Import the task modules (each registers itself) and return the registry."""
-    from evals import ceilings, efficiency  # noqa: F401
+    from evals import ceilings, efficiency, fixtures, inf_stream, livesports, ovobench, server_load, vqa  # noqa: F401
 
     return TASKS

@@ -25,14 +25,14 @@ GREEDY = GenerationConfig(temperature=0.0, max_new_tokens=6)
 class RunningServer:
     """The server in a thread with its own event loop, on a free loopback port."""
 
-    def __init__(self, engine, **options) -> None:
+    def __init__(self, engine, port: int = 0, **options) -> None:
         self.server = InferenceServer(engine, **options)
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
 
         def run():
             asyncio.set_event_loop(self.loop)
-            self.ws_server = self.loop.run_until_complete(self.server.serve("127.0.0.1", 0))
+            self.ws_server = self.loop.run_until_complete(self.server.serve("127.0.0.1", port))
             ready.set()
             self.loop.run_forever()
 
@@ -226,3 +226,131 @@ def test_killing_a_client_mid_stream_frees_its_session(server):
         process.kill()
         process.wait(10)
     assert no_sessions_left(server)
+
+
+class RecordingEngine(StreamingEngine):
+    """A real engine that remembers how each session was started."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.started: list[dict] = []
+
+    def start(self, **kwargs):
+        self.started.append(kwargs)
+        return super().start(**kwargs)
+
+
+def test_a_dropped_server_is_reconnected_with_the_commentary_so_far_as_previous_text(tiny_model):
+    from livehelpers import free_port
+
+    port = free_port()
+    first = RunningServer(StreamingEngine(tiny_model, stream=SMALL_STREAM, generation=GREEDY), port)
+    rng = np.random.default_rng(5)
+    chunks = [random_frames(rng, 56, 84) for _ in range(5)]
+    states = []
+    remote = RemoteSession(
+        first.url, previous_text="Cup final", seed=0, on_state=lambda s, m: states.append(s.value)
+    )
+    said = [remote.push(chunks[k], k, k + 1) for k in range(3)]
+    assert any(said), "the tiny model said nothing; the resumed previous text would not be tested"
+    first.stop()  # the server goes away (1001)
+    second_engine = RecordingEngine(tiny_model, stream=SMALL_STREAM, generation=GREEDY)
+    second: list[RunningServer] = []
+    timer = threading.Timer(1.0, lambda: second.append(RunningServer(second_engine, port)))
+    timer.start()
+    try:
+        resumed = remote.push(chunks[3], 3, 4)  # waits for the new server, then sends this chunk there
+        resumed += remote.push(chunks[4], 4, 5)
+        previous = " ".join(["Cup final", *(c.text for events in said for c in events)])
+        assert second_engine.started[0]["previous_text"] == previous
+        assert remote.resume_text.startswith(previous)
+        assert remote.reconnects == 1 and states[0] == "reconnecting" and states[-1] == "connected"
+        # The resumed session is a fresh session with that previous text: the same as a local one.
+        local = StreamingEngine(tiny_model, stream=SMALL_STREAM, generation=GREEDY).start(
+            previous_text=previous, seed=0
+        )
+        assert resumed == local.push(chunks[3], 3, 4) + local.push(chunks[4], 4, 5)
+    finally:
+        timer.join()
+        remote.close()
+        for running in second:
+            running.stop()
+
+
+def test_a_server_that_stays_away_ends_the_session_with_a_clear_error(tiny_model):
+    from core.reconnect import Backoff
+
+    running = RunningServer(StreamingEngine(tiny_model, stream=SMALL_STREAM, generation=GREEDY))
+    remote = RemoteSession(running.url, reconnect=Backoff(initial=0.1, cap=0.2, give_up_after=1.0))
+    remote.push(random_frames(np.random.default_rng(0), 56, 56), 0, 1)
+    running.stop()
+    with pytest.raises(StreamVLMError, match=r"could not be reached again for 1 s.*cannot reach the server"):
+        remote.push(random_frames(np.random.default_rng(1), 56, 56), 1, 2)
+    remote.close()
+
+
+def test_a_refusal_is_not_retried(server):
+    with pytest.raises(StreamVLMError, match="missing or wrong token"):
+        RemoteSession(server.url, token="nope")
+    assert no_sessions_left(server, timeout=1)
+
+
+def test_killing_and_restarting_the_server_mid_stream(tiny_dir, tmp_path):
+    """A SIGKILLed server process: the client waits, reconnects to its restart and goes on."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from livehelpers import free_port
+
+    root = Path(__file__).resolve().parents[1]
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)}
+
+    def start_server(log_name: str) -> subprocess.Popen:
+        command = [sys.executable, "-m", "core", "serve", "--model", str(tiny_dir), "--device", "cpu"]
+        process = subprocess.Popen(
+            [*command, "--port", str(port)],
+            stdout=subprocess.PIPE,
+            stderr=(tmp_path / log_name).open("w"),
+            text=True,
+            env=env,
+            cwd=root,
+        )
+        assert process.stdout.readline().startswith("serving"), (tmp_path / log_name).read_text()
+        return process
+
+    rng = np.random.default_rng(2)
+    server = start_server("first.log")
+    try:
+        remote = RemoteSession(f"ws://127.0.0.1:{port}", seed=0)
+        for k in range(3):
+            remote.push(random_frames(rng, 56, 56), k, k + 1)
+        server.send_signal(signal.SIGKILL)
+        server.wait(10)
+        with pytest.raises(StreamVLMError):  # nothing listens: connections are refused at once
+            RemoteSession(f"ws://127.0.0.1:{port}")
+        result: dict = {}
+
+        def push_during_the_outage() -> None:
+            result["events"] = remote.push(random_frames(rng, 56, 56), 3, 4)
+            result["at"] = time.monotonic()
+
+        pushing = threading.Thread(target=push_during_the_outage)
+        pushing.start()
+        time.sleep(1.0)
+        assert pushing.is_alive()  # the client is waiting for the server, not failing
+        server = start_server("second.log")
+        back = time.monotonic()
+        pushing.join(30)
+        assert "at" in result, "the client did not continue after the server came back"
+        assert result["at"] - back < 5.0  # within a few seconds of the restart
+        assert remote.reconnects == 1
+        remote.push(random_frames(rng, 56, 56), 4, 5)  # and the stream goes on
+        remote.close()
+    finally:
+        server.kill()
+        server.wait(10)
