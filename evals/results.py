@@ -1,0 +1,182 @@
+"""A run's output folder: per-item results as JSON lines, shards, and what every results file records.
+
+Each stage of a benchmark (generation, judging, answering) appends one JSON line per finished
+item to `<stage>.<i>of<n>.jsonl`, flushed and fsynced at once, so a run killed at any point keeps
+every item it finished; a rerun reads the union of all shards' files and skips those keys before
+it loads a model. A line cut short by a kill is the only kind of damage possible; it is dropped
+with a warning and its item is redone.
+
+`Shard` picks this process's share of the items (`--shard i/n`, else torchrun's RANK and
+WORLD_SIZE). `run_meta` is what every results file records: git revision, config, package
+versions, judge and counts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+VERSIONED_PACKAGES = ("streamvlm", "torch", "transformers", "openai", "av", "numpy")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of the items: every `count`-th item starting at `index`."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ConfigError(f"shard {self.index}/{self.count} is invalid; use i/n with 0 <= i < n")
+
+    @property
+    def tag(self) -> str:
+        return f"{self.index}of{self.count}"
+
+    def select(self, keys: Sequence[str]) -> list[str]:
+        """The keys this shard owns, in dataset order (round robin, so long and short items mix)."""
+        return list(keys[self.index :: self.count])
+
+
+def parse_shard(text: str | None) -> Shard:
+    """`--shard i/n` if given, else torchrun's RANK/WORLD_SIZE, else the whole dataset."""
+    if text:
+        try:
+            index, count = (int(part) for part in text.split("/"))
+        except ValueError:
+            raise ConfigError(f"--shard must look like i/n, e.g. 0/4 (got {text!r})") from None
+        return Shard(index, count)
+    if "WORLD_SIZE" in os.environ:
+        try:
+            return Shard(int(os.environ.get("RANK", "0")), int(os.environ["WORLD_SIZE"]))
+        except ValueError:
+            raise ConfigError("RANK and WORLD_SIZE must be integers") from None
+    return Shard()
+
+
+class ResultFile:
+    """One stage's finished items: reads every shard's file, appends to this shard's own."""
+
+    def __init__(self, out: Path, stage: str, shard: Shard) -> None:
+        self.out, self.stage, self.shard = out, stage, shard
+        self.path = out / f"{stage}.{shard.tag}.jsonl"
+
+    def load(self) -> dict[str, dict]:
+        """Finished records of all shards by key (a later line for a key replaces an earlier one)."""
+        records: dict[str, dict] = {}
+        for path in sorted(self.out.glob(f"{self.stage}.*.jsonl")):
+            records.update(read_records(path))
+        return records
+
+    def append(self, record: dict) -> None:
+        """Write one finished item now, durably: a crash after this call cannot lose it."""
+        if "key" not in record:
+            raise ValueError("a result record needs a 'key'")
+        append_record(self.path, record)
+
+
+def append_record(path: Path, record: dict) -> None:
+    """Append one JSON line, flushed and fsynced; a line torn by an earlier kill is ended first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(record, ensure_ascii=False) + "\n"
+    with open(path, "a+b") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+        f.write(line.encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_records(path: Path) -> dict[str, dict]:
+    """Records of one JSON-lines file by key; a torn line (a killed writer) is skipped with a warning."""
+    records: dict[str, dict] = {}
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                records[record["key"]] = record
+            except (json.JSONDecodeError, KeyError, TypeError):
+                log.warning(
+                    "%s line %d is incomplete (a run cut short?); that item will be redone", path, number
+                )
+    return records
+
+
+def run_meta(task: str, config: dict[str, Any], judge: dict | None = None) -> dict:
+    """What every results file records besides its numbers."""
+    return {
+        "task": task,
+        "git": git_revision(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": _jsonable(config),
+        "judge": judge,
+        "versions": {
+            "python": platform.python_version(),
+            **{p: package_version(p) for p in VERSIONED_PACKAGES},
+        },
+    }
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write whole, then rename: a reader never sees half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(data), indent=1, ensure_ascii=False))
+    tmp.replace(path)
+
+
+def package_version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def git_revision() -> str:
+    try:
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=False,
+                cwd=Path(__file__).parent,
+            ).stdout.strip()
+            or "unknown"
+        )
+    except OSError:
+        return "unknown"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def missing(keys: Iterable[str], done: dict[str, dict]) -> list[str]:
+    return [k for k in keys if k not in done]
