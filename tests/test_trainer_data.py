@@ -10,6 +10,7 @@ import json
 import logging
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -201,6 +202,23 @@ def test_a_clip_is_resized_once_to_the_budget(data_dir):
     # 20 frames share 200,000 px: 20,000 each; 120x160 rounds to 112x168 = 18,816 px, within bounds.
     assert clip.frames.shape == (20, 3, 112, 168) and clip.frames.dtype == torch.uint8
     assert clip.ends[:3] == pytest.approx([0.1, 0.6, 1.1])
+
+
+def test_a_window_read_after_seeking_equals_a_full_decode(data_dir):
+    import av
+    import torchvision.transforms.v2.functional as tvF
+
+    budget = FrameBudget(min_pixels=3136, total_pixels=10**9)
+    with av.open(str(data_dir / VIDEO)) as container:
+        decoded = [
+            (float((f.pts + f.duration) * f.time_base), f.to_ndarray(format="rgb24"))
+            for f in container.decode(video=0)
+        ]
+    picked = sample_indices([e for e, _ in decoded], 7.3, 15.0, budget)
+    reference = torch.from_numpy(np.stack([decoded[i][1] for i in picked])).permute(0, 3, 1, 2)
+    reference = tvF.resize(reference, [112, 168], interpolation=tvF.InterpolationMode.BICUBIC, antialias=True)
+    clip = read_clip(data_dir / VIDEO, 7.3, 15.0, budget)
+    assert clip.ends[:2] == pytest.approx([7.3, 7.8]) and torch.equal(clip.frames, reference)
 
 
 # -- reading -----------------------------------------------------------------------------------------------
