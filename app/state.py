@@ -12,7 +12,7 @@ class RunRequest:
     """What the user asked for when pressing Start."""
 
     source: str
-    model: str
+    model: str  # a checkpoint folder, hub id or tiny; or ws://host:port of a `python -m core serve`
     instruction: str
     previous_text: str
     record_to: str | None = None  # an .mp4 path, or None
@@ -20,3 +20,12 @@ class RunRequest:
     device: str = "auto"
     stream: StreamConfig = StreamConfig()
     latency_budget: float = 2.0
+    token: str | None = None  # the remote server's token
+
+    @property
+    def remote(self) -> bool:
+        return is_server_url(self.model)
+
+
+def is_server_url(model: str) -> bool:
+    return model.startswith(("ws://", "wss://"))

@@ -32,7 +32,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.state import RunRequest
+from app.state import RunRequest, is_server_url
 from app.worker import StreamWorker
 from core.errors import StreamVLMError
 from core.overlay import Overlay, OverlayStyle
@@ -79,7 +79,14 @@ class MainWindow(QMainWindow):
         source_row.addWidget(self.source_box, 1)
         source_row.addWidget(self.browse_button)
         self.model_edit = QLineEdit()
-        self.model_edit.setPlaceholderText("checkpoint folder, hub id, or tiny")
+        self.model_edit.setPlaceholderText("checkpoint folder, hub id, tiny, or ws://host:8765 (a server)")
+        self.model_edit.setToolTip(
+            "a local model, or the URL of a 'python -m core serve' on another machine (ws:// or wss://)"
+        )
+        self.token_edit = QLineEdit(os.environ.get("STREAMVLM_TOKEN", ""))
+        self.token_edit.setEchoMode(QLineEdit.EchoMode.Password)
+        self.token_edit.setPlaceholderText("the server's token (not saved)")
+        self.model_edit.textChanged.connect(self._model_changed)
         self.instruction_edit = QLineEdit()
         self.instruction_edit.setPlaceholderText("Commentate on this match")
         self.previous_edit = QPlainTextEdit()
@@ -125,6 +132,7 @@ class MainWindow(QMainWindow):
         form = QFormLayout()
         form.addRow("Source", source_row)
         form.addRow("Model", self.model_edit)
+        form.addRow("Token", self.token_edit)
         form.addRow("Instruction", self.instruction_edit)
         form.addRow("Previous text", self.previous_edit)
         form.addRow("", record_row)
@@ -179,6 +187,7 @@ class MainWindow(QMainWindow):
         self.source_box.addItems([c for c in choices if c != last])
         self.source_box.setCurrentText(source or last or (choices[0] if choices else ""))
         self.model_edit.setText(model or self.settings.value("model", "", str))
+        self._model_changed(self.model_edit.text())
         self.output_edit.setText(self.settings.value("output_folder", str(Path.home() / "Videos"), str))
         from core.audio import input_devices
 
@@ -194,6 +203,11 @@ class MainWindow(QMainWindow):
         style = self.overlay.style
         self.position_box.setCurrentText(style.position)
         self.font_spin.setValue(style.font_scale)
+
+    @Slot(str)
+    def _model_changed(self, text: str) -> None:
+        """The token matters only for a server; a local model has none."""
+        self.token_edit.setEnabled(is_server_url(text.strip()))
 
     def _overlay_style(self) -> OverlayStyle:
         position = self.settings.value("overlay/position", "bottom", str)
@@ -215,7 +229,7 @@ class MainWindow(QMainWindow):
         if not source:
             problems.append("choose a source: a file, a camera, a screen or a stream URL")
         if not model:
-            problems.append("choose a model: a checkpoint folder, a hub id, or tiny")
+            problems.append("choose a model: a checkpoint folder, a hub id, tiny, or a server's ws:// URL")
         record_to = None
         if self.record_check.isChecked():
             folder = Path(self.output_edit.text().strip()).expanduser()
@@ -243,6 +257,7 @@ class MainWindow(QMainWindow):
             previous_text=self.previous_edit.toPlainText().strip(),
             record_to=record_to,
             audio_device=self.audio_box.currentData() if record_to and self.audio_check.isChecked() else None,
+            token=self.token_edit.text().strip() or None,
         )
         self.worker = StreamWorker(request)
         self.thread = QThread(self)

@@ -35,6 +35,7 @@ class StreamWorker(QObject):
         super().__init__()
         self.request = request
         self._runner = None
+        self._remote = None  # a RemoteSession, closed by `stop` so a reconnection does not hold it up
         self._stopped = threading.Event()
         self._last_frame = 0.0
         self.frames_in = 0  # frames captured (the status bar's input rate)
@@ -46,7 +47,8 @@ class StreamWorker(QObject):
         try:
             self._run()
         except StreamVLMError as exc:
-            self.failed.emit(str(exc))
+            if not self._stopped.is_set():  # a remote session closed by Stop ends with an error too
+                self.failed.emit(str(exc))
         except Exception as exc:  # anything else is a bug, but the window must stay usable
             self.failed.emit(f"unexpected error: {type(exc).__name__}: {exc}")
         finally:
@@ -61,6 +63,8 @@ class StreamWorker(QObject):
         runner = self._runner
         if runner is not None:
             runner.stop()
+        if self._remote is not None:
+            self._remote.close()
 
     def _run(self) -> None:
         from core.engine import StreamingEngine
@@ -72,7 +76,7 @@ class StreamWorker(QObject):
         self.status.emit(f"opening {request.source}")
         source = open_source(request.source, request.stream.fps, realtime=True, on_state=self._on_state)
         try:
-            model = self._model()
+            model = None if request.remote else self._model()
             if self._stopped.is_set():
                 return
             record_fps = request.stream.fps
@@ -88,17 +92,22 @@ class StreamWorker(QObject):
                     self.audio = AudioCapture(request.audio_device, self._on_audio)
                     self.audio.start()
             source.fps = record_fps
-            engine = StreamingEngine(model, stream=request.stream)
-            session = engine.start(
-                instruction=request.instruction or None, previous_text=request.previous_text
-            )
+            if model is None:
+                session = self._remote_session()
+                where = f"on {request.model}"
+            else:
+                engine = StreamingEngine(model, stream=request.stream)
+                session = engine.start(
+                    instruction=request.instruction or None, previous_text=request.previous_text
+                )
+                where = f"on {model.device}"
             self._runner = RealtimeRunner(
                 source, session, request.stream, budget=request.latency_budget, on_frame=self._on_frame
             )
             if self._stopped.is_set():
                 return
             kind = "file" if isinstance(source, FileSource) else "live"
-            self.status.emit(f"streaming ({kind}) on {model.device}")
+            self.status.emit(f"streaming ({kind}) {where}")
             with session:
                 for report in self._runner.run():
                     for line in report.commentary:
@@ -117,6 +126,19 @@ class StreamWorker(QObject):
             self.status.emit(f"loading model {self.request.model}")
             self._models[key] = load_model(self.request.model, device=self.request.device)
         return self._models[key]
+
+    def _remote_session(self):
+        from core.client import RemoteSession
+
+        self.status.emit(f"connecting to {self.request.model}")
+        self._remote = RemoteSession(
+            self.request.model,
+            token=self.request.token,
+            instruction=self.request.instruction or None,
+            previous_text=self.request.previous_text,
+            on_state=lambda state, message: self.status.emit(f"server {state.value}: {message}"),
+        )
+        return self._remote
 
     def _on_frame(self, frame: Frame) -> None:
         """Capture thread: record every frame; hand the view the newest, at most 15 a second."""

@@ -17,6 +17,7 @@ import hmac
 import io
 import itertools
 import logging
+import threading
 import time
 
 import numpy as np
@@ -134,6 +135,42 @@ class InferenceServer:
                 "chunk_done", t_start=t_start, t_end=t_end, skipped=False, latency=time.monotonic() - arrived
             )
         )
+
+
+class ServerThread:
+    """An `InferenceServer` on a loopback port, its event loop in a thread of its own (tests, load runs)."""
+
+    def __init__(self, server: InferenceServer, port: int = 0) -> None:
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            try:
+                self.ws_server = self.loop.run_until_complete(server.serve("127.0.0.1", port))
+            except BaseException as exc:  # reported to the caller below
+                failure.append(exc)
+                ready.set()
+                return
+            ready.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True, name="server")
+        self.thread.start()
+        ready.wait(30)
+        if failure:
+            raise failure[0]
+        self.url = f"ws://127.0.0.1:{next(iter(self.ws_server.sockets)).getsockname()[1]}"
+
+    def stop(self) -> None:
+        async def shutdown() -> None:
+            self.ws_server.close()
+            await self.ws_server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
 
 
 def _image(data: str | bytes) -> np.ndarray:

@@ -12,7 +12,6 @@ results.json, summary.md and latency.png to `--out`.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import threading
@@ -128,42 +127,6 @@ def run_load(
     return [r for r in results if r is not None]
 
 
-class ServerThread:
-    """An `InferenceServer` on a loopback port, its event loop in a thread of its own."""
-
-    def __init__(self, server) -> None:
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-            try:
-                self.ws_server = self.loop.run_until_complete(server.serve("127.0.0.1", 0))
-            except BaseException as exc:  # reported to the caller below
-                failure.append(exc)
-                ready.set()
-                return
-            ready.set()
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, daemon=True, name="server")
-        self.thread.start()
-        ready.wait(30)
-        if failure:
-            raise failure[0]
-        self.url = f"ws://127.0.0.1:{next(iter(self.ws_server.sockets)).getsockname()[1]}"
-
-    def stop(self) -> None:
-        async def shutdown() -> None:
-            self.ws_server.close()
-            await self.ws_server.wait_closed()
-
-        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(30)
-
-
 def summary_rows(results: list[ClientResult]) -> list[dict]:
     return [
         {
@@ -252,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model:
         from core.engine import StreamingEngine
         from core.model import load_model
-        from core.server import InferenceServer
+        from core.server import InferenceServer, ServerThread
 
         with console.status(f"loading model {args.model}"):
             model = load_model(args.model, device=args.device)

@@ -224,3 +224,33 @@ def test_killing_the_app_while_it_records_leaves_a_playable_file(tiny_dir, tmp_p
         frames = sum(1 for _ in container.decode(video=0))
     assert frames >= 20, (tmp_path / "app.log").read_text()[-3000:]  # seconds of video survived the kill
     assert frames < 150  # and it really was cut: the clip has 200
+
+
+def test_a_remote_server_is_a_model_choice(qtbot, window, tiny_model):
+    """The model field takes a server's URL and the token field its token; the stream runs there."""
+    from conftest import SMALL_STREAM
+    from core.engine import StreamingEngine
+    from core.server import InferenceServer, ServerThread
+
+    server = InferenceServer(StreamingEngine(tiny_model, stream=SMALL_STREAM), token="t0ken")
+    running = ServerThread(server)
+    try:
+        assert not window.token_edit.isEnabled()  # a local model has no token
+        window.model_edit.setText(running.url)
+        assert window.token_edit.isEnabled()
+        window.token_edit.setText("wrong")
+        start(qtbot, window, str(CLIP), running.url)
+        qtbot.waitUntil(lambda: "missing or wrong token" in window.message.text(), timeout=30_000)
+        qtbot.waitUntil(lambda: window.start_button.isEnabled(), timeout=10_000)
+        window.error_box.close()
+
+        window.token_edit.setText("t0ken")
+        start(qtbot, window, str(CLIP), running.url)
+        qtbot.waitUntil(lambda: len(log_lines(window)) >= 3, timeout=60_000)
+        assert server.sessions == 1  # the commentary came from the server
+        qtbot.mouseClick(window.stop_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: window.start_button.isEnabled(), timeout=10_000)
+        qtbot.waitUntil(lambda: server.sessions == 0, timeout=10_000)  # Stop closed the remote session
+        assert window.message.text() == ""  # and stopping is not an error
+    finally:
+        running.stop()

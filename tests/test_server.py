@@ -17,39 +17,15 @@ from core.client import RemoteSession
 from core.config import GenerationConfig
 from core.engine import StreamingEngine
 from core.errors import StreamVLMError
-from core.server import InferenceServer
+from core.server import InferenceServer, ServerThread
 
 GREEDY = GenerationConfig(temperature=0.0, max_new_tokens=6)
 
 
-class RunningServer:
-    """The server in a thread with its own event loop, on a free loopback port."""
-
+class RunningServer(ServerThread):
     def __init__(self, engine, port: int = 0, **options) -> None:
         self.server = InferenceServer(engine, **options)
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def run():
-            asyncio.set_event_loop(self.loop)
-            self.ws_server = self.loop.run_until_complete(self.server.serve("127.0.0.1", port))
-            ready.set()
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        ready.wait(10)
-        port = next(iter(self.ws_server.sockets)).getsockname()[1]
-        self.url = f"ws://127.0.0.1:{port}"
-
-    def stop(self) -> None:
-        async def shutdown():
-            self.ws_server.close()
-            await self.ws_server.wait_closed()
-
-        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        super().__init__(self.server, port)
 
 
 def no_sessions_left(server, timeout: float = 10.0) -> bool:

@@ -43,8 +43,8 @@ def test_eight_clients_for_sixty_seconds_are_all_served(tiny_dir, tmp_path):
 def test_an_overloaded_server_skips_chunks_instead_of_queueing_them(tiny_model):
     from conftest import SMALL_STREAM
     from core.engine import StreamingEngine
-    from core.server import InferenceServer
-    from evals.server_load import ServerThread, run_load
+    from core.server import InferenceServer, ServerThread
+    from evals.server_load import run_load
 
     # A budget shorter than one chunk's work: whoever waits behind another client's chunk is skipped.
     server = InferenceServer(StreamingEngine(tiny_model, stream=SMALL_STREAM), max_sessions=4, budget=0.01)
