@@ -154,7 +154,7 @@ def parse_verdict(text: str, letters: Sequence[str] = ("A", "B")) -> str | None:
     match = _VERDICT.match(text or "")
     if not match:
         return None
-    letter = match.group(1)
+    letter = match.group(1).upper()
     return letter if letter in letters else None
 
 
