@@ -20,6 +20,8 @@ import random
 import shutil
 import subprocess
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -101,9 +103,12 @@ def save(
         shutil.rmtree(path)  # a partial save of the same step from a killed run
     distributed.barrier()
     model_sd, optim_sd = get_state_dict(module, optimizer)
-    dcp.save(
-        {"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path / "state"), no_dist=not ctx.distributed
-    )
+    with _one_process_ok(ctx):
+        dcp.save(
+            {"model": model_sd, "optim": optim_sd},
+            checkpoint_id=str(path / "state"),
+            no_dist=not ctx.distributed,
+        )
     torch.save({"scheduler": scheduler.state_dict(), "rng": rng_state()}, path / f"rank_{ctx.rank:05d}.pt")
     distributed.barrier()
     if ctx.main:
@@ -129,7 +134,8 @@ def load(
     meta = json.loads((path / "meta.json").read_text())
     model_sd, optim_sd = get_state_dict(module, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=str(path / "state"), no_dist=not ctx.distributed)
+    with _one_process_ok(ctx):
+        dcp.load(state, checkpoint_id=str(path / "state"), no_dist=not ctx.distributed)
     set_state_dict(module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     own = path / f"rank_{ctx.rank:05d}.pt"
     if not own.is_file():  # resumed on more processes than saved: rank 0's schedule, fresh RNG
@@ -146,6 +152,16 @@ def load(
             ctx.world,
         )
     return meta
+
+
+@contextmanager
+def _one_process_ok(ctx: distributed.Context):
+    """DCP warns that it writes from one process when there is no process group; that is intended
+    (one format for any process count, so a checkpoint resumes on another number of processes)."""
+    with warnings.catch_warnings():
+        if not ctx.distributed:
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        yield
 
 
 def export(

@@ -27,7 +27,8 @@ def shift_targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _chunk_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = F.linear(hidden, weight).float()  # [chunk, vocab]
+    logits = F.linear(hidden, weight)  # [chunk, vocab]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 logits -> float32
     return F.cross_entropy(logits, targets, reduction="sum")
 
 
@@ -37,11 +38,11 @@ def chunked_cross_entropy(
     """Summed cross-entropy of `F.linear(hidden, weight)` against targets, in float32.
 
     hidden [N, hidden_size] (labelled positions only), weight [vocab, hidden_size] (the LM head),
-    targets [N]. Returns a scalar sum (the caller divides by the global label count).
+    targets [N]. Returns a scalar sum in float32 or wider (the caller divides by the global label count).
     """
     if targets.numel() == 0:
         return hidden.sum() * 0.0  # keeps the graph (and FSDP's backward hooks) connected
-    total = hidden.new_zeros((), dtype=torch.float32)
+    total = hidden.new_zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32))
     for start in range(0, targets.numel(), chunk):
         end = start + chunk
         if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
