@@ -214,6 +214,7 @@ def run(args: argparse.Namespace) -> int:
     judge_pairs(client, [p for p in pairs if p.key in mine], judgments, judge_messages, args.judge_workers)
 
     results = summarize(judgments.load(), ready, len(windows), meta, baseline_name)
+    results["counts"]["videos"], results["counts"]["videos_generated"] = len(videos), len(model)
     write_outputs(out, results, markdown(results), lambda o: _plot(results, o))
     print(markdown(results))
     return 0
