@@ -9,7 +9,16 @@ import pytest
 from evals.fixtures import ScriptedChatServer
 from evals.inf_stream import Window, window_text
 from evals.inf_stream import summarize as inf_summarize
-from evals.judge import ChatClient, ChatSettings, JudgeError, Pair, judge_pairs, parse_verdict, request_key, tally
+from evals.judge import (
+    ChatClient,
+    ChatSettings,
+    JudgeError,
+    Pair,
+    judge_pairs,
+    parse_verdict,
+    request_key,
+    tally,
+)
 from evals.livesports import summarize as ls_summarize
 from evals.results import ResultFile, Shard, parse_shard
 
@@ -131,7 +140,11 @@ def test_judge_failing_after_k_calls_keeps_them_and_a_rerun_does_the_rest(tmp_pa
 
 def test_window_membership_is_by_end_time():
     items = [
-        {"response": "a", "start_time": 9.0, "end_time": 10.0},  # ends at the window's start: the window before
+        {
+            "response": "a",
+            "start_time": 9.0,
+            "end_time": 10.0,
+        },  # ends at the window's start: the window before
         {"response": "b", "start_time": 10.0, "end_time": 11.0},
         {"response": "", "start_time": 11.0, "end_time": 12.0},  # silent second
         {"response": "c", "start_time": 19.0, "end_time": 20.0},  # ends at the window's end: inside
@@ -161,7 +174,12 @@ def test_inf_stream_win_rate_excludes_unparseable_from_the_votes():
     assert results["votes"] == {"model": 3, "baseline": 2, "unparseable": 1, "total": 6}
     assert results["win_rate"] == 60.0  # 3 / (3 + 2)
     assert results["per_video"]["v1"]["win_rate"] == 50.0
-    assert results["counts"] == {"windows": 5, "windows_with_both_generations": 3, "windows_judged": 3, "complete": True}
+    assert results["counts"] == {
+        "windows": 5,
+        "windows_with_both_generations": 3,
+        "windows_judged": 3,
+        "complete": True,
+    }
 
 
 def test_livesports_win_rate_is_wins_over_twice_the_events():
