@@ -269,10 +269,11 @@ def _time_vision(forward: T.TrainForward, sample: TrainSample, device: torch.dev
     inner = forward.model.model
     pixels = sample.pixel_values_videos.to(device, inner.visual.dtype)
     with torch.no_grad():
-        inner.get_video_features(pixels, sample.video_grid_thw)  # warm-up
+        grid = sample.video_grid_thw.to(device)
+        inner.get_video_features(pixels, grid)  # warm-up
         sync()
         begin = time.perf_counter()
-        inner.get_video_features(pixels, sample.video_grid_thw)
+        inner.get_video_features(pixels, grid)
         sync()
     return time.perf_counter() - begin
 

@@ -1,7 +1,7 @@
 """Rank helpers: one process or many (torchrun, one or several nodes), and who may print.
 
 `init()` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) and starts
-the process group: NCCL on GPUs, gloo on CPUs. Without torchrun on a GPU it starts a group of one,
+the process group: NCCL for GPU tensors (gloo beside it for host ones), gloo on CPUs. Without torchrun on a GPU it starts a group of one,
 so FSDP2's mixed precision and CPU offload work the same for one GPU as for many; without torchrun
 on a CPU it stays a plain process. Only rank 0 prints, logs and writes shared files.
 """
@@ -51,7 +51,7 @@ def init(device: str = "auto", timeout_s: float = 1800.0) -> Context:
             os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
             os.environ.setdefault("MASTER_PORT", str(_free_port()))
         dist.init_process_group(
-            backend="nccl" if use_cuda else "gloo",
+            backend="cpu:gloo,cuda:nccl" if use_cuda else "gloo",  # host tensors (counts, objects) too
             timeout=timedelta(seconds=timeout_s),
             device_id=torch_device if use_cuda else None,
         )

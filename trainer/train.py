@@ -366,7 +366,7 @@ def _to(sample: TrainSample, device: torch.device) -> dict[str, torch.Tensor]:
         "labels": sample.labels.to(device, non_blocking=True),
         "position_ids": sample.position_ids.to(device, non_blocking=True),
         "pixel_values_videos": sample.pixel_values_videos.to(device, non_blocking=True),
-        "video_grid_thw": sample.video_grid_thw,  # host: the tower reads its shape on the host
+        "video_grid_thw": sample.video_grid_thw.to(device),  # the tower builds its rotary positions from it
     }
 
 
