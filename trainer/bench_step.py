@@ -141,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         "--attn", default="auto", help="language model attention: auto, sdpa, flash_attention_2"
     )
     parser.add_argument("--loss-chunk", type=int, default=1024)
+    parser.add_argument(
+        "--phases",
+        action="store_true",
+        help="also split a step into forward, backward and optimizer, and profile its NCCL kernels",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -224,6 +229,15 @@ def main(argv: list[str] | None = None) -> int:
             log.info("step %d: loss %.4f, %.2f s", step, stats.loss, time.perf_counter() - begin)
     step_s = statistics.median(times)
     tokens = len(sample) * args.accumulation * ctx.world
+    flops = step_flops(forward, sample) * args.accumulation * ctx.world
+    matmul = _matmul_tflops(ctx.device) if on_gpu else float("nan")
+    phases = (
+        _phases(
+            forward, sample, optimizer, scheduler, cfg, ctx, placeholder, sharded, args.accumulation, sync
+        )
+        if args.phases
+        else None
+    )
     peak = torch.cuda.max_memory_allocated(ctx.device) if on_gpu else T.memory_gib(ctx.device) * GIB
     result = {
         "device": torch.cuda.get_device_name(ctx.device) if on_gpu else "cpu",
@@ -241,19 +255,28 @@ def main(argv: list[str] | None = None) -> int:
         "tokens_per_s": tokens / step_s,
         "tokens_per_s_per_gpu": tokens / step_s / ctx.world,
         "peak_memory_gib": peak / GIB,
+        "model_tflop_per_step": flops / 1e12,
+        "matmul_tflops_measured": matmul,
+        "mfu": flops / step_s / ctx.world / (matmul * 1e12) if on_gpu else float("nan"),
+        "phases_s": phases,
         "losses": losses,
         "torch": torch.__version__,
         "git": _git(),
     }
     if ctx.main:
         log.info(
-            "%.2f s/step, %.0f tokens/s (%.0f per process), peak memory %.1f GiB, vision %.2f s/sample",
+            "%.2f s/step, %.0f tokens/s (%.0f per process), peak memory %.1f GiB, vision %.2f s/sample, "
+            "MFU %.1f%% of a measured %.0f TFLOP/s",
             step_s,
             result["tokens_per_s"],
             result["tokens_per_s_per_gpu"],
             result["peak_memory_gib"],
             vision_s,
+            100 * result["mfu"],
+            matmul,
         )
+        if phases:
+            log.info("phases: %s", ", ".join(f"{k} {v:.3f} s" for k, v in phases.items()))
         if os.environ.get("OUT"):
             path = Path(os.environ["OUT"]) / "train_step.json"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -262,6 +285,76 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
     distributed.close()
     return 0 if all(math.isfinite(x) for x in losses) else 1
+
+
+def step_flops(forward: T.TrainForward, sample: TrainSample) -> float:
+    """Model FLOPs of one micro-step (no recomputation counted): 6 per trainable parameter and token
+    through the decoder layers, causal attention (6 L d T^2), the LM head on labelled tokens only
+    (the chunked loss), and the frozen vision tower's forward (2 per parameter and patch)."""
+    inner = forward.model.model
+    text = inner.language_model
+    layer_params = sum(p.numel() for p in text.layers.parameters())
+    config = forward.model.config.text_config
+    tokens, labels = len(sample), sample.num_label_tokens
+    head = config.hidden_size * config.vocab_size
+    # QK^T and AV: 4 T^2 d a layer, halved by the causal mask, times 3 for forward + backward.
+    attention = 6 * len(text.layers) * config.hidden_size * tokens**2  # heads x head_dim = hidden
+    vision = 2 * sum(p.numel() for p in inner.visual.parameters()) * sample.pixel_values_videos.shape[0]
+    return 6 * layer_params * tokens + attention + 6 * head * labels + vision
+
+
+def _matmul_tflops(device: torch.device, n: int = 8192) -> float:
+    """The bf16 matmul rate this GPU reaches (the MFU denominator), from 20 timed 8192^3 products."""
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize(device)
+    begin = time.perf_counter()
+    for _ in range(20):
+        a @ b
+    torch.cuda.synchronize(device)
+    return 20 * 2 * n**3 / (time.perf_counter() - begin) / 1e12
+
+
+def _phases(forward, sample, optimizer, scheduler, cfg, ctx, placeholder, sharded, accumulation, sync):
+    """One step with a synchronisation between its phases (which removes their overlap), then one
+    normal step under the profiler for the GPU time of its NCCL kernels (all-gathers in the
+    forward and backward, reduce-scatters in the backward; overlapped with compute)."""
+    autocast = T._autocast(cfg, ctx, sharded)
+    phases = {"forward": 0.0, "backward": 0.0}
+    for _ in range(accumulation):
+        sync()
+        begin = time.perf_counter()
+        with autocast():
+            loss, _count = forward(**T._to(sample, ctx.device))
+        sync()
+        middle = time.perf_counter()
+        loss.backward()
+        sync()
+        phases["forward"] += middle - begin
+        phases["backward"] += time.perf_counter() - middle
+    begin = time.perf_counter()
+    params = T.trainable_parameters(forward)
+    torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    sync()
+    phases["optimizer"] = time.perf_counter() - begin
+    if ctx.device.type == "cuda":
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            T.train_step(
+                forward, [sample] * accumulation, optimizer, scheduler, cfg, ctx, placeholder, sharded
+            )
+            sync()
+        events = prof.key_averages()
+        device_us = sum(e.self_device_time_total for e in events)
+        nccl_us = sum(e.self_device_time_total for e in events if "nccl" in e.key.lower())
+        phases["gpu_kernels_total"] = device_us / 1e6
+        phases["nccl_kernels"] = nccl_us / 1e6
+    return phases
 
 
 def _time_vision(forward: T.TrainForward, sample: TrainSample, device: torch.device, sync) -> float:
