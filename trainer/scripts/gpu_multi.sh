@@ -20,7 +20,7 @@ run() { python3 -m torch.distributed.run --nproc-per-node "$N" -m trainer "${com
 if [ "$part" = 1 ]; then
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpus.txt"
   df -h . | tee "$out/disk.txt"
-  python3 trainer/scripts/random_7b.py "$work/r7b" 2>&1 | tail -1
+  rm -rf "$work/r7b"; python3 trainer/scripts/random_7b.py "$work/r7b" 2>&1 | tail -1
   python3 -c "from trainer.fixture import make_fixture as m; m('$work/fx', videos=2, seconds=60, width=1280, height=720, window=24, stride=12, clip=30)"
   start=$(date +%s)
   run run.out="$work/runC" run.save_every=1000 run.export=true > "$out/runC.log" 2>&1

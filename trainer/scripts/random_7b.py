@@ -12,7 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-from core.model import build_random_model
+import torch
+from transformers import Qwen2_5_VLForConditionalGeneration
+
+from core.model import _processor, build_tokenizer, qwen25_vl_7b_config
 
 
 def main(directory: str) -> None:
@@ -21,10 +24,15 @@ def main(directory: str) -> None:
         print(f"{path} exists")
         return
     begin = time.perf_counter()
-    model = build_random_model("7b", dtype="bfloat16", compile=False)
-    model.model.save_pretrained(path)
-    model.tokenizer.save_pretrained(path)
-    model.processor.save_pretrained(path)
+    # The plain transformers model: a StreamModel would adapt it for inference (padded vision MLP).
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = Qwen2_5_VLForConditionalGeneration(qwen25_vl_7b_config(tokenizer))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    _processor(tokenizer, 100 * 28 * 28, 768 * 28 * 28).save_pretrained(path)
     print(f"wrote {path} in {time.perf_counter() - begin:.0f} s")
 
 
