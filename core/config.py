@@ -40,7 +40,7 @@ class StreamConfig:
     max_pixels: int = 768 * PATCH_FACTOR * PATCH_FACTOR
 
     def __post_init__(self) -> None:
-        _coerce_fields(self, "stream")
+        coerce_fields(self, "stream")
         problems = []
         if not (self.fps > 0 and math.isfinite(self.fps)):
             problems.append(f"fps must be positive (got {self.fps})")
@@ -58,7 +58,7 @@ class StreamConfig:
             )
         if self.max_pixels < self.min_pixels:
             problems.append(f"max_pixels ({self.max_pixels}) must be >= min_pixels ({self.min_pixels})")
-        _raise_if(problems, "stream")
+        raise_if(problems, "stream")
 
     @property
     def frames_per_chunk(self) -> int:
@@ -87,7 +87,7 @@ class CachePolicy:
     text_window_replies: int = 16  # replies kept in place before they retire into previous text
 
     def __post_init__(self) -> None:
-        _coerce_fields(self, "cache")
+        coerce_fields(self, "cache")
         problems = []
         for name in ("sink_tokens", "text_window_tokens"):
             if getattr(self, name) < 0:
@@ -95,7 +95,7 @@ class CachePolicy:
         for name in ("vision_window_chunks", "text_window_replies"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
-        _raise_if(problems, "cache")
+        raise_if(problems, "cache")
 
     @property
     def evicts(self) -> bool:
@@ -147,7 +147,7 @@ class GenerationConfig:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        _coerce_fields(self, "generation")
+        coerce_fields(self, "generation")
         problems = []
         if self.max_new_tokens < 1:
             problems.append(f"max_new_tokens must be >= 1 (got {self.max_new_tokens})")
@@ -165,7 +165,7 @@ class GenerationConfig:
             problems.append(f"repetition_penalty must be > 0 (got {self.repetition_penalty})")
         if self.repetition_window_replies < 0:
             problems.append(f"repetition_window_replies must be >= 0 (got {self.repetition_window_replies})")
-        _raise_if(problems, "generation")
+        raise_if(problems, "generation")
 
     @property
     def greedy(self) -> bool:
@@ -197,12 +197,13 @@ def config_from_mapping(cls: type, values: Any, where: str) -> Any:
     return cls(**values)
 
 
-def _coerce_fields(config: Any, section: str) -> None:
-    """Check every field's type (ints become floats where a float is due, strings become enums)."""
+def coerce_fields(config: Any, section: str) -> None:
+    """Check every field's type: ints become floats where a float is due, numbers written as
+    strings ('1e-5', which YAML 1.1 reads as text) floats, lists tuples, strings enums."""
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        coerced = _coerce(hints[f.name], value, f"{section}.{f.name}")
+        coerced = coerce(hints[f.name], value, f"{section}.{f.name}")
         if coerced is not value:
             object.__setattr__(config, f.name, coerced)
 
@@ -231,38 +232,53 @@ def load_config_file(path: str | Path) -> EngineConfig:
     return EngineConfig(**parts)
 
 
-def _coerce(hint: Any, value: Any, where: str) -> Any:
+def coerce(hint: Any, value: Any, where: str) -> Any:
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if value is None:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        return _enum_value(hint, value, where)
-    if typing.get_origin(hint) is tuple:
-        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-            return tuple(value)
-        raise ConfigError(f"{where} must be a list of strings (got {value!r})")
-    allowed = typing.get_args(hint) or (hint,)
-    if value is None and type(None) in allowed:
-        return None
-    for kind in (bool, int, float, str):
-        if kind in allowed:
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        if isinstance(value, hint):
+            return value
+        try:
+            return hint(value)
+        except ValueError:
+            choices = ", ".join(m.value for m in hint)
+            raise ConfigError(f"{where} must be one of {choices} (got {value!r})") from None
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list (got {type(value).__name__}: {value!r})")
+        return tuple(coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping (got {type(value).__name__}: {value!r})")
+        return {coerce(args[0], k, where): coerce(args[1], v, f"{where}[{k!r}]") for k, v in value.items()}
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
                 return float(value)
-            if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-                return value
-    names = " or ".join(getattr(a, "__name__", str(a)) for a in allowed)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
     raise ConfigError(
-        f"{where} has the wrong type: it must be {names} (got {type(value).__name__}: {value!r})"
+        f"{where} has the wrong type: it must be {getattr(hint, '__name__', hint)} "
+        f"(got {type(value).__name__}: {value!r})"
     )
 
 
-def _enum_value(cls: type[enum.Enum], value: Any, where: str) -> enum.Enum:
-    if isinstance(value, cls):
-        return value
-    try:
-        return cls(value)
-    except ValueError:
-        choices = ", ".join(m.value for m in cls)
-        raise ConfigError(f"{where} must be one of {choices} (got {value!r})") from None
-
-
-def _raise_if(problems: list[str], section: str) -> None:
+def raise_if(problems: list[str], section: str) -> None:
     if problems:
         raise ConfigError(f"invalid {section} config: " + "; ".join(problems))

@@ -21,7 +21,6 @@ import json
 import logging
 import platform
 import statistics
-import subprocess
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch
 from core.config import CachePolicy, EvictionMode, GenerationConfig, StreamConfig, load_config_file
 from core.engine import StreamingEngine
 from core.errors import ConfigError
+from core.provenance import git_revision, package_version
 from evals.registry import register
 from evals.stock import StockStream, probe_out_of_memory
 
@@ -114,10 +114,10 @@ def run(args: argparse.Namespace) -> int:
         "model_load_s": round(load_s, 2),
         "versions": {
             "torch": torch.__version__,
-            "transformers": _version("transformers"),
+            "transformers": package_version("transformers"),
             "python": platform.python_version(),
         },
-        "git": _git_revision(),
+        "git": git_revision(),
     }
     rows: list[dict] = []
     status: dict[str, str] = {}
@@ -387,28 +387,3 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU ({platform.processor() or platform.machine()}, {psutil.cpu_count()} threads)"
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def _git_revision() -> str:
-    try:
-        return (
-            subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"],
-                capture_output=True,
-                text=True,
-                timeout=5,
-                check=False,
-            ).stdout.strip()
-            or "unknown"
-        )
-    except OSError:
-        return "unknown"

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError
+from core.provenance import git_revision, package_version
 
 log = logging.getLogger(__name__)
 
@@ -140,32 +140,6 @@ def write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(_jsonable(data), indent=1, ensure_ascii=False))
     tmp.replace(path)
-
-
-def package_version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "not installed"
-
-
-def git_revision() -> str:
-    try:
-        return (
-            subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"],
-                capture_output=True,
-                text=True,
-                timeout=5,
-                check=False,
-                cwd=Path(__file__).parent,
-            ).stdout.strip()
-            or "unknown"
-        )
-    except OSError:
-        return "unknown"
 
 
 def _jsonable(value: Any) -> Any:

@@ -245,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if server_thread is not None:
             server_thread.stop()
-    from evals.efficiency import _git_revision, _version
+    from core.provenance import git_revision, package_version
 
     rows = summary_rows(results)
     starved = [r.client for r in results if r.served_share < args.min_served or r.error]
@@ -253,8 +253,8 @@ def run(args: argparse.Namespace) -> int:
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "token"},
         "model": model_name,
         "url": url,
-        "git": _git_revision(),
-        "versions": {p: _version(p) for p in ("torch", "transformers", "websockets")},
+        "git": git_revision(),
+        "versions": {p: package_version(p) for p in ("torch", "transformers", "websockets")},
         "clients": rows,
         "latencies_s": {r.client: r.latencies for r in results},
         "starved": starved,

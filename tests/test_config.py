@@ -277,8 +277,12 @@ def test_yaml_null_seed_means_no_seed(tmp_path):
         ("c.toml", '[generation]\ntemperature = "hot"\n', ["generation.temperature", "wrong type"]),
         ("c.toml", "[generation]\ntemperature = false\n", ["generation.temperature", "wrong type"]),
         ("c.toml", '[generation]\nseed = "7"\n', ["generation.seed", "wrong type"]),
-        ("c.toml", "[generation]\nsuppress = [1, 2]\n", ["generation.suppress", "list of strings"]),
-        ("c.toml", '[generation]\nsuppress = "..."\n', ["generation.suppress", "list of strings"]),
+        (
+            "c.toml",
+            "[generation]\nsuppress = [1, 2]\n",
+            ["generation.suppress[0]", "must be str (got int: 1)"],
+        ),
+        ("c.toml", '[generation]\nsuppress = "..."\n', ["generation.suppress", "must be a list (got str"]),
         (
             "c.toml",
             '[cache]\nmode = "sometimes"\n',

@@ -372,7 +372,7 @@ def _time_vision(forward: T.TrainForward, sample: TrainSample, device: torch.dev
 
 
 def _git() -> str:
-    from trainer.checkpoint import git_revision
+    from core.provenance import git_revision
 
     return git_revision()
 

@@ -18,7 +18,6 @@ import json
 import logging
 import random
 import shutil
-import subprocess
 import time
 import warnings
 from contextlib import contextmanager
@@ -36,6 +35,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from core.provenance import git_revision
 from trainer import distributed
 
 log = logging.getLogger(__name__)
@@ -51,25 +51,6 @@ def latest(out: Path) -> Path | None:
     """The newest complete checkpoint under `out`, if any."""
     done = sorted(p.parent for p in (out / "checkpoints").glob(f"step_*/{COMPLETE}"))
     return done[-1] if done else None
-
-
-def git_revision() -> str:
-    """HEAD of the repository this code runs from, with '-dirty' when it has uncommitted changes."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        return rev + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def rng_state() -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import yaml
 
+from core.config import coerce_fields, raise_if
 from core.errors import ConfigError
 from core.model import ATTENTION_BACKENDS
 
@@ -50,13 +51,13 @@ class ModelSettings:
     gradient_checkpointing: bool = True  # recompute each decoder layer's activations in backward
 
     def __post_init__(self) -> None:
-        _coerce_fields(self, "model")
+        coerce_fields(self, "model")
         problems = []
         if self.attn not in ATTENTION_BACKENDS:
             problems.append(f"attn must be one of {', '.join(ATTENTION_BACKENDS)} (got {self.attn!r})")
         if self.num_layers is not None and self.num_layers < 1:
             problems.append(f"num_layers must be >= 1 or null (got {self.num_layers})")
-        _raise_if(problems, "model")
+        raise_if(problems, "model")
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class DataSettings:
     max_pixels: int | None = None  # per frame; null = the published 768 x 28 x 28
 
     def __post_init__(self) -> None:
-        _coerce_fields(self, "data")
+        coerce_fields(self, "data")
         problems = []
         if self.min_pixels is not None and self.max_pixels is not None and self.min_pixels > self.max_pixels:
             problems.append(f"min_pixels ({self.min_pixels}) must be <= max_pixels ({self.max_pixels})")
@@ -81,7 +82,7 @@ class DataSettings:
         for pattern, times in (self.repeat or {}).items():
             if times < 1:
                 problems.append(f"repeat[{pattern!r}] must be >= 1 (got {times})")
-        _raise_if(problems, "data")
+        raise_if(problems, "data")
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ class OptimSettings:
     grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
 
     def __post_init__(self) -> None:
-        _coerce_fields(self, "optim")
+        coerce_fields(self, "optim")
         problems = []
         if not (self.lr > 0 and math.isfinite(self.lr)):
             problems.append(f"lr must be positive (got {self.lr})")
@@ -107,7 +108,7 @@ class OptimSettings:
             problems.append(f"weight_decay must be >= 0 (got {self.weight_decay})")
         if self.grad_clip < 0:
             problems.append(f"grad_clip must be >= 0 (got {self.grad_clip})")
-        _raise_if(problems, "optim")
+        raise_if(problems, "optim")
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ class ScheduleSettings:
     epochs: int = 1
 
     def __post_init__(self) -> None:
-        _coerce_fields(self, "schedule")
+        coerce_fields(self, "schedule")
         problems = []
         if not 0 <= self.warmup_ratio < 1:
             problems.append(f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
@@ -128,7 +129,7 @@ class ScheduleSettings:
             problems.append(f"min_lr_ratio must be in [0, 1] (got {self.min_lr_ratio})")
         if self.epochs < 1:
             problems.append(f"epochs must be >= 1 (got {self.epochs})")
-        _raise_if(problems, "schedule")
+        raise_if(problems, "schedule")
 
 
 @dataclass(frozen=True)
@@ -139,13 +140,13 @@ class BatchSettings:
     loss_chunk: int = 1024  # labelled positions whose logits exist at once in the cross-entropy
 
     def __post_init__(self) -> None:
-        _coerce_fields(self, "batch")
+        coerce_fields(self, "batch")
         problems = []
         if self.global_samples < 1:
             problems.append(f"global_samples must be >= 1 (got {self.global_samples})")
         if self.loss_chunk < 1:
             problems.append(f"loss_chunk must be >= 1 (got {self.loss_chunk})")
-        _raise_if(problems, "batch")
+        raise_if(problems, "batch")
 
     def accumulation(self, world: int) -> int:
         if self.global_samples % world:
@@ -171,7 +172,7 @@ class RunSettings:
     tensorboard: bool = True  # if the tensorboard package is installed
 
     def __post_init__(self) -> None:
-        _coerce_fields(self, "run")
+        coerce_fields(self, "run")
         problems = []
         for name in ("save_every", "log_every"):
             if getattr(self, name) < 1:
@@ -180,7 +181,7 @@ class RunSettings:
             problems.append(f"keep_last must be >= 0 (got {self.keep_last})")
         if self.max_steps is not None and self.max_steps < 1:
             problems.append(f"max_steps must be >= 1 or null (got {self.max_steps})")
-        _raise_if(problems, "run")
+        raise_if(problems, "run")
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,7 @@ class DistSettings:
     reshard_after_forward: bool = True  # free gathered layers after forward (ZeRO-3); False = ZeRO-2
 
     def __post_init__(self) -> None:
-        _coerce_fields(self, "dist")
+        coerce_fields(self, "dist")
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,7 @@ class PrecisionSettings:
     master: DType = DType.FLOAT32
 
     def __post_init__(self) -> None:
-        _coerce_fields(self, "precision")
+        coerce_fields(self, "precision")
 
 
 @dataclass(frozen=True)
@@ -272,69 +273,6 @@ def load_train_config(path: str | Path | None, overrides: list[str] | tuple[str,
 
 
 # -- type checks -----------------------------------------------------------------------------------
-
-
-def _coerce_fields(config: Any, section: str) -> None:
-    """Check every field's type; numbers written as strings ('1e-5', which YAML 1.1 reads as text)
-    become numbers, lists become tuples and strings become enums."""
-    hints = typing.get_type_hints(type(config))
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        coerced = _coerce(hints[f.name], value, f"{section}.{f.name}")
-        if coerced is not value:
-            object.__setattr__(config, f.name, coerced)
-
-
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    args = typing.get_args(hint)
-    if type(None) in args:
-        if value is None:
-            return None
-        (hint,) = [a for a in args if a is not type(None)]
-        args = typing.get_args(hint)
-    origin = typing.get_origin(hint)
-    if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        if isinstance(value, hint):
-            return value
-        try:
-            return hint(value)
-        except ValueError:
-            choices = ", ".join(m.value for m in hint)
-            raise ConfigError(f"{where} must be one of {choices} (got {value!r})") from None
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be a list (got {type(value).__name__}: {value!r})")
-        return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a mapping (got {type(value).__name__}: {value!r})")
-        return {_coerce(args[0], k, where): _coerce(args[1], v, f"{where}[{k!r}]") for k, v in value.items()}
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-    raise ConfigError(
-        f"{where} has the wrong type: it must be {getattr(hint, '__name__', hint)} "
-        f"(got {type(value).__name__}: {value!r})"
-    )
-
-
-def _raise_if(problems: list[str], section: str) -> None:
-    if problems:
-        raise ConfigError(f"invalid {section} config: " + "; ".join(problems))
 
 
 def _plain(value: Any) -> Any:
