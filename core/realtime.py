@@ -5,8 +5,9 @@ inference in the caller's thread; between them is a queue of at most `queue_chun
 Capture never blocks: when the queue is full the oldest waiting chunk is dropped. Inference
 skips a chunk whose commentary would come later than `budget` seconds after the chunk was
 captured (its wait so far plus the slowest recent time per chunk, with 10% to spare), so latency
-stays bounded however slow
-the model is: a slow model comments on fewer chunks, never on old ones. A skipped span shows in
+stays bounded however slow the model is: a slow model comments on fewer chunks, never on old
+ones. A model slower than the budget itself comments on the newest chunk each time (one
+chunk-time late, with a warning), rather than on none. A skipped span shows in
 the time label of the next chunk that is processed (it starts where the stream is, not where the
 last label ended), and every report counts the chunks skipped so far.
 
@@ -77,6 +78,7 @@ class RealtimeRunner:
         self._stop = threading.Event()
         self._lock = threading.Lock()  # guards `skipped` between capture and inference
         self._capture_error: BaseException | None = None
+        self._warned_slow = False
         self._last_t_end: float | None = None
         self._thread = threading.Thread(target=self._capture, name="capture", daemon=True)
 
@@ -93,7 +95,7 @@ class RealtimeRunner:
                     break
                 chunk, captured = item
                 waited = time.monotonic() - captured
-                if waited + self.seconds_per_chunk > self.budget:
+                if waited + self.seconds_per_chunk > self.budget and not self._best_left(waited):
                     self._skip(chunk, "it would be late")
                     continue
                 report = self._process(chunk, captured)
@@ -139,6 +141,22 @@ class RealtimeRunner:
                 except queue.Full:
                     if self._stop.is_set():
                         break
+
+    def _best_left(self, waited: float) -> bool:
+        """A model slower than the budget misses it on every chunk: then the newest chunk is the best
+        left (commentary every few seconds, one chunk-time late), not a reason to skip them all."""
+        if self.seconds_per_chunk <= self.budget or not self.queue.empty():
+            return False
+        if not self._warned_slow:
+            self._warned_slow = True
+            log.warning(
+                "a chunk takes about %.1f s, more than the %.1f s latency budget: commenting on the newest "
+                "chunk each time, about %.1f s late; raise the budget or use a faster device",
+                self.seconds_per_chunk,
+                self.budget,
+                self.seconds_per_chunk + waited,
+            )
+        return True
 
     def _process(self, chunk: Chunk, captured: float) -> ChunkReport:
         span = None

@@ -170,3 +170,17 @@ def test_cli_names_a_monitor_that_does_not_exist(tiny_dir):
     assert errors == ["error: monitor 4 does not exist; this display has monitors 1 (640x480)"]
     assert "screen:1  640x480 at 0,0" in listing.stdout
     assert "cameras: none that open" in listing.stdout or "camera:" in listing.stdout
+
+
+def test_a_session_slower_than_the_budget_comments_on_the_newest_chunks(caplog):
+    """Every chunk misses a 1-s budget when one takes 1.5 s: the newest is still worth commenting on."""
+    session = SlowSession(1.5)
+    runner = RealtimeRunner(FileSource(CLIP, fps=2.0, realtime=True), session, StreamConfig(), budget=1.0)
+    with caplog.at_level("WARNING", logger="core.realtime"):
+        reports = list(runner.run())
+    assert len(reports) >= 3  # not only the first chunk (an estimate over the budget used to skip the rest)
+    assert runner.skipped >= 2 and len(session.pushed) == len(reports)
+    assert all(r.latency < 1.5 * 2 + 0.5 for r in reports)  # at most one chunk waits behind another
+    starts = [t for t, _ in session.pushed]
+    assert starts == sorted(starts) and len(set(starts)) == len(starts)
+    assert sum("more than the 1.0 s latency budget" in r.message for r in caplog.records) == 1

@@ -56,3 +56,19 @@ def test_an_overloaded_server_skips_chunks_instead_of_queueing_them(tiny_model):
     assert all(r.error is None and r.chunks == 4 for r in results)
     assert sum(r.skipped for r in results) > 0
     assert sum(r.chunks - r.skipped for r in results) > 0  # the model still works through some
+
+
+def test_a_server_slower_than_its_budget_still_answers_a_lone_client(tiny_model):
+    from conftest import SMALL_STREAM
+    from core.engine import StreamingEngine
+    from core.server import InferenceServer, ServerThread
+    from evals.server_load import run_load
+
+    # Every chunk takes longer than 0.001 s: skipping all of them would leave the client with nothing.
+    server = InferenceServer(StreamingEngine(tiny_model, stream=SMALL_STREAM), budget=0.001)
+    running = ServerThread(server)
+    try:
+        (result,) = run_load(running.url, clients=1, seconds=4, frame_size=(56, 56))
+    finally:
+        running.stop()
+    assert result.error is None and result.chunks == 4 and result.skipped == 0
