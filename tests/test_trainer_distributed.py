@@ -8,7 +8,6 @@ reshards it).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -18,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from test_trainer_loop import _records  # the metrics file read per step, as the loop tests read it
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "trainer" / "configs" / "tiny.yaml"
@@ -45,14 +46,6 @@ def _args(fixture_dir: Path, tiny_dir: Path, out: Path, *extra: str) -> list[str
         "run.log_every=1",
         *extra,
     ]
-
-
-def _records(out: Path) -> dict[int, dict]:
-    records = {}
-    for line in (out / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        records[record["step"]] = record
-    return records
 
 
 @pytest.fixture(scope="module")
