@@ -30,7 +30,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from core.config import CachePolicy, EvictionMode
 from core.conversation import Part, Piece
 from core.kernels import rotate_into
-from core.positions import rotation, text_positions, vision_extent, vision_positions
+from core.positions import piece_positions, rotation
 
 PREFIX_ROUND = -1
 CAPACITY_STEP = 256  # buffer sizes are multiples of this (aligned attention masks, few distinct shapes)
@@ -199,21 +199,14 @@ class StreamCache(Cache):
         for piece in pieces:
             if not piece.ids:
                 continue
-            if piece.part is Part.VISION:
-                if grid is None:
-                    raise ValueError("a vision piece needs its merged grid")
-                inner = vision_extent(grid, dt)
-                positions += [
-                    text_positions(self.cursor, 1, device),
-                    vision_positions(self.cursor + 1, grid, dt, device),
-                    text_positions(self.cursor + 1 + inner, 1, device),
-                ]
-                extent = inner + 2
-                span = Span(Part.VISION, round, self.reserved, self.cursor, extent, list(piece.ids), grid, dt)
-            else:
-                positions.append(text_positions(self.cursor, len(piece), device))
-                extent = float(len(piece))
-                span = Span(piece.part, round, self.reserved, self.cursor, extent, list(piece.ids))
+            vision = piece.part is Part.VISION
+            if vision and grid is None:
+                raise ValueError("a vision piece needs its merged grid")
+            placed, extent = piece_positions(self.cursor, len(piece), grid if vision else None, dt, device)
+            positions.append(placed)
+            span = Span(piece.part, round, self.reserved, self.cursor, extent, list(piece.ids))
+            if vision:
+                span.grid, span.dt = grid, dt
             self._append(span)
             self.cursor += extent
         return torch.cat(positions, dim=1) if positions else torch.empty(3, 0, device=device)

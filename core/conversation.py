@@ -23,7 +23,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from core.model import DEFAULT_SYSTEM_PROMPT, StreamModel
+import torch
+
+from core.positions import piece_positions
+from core.spec import DEFAULT_SYSTEM_PROMPT, ModelSpec
 
 MARKER = " ..."  # every reply ends with it; the engine removes it at token level
 PREVIOUS_TEXT_ROLE = "previous text"
@@ -63,9 +66,9 @@ def time_label(t_start: float, t_end: float) -> str:
 class Conversation:
     """Builds the pieces of the layout above for one tokenizer."""
 
-    def __init__(self, model: StreamModel, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> None:
-        self.special = model.special
-        self._encode = model.encode
+    def __init__(self, spec: ModelSpec, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> None:
+        self.special = spec.special
+        self._encode = spec.encode
         self.system_prompt = system_prompt
         nl = self._encode("\n")
         self.newline = tuple(nl)
@@ -75,6 +78,13 @@ class Conversation:
 
     def _turn_open(self, role: str) -> tuple[int, ...]:
         return (self.special.im_start, *self._encode(f"{role}\n"))
+
+    def _vision(self, vision_tokens: int) -> tuple[int, ...]:
+        return (
+            self.special.vision_start,
+            *([self.special.video_pad] * vision_tokens),
+            self.special.vision_end,
+        )
 
     # -- the fixed prefix ---------------------------------------------------------------------
 
@@ -105,11 +115,7 @@ class Conversation:
         """The user turn of one chunk and the assistant header that prompts its reply."""
         # Training writes 'Time=...s' + question on the first turn and 'Time=...s ' + question after.
         label = time_label(t_start, t_end) + ("" if first else " ") + question
-        vision = (
-            self.special.vision_start,
-            *([self.special.video_pad] * vision_tokens),
-            self.special.vision_end,
-        )
+        vision = self._vision(vision_tokens)
         close = tuple(self._encode(instruction)) if (first and instruction) else ()
         return [
             Piece(Part.TURN_OPEN, self._turn_open("user")),
@@ -117,6 +123,22 @@ class Conversation:
             Piece(Part.VISION, vision),
             Piece(Part.PROMPT_CLOSE, close + self.turn_end),
             Piece(Part.ASSISTANT_OPEN, self.assistant_open),
+        ]
+
+    def offline_question(self, vision_tokens: int, question: str, answer_prefix: str) -> list[Piece]:
+        """A question about a whole clip in Qwen's plain chat layout (offline QA benchmarks):
+
+        <|im_start|>system\n{system}<|im_end|>\n
+        <|im_start|>user\n<|vision_start|>{video pads}<|vision_end|>{question}<|im_end|>\n
+        <|im_start|>assistant\n{answer prefix}
+        """
+        system = self._turn_open("system") + tuple(self._encode(self.system_prompt)) + self.turn_end
+        return [
+            Piece(Part.SYSTEM, system),
+            Piece(Part.TURN_OPEN, self._turn_open("user")),
+            Piece(Part.VISION, self._vision(vision_tokens)),
+            Piece(Part.PROMPT_CLOSE, tuple(self._encode(question)) + self.turn_end),
+            Piece(Part.ASSISTANT_OPEN, self._turn_open("assistant") + tuple(self._encode(answer_prefix))),
         ]
 
     def reply(self, words: str, answer: str = "") -> list[Piece]:
@@ -164,3 +186,21 @@ def cut_middle(ids: list[int], head: int, tail: int) -> list[int]:
     if len(ids) <= head + tail:
         return list(ids)
     return list(ids[:head]) + (list(ids[-tail:]) if tail else [])
+
+
+def layout_positions(
+    pieces: list[Piece],
+    grids: list[tuple[int, int, int]],
+    dt: float,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Contiguous positions [3, L] from 0 of a whole sequence of pieces, the k-th vision piece on
+    merged grid `grids[k]`: what the engine's cache reserves for the same pieces with nothing evicted."""
+    positions, cursor, vision = [], 0.0, iter(grids)
+    for piece in pieces:
+        placed, extent = piece_positions(
+            cursor, len(piece), next(vision) if piece.part is Part.VISION else None, dt, device
+        )
+        positions.append(placed)
+        cursor += extent
+    return torch.cat(positions, dim=1) if positions else torch.empty(3, 0, device=device)

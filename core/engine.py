@@ -36,6 +36,7 @@ from core.frames import VideoInput, video_input
 from core.model import StreamModel
 from core.positions import temporal_step
 from core.sampling import TokenSampler
+from core.spec import ModelSpec
 from core.types import Closeable, Commentary, Frame
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ class StreamingEngine:
         self.stream = stream or StreamConfig()
         self.cache_policy = cache or CachePolicy()
         self.generation = generation or GenerationConfig()
-        self.conversation = Conversation(model)
+        self.conversation = Conversation(model.spec)
         self.dt = temporal_step(
             model.vision.tokens_per_second, model.vision.temporal_patch_size, self.stream.fps
         )
@@ -155,7 +156,7 @@ class Session(Closeable):
         self.sampler = TokenSampler(
             gen,
             valid_vocab=min(len(model.tokenizer), model.text.vocab_size),
-            stop_ids=[model.special.im_end, model.special.endoftext],
+            stop_ids=sorted(model.special.stops),
             suppress_ids=[i for text in gen.suppress for i in model.encode(text)],
             device=model.device,
         )
@@ -232,8 +233,7 @@ class Session(Closeable):
         )
         self.round += 1
         self.last_t_end = t_end
-        text = _one_line(model.decode(words))
-        return [Commentary(t_start, t_end, text)] if text else []
+        return commentary(model.spec, words, t_start, t_end)
 
     def close(self) -> None:
         """Free the cache. Safe to call twice."""
@@ -298,7 +298,7 @@ class Session(Closeable):
         gen, model, device = self.generation, self.model, self.model.device
         recent_ids = [i for reply in self._recent_replies for i in reply]
         recent = torch.tensor(recent_ids, dtype=torch.long, device=device)
-        stop = {model.special.im_end, model.special.endoftext}
+        stop = model.special.stops
         text = _TextStream(model, self.conv.marker, self.on_token) if self.on_token else None
         step_fn = self._static_step
         overlap = step_fn is not None and step_fn.overlaps
@@ -427,7 +427,7 @@ class _TextStream:
 
     def __init__(self, model: StreamModel, marker: tuple[int, ...], callback: TokenCallback) -> None:
         self.model, self.marker, self.callback = model, list(marker), callback
-        self.stop = {model.special.im_end, model.special.endoftext}
+        self.stop = model.special.stops
         self.ids: list[int] = []
         self.sent = ""
 
@@ -453,9 +453,15 @@ class _TextStream:
             self.sent = text
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     """Commentary is one spoken line: whitespace runs (newlines too) become one space, control characters go."""
     return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
+
+
+def commentary(spec: ModelSpec, words: list[int], t_start: float, t_end: float) -> list[Commentary]:
+    """A reply's word ids as the chunk's commentary: one line, or none for a silent second."""
+    text = one_line(spec.decode(words))
+    return [Commentary(t_start, t_end, text)] if text else []
 
 
 def _marker_prefix_overlap(ids: list[int], marker: list[int]) -> int:

@@ -1,125 +1,30 @@
-"""The model adapter: everything streamvlm knows about Qwen2.5-VL sits in this file.
+"""The model adapter: a loaded Qwen2.5-VL seen through the few calls the engine makes.
 
-`load_model` opens a checkpoint (local folder or hub id) and wraps it in a `StreamModel`, which
-exposes only what the engine needs through the stock transformers modules: the vision tower
-(`get_video_features`), the token embeddings, the language model driven with `inputs_embeds`,
-explicit 3-D `position_ids` and a `Cache` object, and the LM head on the last position.
-
-`build_tiny_model` writes a tiny random-weight Qwen2.5-VL (real transformers classes) with a
-byte-level BPE tokenizer trained offline on text shipped with the project; tests, CI and smoke
-runs use it. `build_random_model` instantiates full-size random weights from a config written in
-code, for speed and memory measurements without a checkpoint.
+`StreamModel` exposes only what the engine needs through the stock transformers modules: the
+vision tower (`get_video_features`), the token embeddings, the language model driven with
+`inputs_embeds`, explicit 3-D `position_ids` and a `Cache` object, and the LM head on the last
+position. What the checkpoint is without its weights (tokenizer, special ids, vision and cache
+shapes) is `core.spec.ModelSpec`; loading and device/dtype/attention resolution are in
+`core.loading`; tiny and random-weight models are built by `core.builders`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import inspect
 import logging
-import os
-import re
-from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from core.errors import ConfigError, ModelNotFoundError
+from core.spec import ModelSpec, SpecialTokens, TextSpec, VisionSpec
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 ATTENTION_BACKENDS = ("auto", "sdpa", "eager", "flash_attention_2", "flex_attention")
 MATMUL_ALIGNMENT = 64  # elements: keeps bf16 rows 16-byte aligned for cuBLAS's Hopper kernels
-DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-# Qwen2's special tokens (the tiny tokenizer's ids differ from Qwen's; they are always read from it).
-QWEN_SPECIAL_TOKENS = (
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|object_ref_start|>",
-    "<|object_ref_end|>",
-    "<|box_start|>",
-    "<|box_end|>",
-    "<|quad_start|>",
-    "<|quad_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-)
-
-# The chat template Qwen2.5-VL checkpoints ship (the processor needs one to be complete).
-QWEN_VL_CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
-    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: "
-    "{% endif %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}"
-    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-@dataclass(frozen=True)
-class SpecialTokens:
-    """Ids of the structural tokens, read from the tokenizer (never hard-coded)."""
-
-    im_start: int
-    im_end: int
-    vision_start: int
-    vision_end: int
-    video_pad: int
-    endoftext: int
-
-
-@dataclass(frozen=True)
-class VisionSpec:
-    """How frames become vision tokens, read from the checkpoint's config and processor."""
-
-    patch_size: int  # 14
-    temporal_patch_size: int  # 2 frames per temporal group
-    merge_size: int  # 2x2 patches per LLM token
-    tokens_per_second: float  # temporal position units per second of video
-    image_mean: tuple[float, float, float]
-    image_std: tuple[float, float, float]
-
-    @property
-    def factor(self) -> int:
-        """Frame sides must be multiples of this many pixels."""
-        return self.patch_size * self.merge_size
-
-
-@dataclass(frozen=True)
-class TextSpec:
-    """Shapes of the language model's KV cache and its rotary frequencies."""
-
-    num_layers: int
-    num_kv_heads: int
-    head_dim: int
-    hidden_size: int
-    vocab_size: int
-    rope_theta: float
-    mrope_section: tuple[int, ...]
-
-    def kv_bytes_per_token(self, dtype: torch.dtype) -> int:
-        return (
-            self.num_layers
-            * 2
-            * self.num_kv_heads
-            * self.head_dim
-            * torch.empty((), dtype=dtype).element_size()
-        )
 
 
 class StreamModel:
@@ -138,47 +43,7 @@ class StreamModel:
         self.tokenizer = tokenizer
         self.processor = processor
         self.name = name
-        config = model.config
-        text, vision = config.text_config, config.vision_config
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        rope = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None) or {}
-        self.text = TextSpec(
-            num_layers=text.num_hidden_layers,
-            num_kv_heads=text.num_key_value_heads,
-            head_dim=head_dim,
-            hidden_size=text.hidden_size,
-            vocab_size=text.vocab_size,
-            rope_theta=float(rope.get("rope_theta", getattr(text, "rope_theta", 1e6))),
-            mrope_section=tuple(rope.get("mrope_section", (16, 24, 24))),
-        )
-        video_processor = getattr(processor, "video_processor", None)
-        self.vision = VisionSpec(
-            patch_size=vision.patch_size,
-            temporal_patch_size=vision.temporal_patch_size,
-            merge_size=vision.spatial_merge_size,
-            tokens_per_second=float(vision.tokens_per_second),
-            image_mean=tuple(
-                getattr(video_processor, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073)
-            ),
-            image_std=tuple(
-                getattr(video_processor, "image_std", None) or (0.26862954, 0.26130258, 0.27577711)
-            ),
-        )
-        ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in _SPECIAL_NAMES.items()}
-        missing = [
-            token for name, token in _SPECIAL_NAMES.items() if ids[name] in (None, tokenizer.unk_token_id)
-        ]
-        if missing:
-            raise ModelNotFoundError(
-                f"the tokenizer of '{name}' lacks Qwen's special tokens {', '.join(missing)}; "
-                "pass a Qwen2.5-VL checkpoint"
-            )
-        self.special = SpecialTokens(**ids)
-        if self.special.video_pad != config.video_token_id:
-            raise ModelNotFoundError(
-                f"'{name}' is inconsistent: the tokenizer's <|video_pad|> is {self.special.video_pad} "
-                f"but the config's video_token_id is {config.video_token_id}"
-            )
+        self.spec = ModelSpec.from_config(model.config, tokenizer, name, processor)
         from core import attention, kernels
         from core.vision import VisionRunner
 
@@ -258,12 +123,23 @@ class StreamModel:
     def attention_backend(self) -> str:
         return self.model.config.text_config._attn_implementation
 
+    @property
+    def special(self) -> SpecialTokens:
+        return self.spec.special
+
+    @property
+    def vision(self) -> VisionSpec:
+        return self.spec.vision
+
+    @property
+    def text(self) -> TextSpec:
+        return self.spec.text
+
     def encode(self, text: str) -> list[int]:
-        """Token ids of plain text (no special-token parsing surprises: specials are written explicitly)."""
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        return self.spec.encode(text)
 
     def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        return self.spec.decode(ids)
 
     # -- the three calls the engine makes ---------------------------------------------------------
 
@@ -351,313 +227,18 @@ def align_mlp_width(mlp: nn.Module, multiple: int) -> None:
     mlp.intermediate_size = width + pad
 
 
-_SPECIAL_NAMES = {
-    "im_start": "<|im_start|>",
-    "im_end": "<|im_end|>",
-    "vision_start": "<|vision_start|>",
-    "vision_end": "<|vision_end|>",
-    "video_pad": "<|video_pad|>",
-    "endoftext": "<|endoftext|>",
+_MOVED = {  # transitional: names that moved out of this module, until every caller imports them there
+    **dict.fromkeys(
+        ("build_random_model", "build_tiny_model", "build_tokenizer", "tiny_model_dir"), "core.builders"
+    ),
+    **dict.fromkeys(("load_model", "resolve_attention", "resolve_device", "resolve_dtype"), "core.loading"),
+    "DEFAULT_SYSTEM_PROMPT": "core.spec",
 }
 
 
-# -- loading ---------------------------------------------------------------------------------------
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import importlib
 
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"unknown device '{device}'; use auto, cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device '{device}' asked for but no CUDA GPU is available; use --device cpu")
-    return resolved
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype not in DTYPES:
-        raise ConfigError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}")
-    if dtype == "auto":
-        # bf16 where the hardware has it; float32 on CPUs, where bf16 matmuls are slow and imprecise.
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return DTYPES[dtype]
-
-
-def resolve_attention(attn: str, device: torch.device, dtype: torch.dtype) -> str:
-    if attn not in ATTENTION_BACKENDS:
-        raise ConfigError(f"unknown attention backend '{attn}'; use one of {', '.join(ATTENTION_BACKENDS)}")
-    flash_ok = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
-    if attn == "flash_attention_2":
-        if importlib.util.find_spec("flash_attn") is None:
-            raise ConfigError(
-                "attention backend flash_attention_2 needs the flash-attn package; install it or use sdpa"
-            )
-        if not flash_ok:
-            raise ConfigError("flash_attention_2 runs only on a CUDA GPU in float16 or bfloat16; use sdpa")
-    if attn == "auto":
-        return "flash_attention_2" if flash_ok and importlib.util.find_spec("flash_attn") else "sdpa"
-    return attn
-
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-def load_model(
-    name_or_path: str | os.PathLike,
-    *,
-    device: str = "auto",
-    dtype: str = "auto",
-    attn: str = "auto",
-    compile: bool | None = None,
-) -> StreamModel:
-    """Load a Qwen2.5-VL checkpoint from a local folder or a hub id (downloading it if needed).
-
-    `name_or_path == "tiny"` builds (once) and loads the tiny random-weight model: a smoke mode.
-    """
-    from transformers import AutoProcessor, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
-
-    name = str(name_or_path)
-    if name == "tiny":
-        name = str(tiny_model_dir())
-        log.warning("smoke mode: the tiny model has random weights, so its commentary is gibberish")
-    path = Path(name).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"'{path}' has no config.json; pass a folder written by save_pretrained")
-        source = str(path)
-    elif _HUB_ID.match(name) and not name.startswith((".", "/", "~")):
-        source = name
-    else:
-        raise ModelNotFoundError(
-            f"model folder '{name}' does not exist; pass an existing folder or a hub id like org/name"
-        )
-
-    torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
-    backend = resolve_attention(attn, torch_device, torch_dtype)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        try:
-            processor = AutoProcessor.from_pretrained(source)
-        except (OSError, ValueError, TypeError):
-            processor = None  # the engine needs only the tokenizer; the processor is a reference
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            source, dtype=torch_dtype, attn_implementation=backend, device_map=str(torch_device)
-        )
-    except OSError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelNotFoundError(
-            f"model '{name}' could not be found locally or downloaded from the hub ({reason[:160]}); "
-            "check the id, your network and HF_TOKEN, or pass a local folder"
-        ) from None
-    return StreamModel(model, tokenizer, name=name, processor=processor, compile=compile)
-
-
-# -- building models without a checkpoint ---------------------------------------------------------
-
-CORPUS = Path(__file__).parent / "data" / "tokenizer_corpus.txt"
-TINY_VOCAB = 640
-
-
-def build_tokenizer(vocab_size: int = TINY_VOCAB) -> Any:
-    """A byte-level BPE trained offline on the shipped corpus, with Qwen2's pre-tokenizer and specials."""
-    from tokenizers import Tokenizer, models, trainers
-    from transformers import Qwen2Tokenizer
-
-    # Train with exactly the pre-tokenizer Qwen2Tokenizer installs, so merges line up with its splits.
-    template = Qwen2Tokenizer(vocab={"<|endoftext|>": 0}, merges=[])
-    bpe = Tokenizer(models.BPE())
-    bpe.normalizer = template.backend_tokenizer.normalizer
-    bpe.pre_tokenizer = template.backend_tokenizer.pre_tokenizer
-    from tokenizers.pre_tokenizers import ByteLevel
-
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(QWEN_SPECIAL_TOKENS),
-        initial_alphabet=ByteLevel.alphabet(),
-        show_progress=False,
-        special_tokens=[],
-    )
-    corpus = CORPUS.read_text()
-    bpe.train_from_iterator([corpus] * 4, trainer=trainer)
-    state = bpe.model.__getstate__()
-    import json
-
-    trained = json.loads(state) if isinstance(state, (str, bytes)) else state
-    vocab, merges = trained["vocab"], trained["merges"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges]
-    tokenizer = Qwen2Tokenizer(
-        vocab=vocab,
-        merges=merges,
-        unk_token=None,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]),
-    )
-    from tokenizers import AddedToken
-
-    tokenizer.add_tokens(
-        [AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIAL_TOKENS], special_tokens=True
-    )
-    return tokenizer
-
-
-def _qwen_vl_config(tokenizer: Any, text: dict, vision: dict) -> Any:
-    from transformers import Qwen2_5_VLConfig
-
-    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in _SPECIAL_NAMES.items()}
-    text = {
-        "rope_parameters": {
-            "rope_type": "default",
-            "rope_theta": 1e6,
-            "mrope_section": text.pop("mrope_section"),
-        },
-        "bos_token_id": ids["endoftext"],
-        "eos_token_id": ids["im_end"],
-        "pad_token_id": ids["endoftext"],
-        "rms_norm_eps": 1e-6,
-        "use_sliding_window": False,
-        "max_position_embeddings": 128000,
-        **text,
-    }
-    return Qwen2_5_VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
-        video_token_id=ids["video_pad"],
-        vision_start_token_id=ids["vision_start"],
-        vision_end_token_id=ids["vision_end"],
-        tie_word_embeddings=False,
-    )
-
-
-def tiny_config(tokenizer: Any, num_layers: int = 2) -> Any:
-    """A Qwen2.5-VL config small enough to run in milliseconds on a CPU, same structure as the 7B."""
-    vocab = -(-len(tokenizer) // 64) * 64
-    text = {
-        "vocab_size": vocab,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": num_layers,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "mrope_section": [2, 3, 3],  # head_dim 16: 8 rotary pairs split temporal/height/width
-        # Wider than the default 0.02 init, so attention is peaked and positions visibly matter.
-        "initializer_range": 0.1,
-    }
-    vision = {
-        "depth": 2,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_heads": 2,
-        "patch_size": 14,
-        "temporal_patch_size": 2,
-        "spatial_merge_size": 2,
-        "window_size": 112,
-        "fullatt_block_indexes": [1],
-        "out_hidden_size": 64,
-        "tokens_per_second": 2,
-    }
-    return _qwen_vl_config(tokenizer, text, vision)
-
-
-def qwen25_vl_7b_config(tokenizer: Any) -> Any:
-    """The Qwen2.5-VL-7B architecture (as in its published config.json), for random-weight benchmarks."""
-    text = {
-        "vocab_size": 152064,
-        "hidden_size": 3584,
-        "intermediate_size": 18944,
-        "num_hidden_layers": 28,
-        "num_attention_heads": 28,
-        "num_key_value_heads": 4,
-        "mrope_section": [16, 24, 24],
-    }
-    vision = {
-        "depth": 32,
-        "hidden_size": 1280,
-        "intermediate_size": 3420,
-        "num_heads": 16,
-        "patch_size": 14,
-        "temporal_patch_size": 2,
-        "spatial_merge_size": 2,
-        "window_size": 112,
-        "fullatt_block_indexes": [7, 15, 23, 31],
-        "out_hidden_size": 3584,
-        "tokens_per_second": 2,
-    }
-    return _qwen_vl_config(tokenizer, text, vision)
-
-
-def _processor(tokenizer: Any, min_pixels: int, max_pixels: int) -> Any:
-    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
-
-    size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
-    return Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(size=size),
-        tokenizer=tokenizer,
-        video_processor=Qwen2VLVideoProcessor(size=size),
-        chat_template=QWEN_VL_CHAT_TEMPLATE,
-    )
-
-
-def build_tiny_model(path: str | os.PathLike, *, num_layers: int = 2, seed: int = 0) -> Path:
-    """Write a tiny random-weight Qwen2.5-VL with tokenizer and processor to `path`; return the path."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    from core.config import StreamConfig
-
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer()
-    config = tiny_config(tokenizer, num_layers=num_layers)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(config)
-    stream = StreamConfig()
-    model.save_pretrained(path)
-    _processor(tokenizer, stream.min_pixels, stream.max_pixels).save_pretrained(path)
-    return path
-
-
-def tiny_model_dir() -> Path:
-    """Where `--model tiny` keeps its built model (built on first use, reused after)."""
-    root = Path(os.environ.get("STREAMVLM_CACHE", Path.home() / ".cache" / "streamvlm"))
-    path = root / "tiny-model-v1"
-    if not (path / "config.json").is_file():
-        build_tiny_model(path)
-    return path
-
-
-def build_random_model(
-    preset: str = "7b",
-    *,
-    device: str = "auto",
-    dtype: str = "auto",
-    attn: str = "auto",
-    seed: int = 0,
-    compile: bool | None = None,
-) -> StreamModel:
-    """Full-size random weights (no checkpoint needed): the right way to measure speed and memory."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    presets = {"7b": qwen25_vl_7b_config, "tiny": tiny_config}
-    if preset not in presets:
-        raise ConfigError(f"unknown random-weights preset '{preset}'; use one of {', '.join(presets)}")
-    torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
-    tokenizer = build_tokenizer()
-    config = presets[preset](tokenizer)
-    config._attn_implementation = resolve_attention(attn, torch_device, torch_dtype)
-    previous = torch.get_default_dtype()
-    torch.manual_seed(seed)
-    try:
-        torch.set_default_dtype(torch_dtype)
-        with torch.device(torch_device):
-            model = Qwen2_5_VLForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(previous)
-    stream_processor = _processor(tokenizer, 100 * 28 * 28, 768 * 28 * 28)
-    return StreamModel(model, tokenizer, name=f"random-{preset}", processor=stream_processor, compile=compile)
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module 'core.model' has no attribute {name!r}")

@@ -48,6 +48,36 @@ def vision_extent(grid: tuple[int, int, int], dt: float) -> float:
     return max((t - 1) * dt, h - 1, w - 1) + 1
 
 
+def piece_positions(
+    cursor: float,
+    length: int,
+    grid: tuple[int, int, int] | None = None,
+    dt: float = 0.0,
+    device: torch.device | None = None,
+) -> tuple[torch.Tensor, float]:
+    """Positions [3, length] of one piece of the conversation starting at `cursor`, and its extent.
+
+    The one place the layout's arithmetic lives (the cache, the trainer's samples and offline QA use
+    it). A text piece sits at (c, c, c) onwards; a vision piece (`grid` given) is <|vision_start|> at
+    c, the merged grid from c + 1, and <|vision_end|> right after the grid's extent.
+    """
+    if grid is None:
+        return text_positions(cursor, length, device), float(length)
+    t, h, w = grid
+    if length != t * h * w + 2:
+        raise ValueError(f"a vision piece on grid {grid} has {t * h * w + 2} tokens, not {length}")
+    inner = vision_extent(grid, dt)
+    positions = torch.cat(
+        [
+            text_positions(cursor, 1, device),
+            vision_positions(cursor + 1, grid, dt, device),
+            text_positions(cursor + 1 + inner, 1, device),
+        ],
+        dim=1,
+    )
+    return positions, inner + 2
+
+
 def rotation(delta: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin [n, head_dim] (float64) that shift keys by `delta` [n] positions on every mRoPE axis."""
     angles = delta.to(torch.float64)[:, None] * inv_freq.to(torch.float64)[None, :]  # [n, head_dim/2]

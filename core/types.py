@@ -1,11 +1,12 @@
-"""The two values that flow through streamvlm, frames in and commentary out, and the `with` protocol
-of everything that must be closed."""
+"""The two values that flow through streamvlm, frames in and commentary out, the `with` protocol
+of everything that must be closed, and the interface of a commentary session."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self, runtime_checkable
 
 import numpy as np
 
@@ -37,3 +38,25 @@ class Closeable:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+@runtime_checkable
+class CommentarySession(Protocol):
+    """One stream being commentated, wherever the model runs.
+
+    `core.engine.Session` (local), `core.client.RemoteSession` (a server's) and the efficiency
+    benchmark's stock-transformers baseline all satisfy it; the pipeline, the real-time runner and
+    the server take any of them. Chunks come in stream order; `close` is safe to call twice.
+    """
+
+    def push(self, frames: Sequence[np.ndarray | Frame], t_start: float, t_end: float) -> list[Commentary]:
+        """Feed one chunk of frames spanning [t_start, t_end) stream seconds; return its commentary."""
+        ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...

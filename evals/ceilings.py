@@ -42,7 +42,7 @@ def measure(device: torch.device) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.model import resolve_device
+    from core.loading import resolve_device
 
     result = measure(resolve_device(args.device))
     print(json.dumps(result, indent=1))

@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import Progress
 
-    from core.model import build_random_model, load_model
+    from core.builders import build_random_model
+    from core.loading import load_model
 
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     unknown = [p for p in policies if p not in POLICIES]

@@ -1,7 +1,7 @@
 """Offline video QA: one forward over a whole clip and a question, the answer read from one token.
 
 The question benchmarks (OVO-Bench, Video-MME, MVBench, LongVideoBench) ask about a clip seen at
-once, in Qwen's plain chat layout (not the streaming one):
+once, in Qwen's plain chat layout (not the streaming one; `Conversation.offline_question` builds it):
 
     <|im_start|>system\\n{system}<|im_end|>\\n
     <|im_start|>user\\n<|vision_start|>{video pads}<|vision_end|>{question}<|im_end|>\\n
@@ -26,10 +26,12 @@ import numpy as np
 import torch
 
 from core.config import PATCH_FACTOR, StreamConfig
+from core.conversation import Conversation, Part, layout_positions
 from core.errors import ConfigError
 from core.frames import video_input
-from core.model import DEFAULT_SYSTEM_PROMPT, StreamModel
-from core.positions import temporal_step, text_positions, vision_extent, vision_positions
+from core.model import StreamModel
+from core.positions import temporal_step
+from core.spec import DEFAULT_SYSTEM_PROMPT
 
 OVO_ANSWERS = ("No", "Yes", *"0123456789", *"ABCDE")
 OVO_PREFIX = "The answer is:"
@@ -100,32 +102,21 @@ class OfflineQA:
         prefix: str = OVO_PREFIX,
     ) -> Answer:
         """The allowed answer with the highest logit after the prompt (and `prefix`)."""
-        model, special = self.model, self.model.special
+        model = self.model
         device = model.device
         video = video_input(list(frames), self.budget.stream_config(len(frames)), model.vision, device)
         features = model.encode_video(video.pixel_values, video.grid_thw)  # [vision tokens, hidden]
 
-        def turn(role: str) -> list[int]:
-            return [special.im_start, *model.encode(f"{role}\n")]
-
-        end = [special.im_end, *model.encode("\n")]
-        before = (
-            turn("system") + model.encode(self.system_prompt) + end + turn("user") + [special.vision_start]
+        pieces = Conversation(model.spec, self.system_prompt).offline_question(
+            video.num_tokens, question, prefix
         )
-        after = [special.vision_end, *model.encode(question), *end, *turn("assistant"), *model.encode(prefix)]
         dt = temporal_step(model.vision.tokens_per_second, model.vision.temporal_patch_size, sample_fps)
-        cursor = float(len(before))
-        positions = torch.cat(
-            [
-                text_positions(0.0, len(before), device),
-                vision_positions(cursor, video.merged_grid, dt, device),
-                text_positions(cursor + vision_extent(video.merged_grid, dt), len(after), device),
-            ],
-            dim=1,
-        )
-        ids = before + [special.video_pad] * video.num_tokens + after
+        positions = layout_positions(pieces, [video.merged_grid], dt, device)
+        ids = [i for piece in pieces for i in piece.ids]
         embeds = model.embed(torch.tensor(ids, dtype=torch.long, device=device))
-        embeds[len(before) : len(before) + video.num_tokens] = features
+        vision_at = [p.part for p in pieces].index(Part.VISION)
+        first = sum(len(p) for p in pieces[:vision_at]) + 1  # the video's tokens follow <|vision_start|>
+        embeds[first : first + video.num_tokens] = features
         from transformers import DynamicCache
 
         logits = model.forward(embeds, positions, DynamicCache())  # [vocab], last position

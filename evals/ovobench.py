@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     by_key = {q.key: q for q in qs}
     todo = runner.pending(store, list(by_key))
     if todo:
-        from core.model import load_model
+        from core.loading import load_model
 
         model = load_model(runner.require_model(args), device=args.device, dtype=args.dtype, attn=args.attn)
         qa = OfflineQA(model, FrameBudget.capped(args.max_pixels))

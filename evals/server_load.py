@@ -214,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
     url, token, model_name = args.url, args.token, None
     if args.model:
         from core.engine import StreamingEngine
-        from core.model import load_model
+        from core.loading import load_model
         from core.server import InferenceServer, ServerThread
 
         with console.status(f"loading model {args.model}"):

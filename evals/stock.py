@@ -27,15 +27,16 @@ from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList
 
 from core.config import GenerationConfig, StreamConfig
 from core.conversation import Conversation
-from core.engine import DEFAULT_INSTRUCTION, ChunkStats, Stopwatch
+from core.engine import DEFAULT_INSTRUCTION, ChunkStats, Stopwatch, commentary
 from core.frames import video_input
 from core.model import StreamModel
+from core.types import Closeable, Commentary, Frame
 
 STOCK_ATTENTION = "sdpa"
 STOCK_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
-class StockStream:
+class StockStream(Closeable):
     """One stream through stock `generate` with a cache that is never cut."""
 
     def __init__(
@@ -49,7 +50,7 @@ class StockStream:
     ) -> None:
         self.model, self.stream, self.generation = model, stream, generation
         self.instruction = instruction
-        self.conv = Conversation(model)
+        self.conv = Conversation(model.spec)
         pieces = self.conv.preamble(previous_text, sink_tokens=1 << 30, window_tokens=0)
         self.ids: list[int] = [i for p in pieces for i in p.ids]
         self.grids: list[torch.Tensor] = []
@@ -63,13 +64,14 @@ class StockStream:
         }
 
     @torch.inference_mode()
-    def push(self, frames: Sequence[np.ndarray], t_start: float, t_end: float) -> list[int]:
-        """Feed one chunk; return the generated token ids."""
+    def push(self, frames: Sequence[np.ndarray | Frame], t_start: float, t_end: float) -> list[Commentary]:
+        """Feed one chunk; return its commentary (`last_reply` holds the reply's word ids)."""
         model, hf, device = self.model, self.model.model, self.model.device
         gen = self.generation
         clock = Stopwatch(device)
         with self._stock():
-            video = video_input(frames, self.stream, model.vision, device)
+            arrays = [f.rgb if isinstance(f, Frame) else f for f in frames]
+            video = video_input(arrays, self.stream, model.vision, device)
             pixels = video.pixel_values.to(hf.model.visual.dtype)
             features = hf.model.get_video_features(
                 pixel_values_videos=pixels, video_grid_thw=video.grid_thw.to(device), return_dict=True
@@ -102,7 +104,7 @@ class StockStream:
                 top_k=gen.top_k if not gen.greedy else None,
                 repetition_penalty=gen.repetition_penalty,
                 logits_processor=LogitsProcessorList([first_token]),
-                eos_token_id=[model.special.im_end, model.special.endoftext],
+                eos_token_id=sorted(model.special.stops),
                 pad_token_id=model.special.endoftext,
             )
             started = clock.last
@@ -129,7 +131,7 @@ class StockStream:
             evicted_tokens=0,
         )
         self.round += 1
-        return generated
+        return commentary(model.spec, words, t_start, t_end)
 
     def close(self) -> None:
         self.cache = None  # type: ignore[assignment]

@@ -90,7 +90,7 @@ def model_class():
         def __init__(
             self, model_path: str, fps: float | None = None, nframe: int | None = None, **load
         ) -> None:
-            from core.model import load_model
+            from core.loading import load_model
 
             max_pixels = load.pop("max_pixels", None)
             self.fps, self.nframe = fps, nframe  # VLMEvalKit sets these from the dataset

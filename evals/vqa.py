@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     store = ResultFile(args.out, "answers", runner.shard_of(args))
     todo = runner.pending(store, list(by_key))
     if todo:
-        from core.model import load_model
+        from core.loading import load_model
 
         model = load_model(runner.require_model(args), device=args.device, dtype=args.dtype, attn=args.attn)
         adapter = vlmevalkit.VideoQAAdapter(model, FrameBudget.capped(args.max_pixels), args.max_frames)

@@ -9,7 +9,7 @@ from core.conversation import MARKER, Conversation, Part, cut_middle, time_label
 
 @pytest.fixture(scope="module")
 def conv(tiny_model):
-    return Conversation(tiny_model)
+    return Conversation(tiny_model.spec)
 
 
 def template_ids(model, messages, vision_tokens: list[int], add_generation_prompt=False) -> list[int]:

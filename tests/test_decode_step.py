@@ -13,7 +13,7 @@ import torch
 from conftest import SMALL_STREAM, random_frames
 from core.config import CachePolicy, GenerationConfig
 from core.engine import StreamingEngine
-from core.model import load_model
+from core.loading import load_model
 
 GREEDY = GenerationConfig(temperature=0.0, max_new_tokens=6, repetition_penalty=1.05)
 POLICY = CachePolicy(sink_tokens=6, text_window_tokens=10, vision_window_chunks=2, text_window_replies=3)

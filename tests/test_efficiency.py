@@ -108,8 +108,7 @@ def test_stock_baseline_streams_the_engines_tokens(tiny_model):
     rng = np.random.default_rng(5)
     for k in range(8):
         frames = random_frames(rng, 56, 84)
-        stock.push(frames, k, k + 1)
-        engine.push(frames, k, k + 1)
+        assert stock.push(frames, k, k + 1) == engine.push(frames, k, k + 1)
         assert stock.last_stats.cached_tokens == engine.cache.length
         assert stock.last_stats.prefill_ms > 0 and stock.last_stats.vision_ms > 0
     cached = engine.cache.token_ids()

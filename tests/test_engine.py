@@ -6,7 +6,7 @@ import pytest
 
 from conftest import SMALL_STREAM, random_frames
 from core.config import GenerationConfig
-from core.engine import StreamingEngine, _one_line
+from core.engine import StreamingEngine, one_line
 from core.types import Frame
 
 
@@ -51,7 +51,7 @@ def test_token_callback_streams_the_commentary_text(tiny_model, rng):
     for k in range(3):
         before = len(pieces)
         events = session.push(random_frames(rng, 56, 56), k, k + 1)
-        streamed = _one_line("".join(pieces[before:]))
+        streamed = one_line("".join(pieces[before:]))
         assert streamed == (events[0].text if events else "")
         lines += events
     assert lines
@@ -97,4 +97,20 @@ def test_a_closed_session_refuses_chunks(tiny_model, rng):
     [("\n goal ...", "goal ..."), ("a\n\nb", "a b"), ("x\x03y", "x y"), ("  ", "")],
 )
 def test_commentary_is_one_clean_line(raw, line):
-    assert _one_line(raw) == line
+    assert one_line(raw) == line
+
+
+def test_every_kind_of_session_is_a_commentary_session(tiny_model):
+    """The local session, the stock baseline and the remote session share one interface."""
+    from core.client import RemoteSession
+    from core.config import GenerationConfig
+    from core.engine import StreamingEngine
+    from core.types import CommentarySession
+    from evals.stock import StockStream
+
+    with StreamingEngine(tiny_model).start() as local:
+        assert isinstance(local, CommentarySession)
+    with StockStream(tiny_model, SMALL_STREAM, GenerationConfig()) as stock:
+        assert isinstance(stock, CommentarySession)
+    for cls in (RemoteSession,):  # connecting needs a server: the class must carry the methods
+        assert all(callable(getattr(cls, name, None)) for name in ("push", "close", "__enter__", "__exit__"))

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import core.cache
+import core.positions
 from conftest import SMALL_STREAM, random_frames
 from core.config import CachePolicy, EvictionMode, GenerationConfig, StreamConfig
 from core.conversation import Part
@@ -187,8 +188,8 @@ def test_wrong_delta_sign_is_caught(one_layer_model, rng, monkeypatch):
 
 
 def test_wrong_vision_extent_is_caught(tiny_model, rng, monkeypatch):
-    real = core.cache.vision_extent
-    monkeypatch.setattr(core.cache, "vision_extent", lambda grid, dt: real(grid, dt) + 1)
+    real = core.positions.vision_extent
+    monkeypatch.setattr(core.positions, "vision_extent", lambda grid, dt: real(grid, dt) + 1)
     session = stream_chunks(tiny_model, CachePolicy(mode=EvictionMode.NONE), SMALL_STREAM, rng, 3)
     assert diff_against_stock(session, session.trace.logits, 2.0) > 100 * TOL
 

@@ -9,15 +9,10 @@ import pytest
 import torch
 from transformers import DynamicCache, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 
+from core.builders import qwen25_vl_7b_config
 from core.errors import ConfigError, ModelNotFoundError
-from core.model import (
-    StreamModel,
-    load_model,
-    qwen25_vl_7b_config,
-    resolve_attention,
-    resolve_device,
-    resolve_dtype,
-)
+from core.loading import load_model, resolve_attention, resolve_device, resolve_dtype
+from core.model import StreamModel
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_FLASH_ATTN = importlib.util.find_spec("flash_attn") is not None

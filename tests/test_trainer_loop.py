@@ -414,7 +414,7 @@ def test_tiny_recipe_learns_resumes_after_sigkill_and_exports_for_core(fixture_d
     # The export loads in core and streams.
     from core.config import GenerationConfig
     from core.engine import StreamingEngine
-    from core.model import load_model
+    from core.loading import load_model
 
     model = load_model(whole / "export", device="cpu", dtype="float32")
     generation = GenerationConfig(min_new_tokens=3, max_new_tokens=8, seed=0)  # never a silent second

@@ -43,7 +43,8 @@ def test_the_engine_uses_the_batched_attention(tiny_model):
 
 def test_padding_the_mlp_width_changes_no_output(tiny_dir, rng):
     """The vision MLP is padded with zero units on a GPU (cuBLAS alignment); the tower's output stays."""
-    from core.model import align_mlp_width, load_model
+    from core.loading import load_model
+    from core.model import align_mlp_width
 
     model = load_model(tiny_dir, device="cpu", dtype="float32")  # its own copy: the padding is in place
     video = video_input(random_frames(rng, 224, 336), STREAM, model.vision)

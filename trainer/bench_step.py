@@ -98,14 +98,16 @@ def build_model(cfg: TrainConfig, tiny: bool, device: torch.device):
     """Random weights from the config written in code, in the master dtype, on `device`."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from core.model import build_tokenizer, qwen25_vl_7b_config, resolve_attention, tiny_config
+    from core.builders import build_tokenizer, qwen25_vl_7b_config, tiny_config
+    from core.loading import resolve_attention
+    from core.spec import ModelSpec
 
     tokenizer = build_tokenizer()
     config = (tiny_config if tiny else qwen25_vl_7b_config)(tokenizer)
     if cfg.model.num_layers is not None:
         config.text_config.num_hidden_layers = cfg.model.num_layers
     config._attn_implementation = resolve_attention(cfg.model.attn, device, cfg.precision.compute.torch)
-    spec = T.spec_model(config, tokenizer, None, "random-tiny" if tiny else "random-7b")
+    spec = ModelSpec.from_config(config, tokenizer, "random-tiny" if tiny else "random-7b")
     torch.manual_seed(cfg.run.seed)
     previous = torch.get_default_dtype()
     try:

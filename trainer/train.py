@@ -33,7 +33,7 @@ import yaml
 from torch import nn
 
 from core.errors import ConfigError
-from core.model import StreamModel
+from core.spec import ModelSpec
 from trainer import checkpoint, distributed
 from trainer.config import Decay, ScheduleSettings, TrainConfig
 from trainer.data.errors import SampleError
@@ -58,14 +58,14 @@ class Dataset(Protocol):
 @dataclass
 class Loaded:
     model: nn.Module  # Qwen2_5_VLForConditionalGeneration, trainable language model
-    spec: StreamModel  # the same checkpoint seen by core (tokenizer, special ids, vision spec), no weights
+    spec: ModelSpec  # the same checkpoint seen by core (tokenizer, special ids, vision spec), no weights
     tokenizer: Any
     processor: Any
 
 
 def resolve_model_path(path: str) -> str:
     """'tiny' -> core's tiny random-weight model (built on first use); a folder or a hub id as is."""
-    from core.model import tiny_model_dir
+    from core.builders import tiny_model_dir
 
     if path == "tiny":
         return str(tiny_model_dir())
@@ -79,7 +79,7 @@ def load_for_training(cfg: TrainConfig, device: torch.device) -> Loaded:
     """The checkpoint in the master dtype on the host, the vision tower frozen in the compute dtype."""
     from transformers import AutoConfig, AutoProcessor, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
-    from core.model import resolve_attention
+    from core.loading import resolve_attention
 
     source = resolve_model_path(cfg.model.path)
     config = AutoConfig.from_pretrained(source)
@@ -94,7 +94,7 @@ def load_for_training(cfg: TrainConfig, device: torch.device) -> Loaded:
         processor = AutoProcessor.from_pretrained(source)
     except (OSError, ValueError, TypeError):
         processor = None
-    spec = spec_model(model.config, tokenizer, processor, source)  # before the attention changes below
+    spec = ModelSpec.from_config(model.config, tokenizer, source, processor)
     prepare_model(model, cfg)
     return Loaded(model, spec, tokenizer, processor)
 
@@ -113,17 +113,6 @@ def prepare_model(model: nn.Module, cfg: TrainConfig) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     model.train()
-
-
-def spec_model(config: Any, tokenizer: Any, processor: Any, name: str) -> StreamModel:
-    """A weightless StreamModel (meta device) for the data side: tokenizer, special ids, vision spec."""
-    import copy
-
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    with torch.device("meta"):
-        shell = Qwen2_5_VLForConditionalGeneration(copy.deepcopy(config))
-    return StreamModel(shell, tokenizer, name=name, processor=processor, compile=False)
 
 
 class TrainForward(nn.Module):
@@ -253,7 +242,7 @@ class DataPlan:
             yield from cached[1][base + rank : base + self.global_batch : self.world]
 
 
-def open_data(cfg: TrainConfig, spec: StreamModel) -> Dataset:
+def open_data(cfg: TrainConfig, spec: ModelSpec) -> Dataset:
     """The data side's dataset for `cfg.data`; a wrong folder or pattern is the user's error."""
     from trainer.data import FrameBudget, open_dataset
 
@@ -310,7 +299,7 @@ def sample_stream(
     return iter(loader)
 
 
-def placeholder_sample(spec: StreamModel) -> TrainSample:
+def placeholder_sample(spec: ModelSpec) -> TrainSample:
     """Two text tokens and no labels: run in place of a malformed sample, so every rank makes the same
     forward/backward calls (FSDP's collectives) while the step's loss and gradient are unchanged."""
     ids = torch.tensor([spec.special.im_start, spec.special.im_end])

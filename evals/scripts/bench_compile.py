@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from core.builders import build_random_model
 from core.decode_step import StaticDecodeStep
 from core.engine import StreamingEngine
 from core.frames import video_input
 from core.kernels import rotate_into
-from core.model import build_random_model
 from core.positions import rotate, rotation, text_positions
 from core.synthetic import synthetic_frames
 from core.vision import VisionRunner

@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 from core.attention import CAUSAL_PREFILL
+from core.builders import build_random_model
 from core.decode_step import ATTENTION_BACKENDS, StaticDecodeStep
 from core.engine import StreamingEngine
 from core.frames import video_input
-from core.model import build_random_model
 from core.synthetic import synthetic_frames
 from core.vision import VisionRunner
 from evals.timing import median_ms

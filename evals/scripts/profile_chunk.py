@@ -17,9 +17,9 @@ from pathlib import Path
 
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from core.builders import build_random_model
 from core.config import GenerationConfig
 from core.engine import StreamingEngine
-from core.model import build_random_model
 from core.synthetic import synthetic_frames
 
 PHASES = ("streamvlm.vision", "streamvlm.evict", "streamvlm.prefill", "streamvlm.decode")

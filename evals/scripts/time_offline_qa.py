@@ -10,7 +10,7 @@ import time
 import numpy as np
 import torch
 
-from core.model import build_random_model
+from core.builders import build_random_model
 from evals.offline_qa import OVO_ANSWERS, OVO_PREFIX, FrameBudget, OfflineQA
 
 RULES = {

@@ -21,7 +21,8 @@ Labels (published: from the 4th token of each assistant turn through `<|im_end|>
 answer, its newline, the words, the ` ...` marker and `<|im_end|>`, but not the assistant header
 with the reply's leading newline (merged into one token by Qwen's tokenizer) nor the newline after
 `<|im_end|>`. Every piece comes from `core.conversation.Conversation`, so training and inference
-share one layout; positions follow the same arithmetic as `core.cache.StreamCache.reserve`.
+share one layout; positions come from `core.conversation.layout_positions`, as the engine's cache
+places them.
 """
 
 from __future__ import annotations
@@ -33,10 +34,10 @@ from pathlib import Path
 import torch
 
 from core.config import StreamConfig
-from core.conversation import Conversation, Part, Piece
+from core.conversation import Conversation, Part, Piece, layout_positions
 from core.frames import video_input
-from core.model import StreamModel
-from core.positions import temporal_step, text_positions, vision_extent, vision_positions
+from core.positions import temporal_step
+from core.spec import ModelSpec
 from trainer.data.errors import SampleError
 from trainer.data.sample import IGNORE_INDEX, TrainSample
 from trainer.data.video import Clip, FrameBudget, VideoError, read_clip
@@ -147,7 +148,7 @@ def plan_rounds(window: Window, chunks: int, chunk_seconds: float = 1.0) -> list
 def build_sample(
     line_obj: object,
     root: Path,
-    model: StreamModel,
+    model: ModelSpec,
     source: str,
     *,
     budget: FrameBudget | None = None,
@@ -187,7 +188,7 @@ LabelledPiece = tuple[Piece, tuple[bool, ...]]
 
 def _pieces(
     conv: Conversation,
-    model: StreamModel,
+    model: ModelSpec,
     previous: str,
     rounds: list[Round],
     merged: list[tuple[int, int, int]],
@@ -230,33 +231,18 @@ def layout(
 ) -> tuple[list[int], list[int], torch.Tensor]:
     """Ids, labels and float positions [3, L] of the pieces, the k-th vision piece on grids[k].
 
-    Contiguous positions from 0, the arithmetic of `StreamCache.reserve` (text at (c, c, c); a
-    vision piece's start token at c, its grid from c + 1, its end token after the grid's extent).
+    Positions from `core.conversation.layout_positions`.
     """
     ids: list[int] = []
     labels: list[int] = []
-    positions: list[torch.Tensor] = []
-    cursor, vision = 0.0, iter(grids)
     for piece, mask in pieces:
         ids += piece.ids
         labels += [i if m else IGNORE_INDEX for i, m in zip(piece.ids, mask, strict=True)]
-        if piece.part is Part.VISION:
-            grid = next(vision)
-            inner = vision_extent(grid, dt)
-            positions += [
-                text_positions(cursor, 1),
-                vision_positions(cursor + 1, grid, dt),
-                text_positions(cursor + 1 + inner, 1),
-            ]
-            cursor += inner + 2
-        else:
-            positions.append(text_positions(cursor, len(piece)))
-            cursor += len(piece)
-    return ids, labels, torch.cat(positions, dim=1)
+    return ids, labels, layout_positions([piece for piece, _ in pieces], grids, dt)
 
 
 def _vision_inputs(
-    clip: Clip, model: StreamModel, budget: FrameBudget
+    clip: Clip, model: ModelSpec, budget: FrameBudget
 ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int, int]]]:
     """Patchified chunks (core/frames.py, the stock processor's arithmetic), one grid row per chunk."""
     height, width = clip.size

@@ -18,7 +18,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from core.conversation import Conversation
-from core.model import StreamModel
+from core.spec import ModelSpec
 from trainer.data.builder import TEXT_SINK, TEXT_WINDOW, build_sample
 from trainer.data.errors import SampleError
 from trainer.data.sample import TrainSample
@@ -69,7 +69,7 @@ class StreamDataset(Dataset):
         self,
         root: Path,
         files: list[SeekIndex],
-        model: StreamModel,
+        model: ModelSpec,
         *,
         budget: FrameBudget | None = None,
         text_sink: int = TEXT_SINK,
@@ -139,7 +139,7 @@ class StreamDataset(Dataset):
 def open_dataset(
     data_dir: Path,
     patterns: list[str] | None,
-    model: StreamModel,
+    model: ModelSpec,
     *,
     repeat: dict[str, int] | None = None,
     budget: FrameBudget | None = None,

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 
-from core.model import _processor, build_tokenizer, qwen25_vl_7b_config
+from core.builders import _processor, build_tokenizer, qwen25_vl_7b_config
 
 
 def main(directory: str) -> None:

@@ -1,0 +1,116 @@
+"""Loading a checkpoint: a local folder or a hub id, on a resolved device, dtype and attention.
+
+`load_model("tiny")` builds (once) and loads the tiny random-weight model: a smoke mode.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from core.errors import ConfigError, ModelNotFoundError
+from core.model import ATTENTION_BACKENDS, StreamModel
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device '{device}'; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{device}' asked for but no CUDA GPU is available; use --device cpu")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}")
+    if dtype == "auto":
+        # bf16 where the hardware has it; float32 on CPUs, where bf16 matmuls are slow and imprecise.
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return DTYPES[dtype]
+
+
+def resolve_attention(attn: str, device: torch.device, dtype: torch.dtype) -> str:
+    if attn not in ATTENTION_BACKENDS:
+        raise ConfigError(f"unknown attention backend '{attn}'; use one of {', '.join(ATTENTION_BACKENDS)}")
+    flash_ok = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+    if attn == "flash_attention_2":
+        if importlib.util.find_spec("flash_attn") is None:
+            raise ConfigError(
+                "attention backend flash_attention_2 needs the flash-attn package; install it or use sdpa"
+            )
+        if not flash_ok:
+            raise ConfigError("flash_attention_2 runs only on a CUDA GPU in float16 or bfloat16; use sdpa")
+    if attn == "auto":
+        return "flash_attention_2" if flash_ok and importlib.util.find_spec("flash_attn") else "sdpa"
+    return attn
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    attn: str = "auto",
+    compile: bool | None = None,
+) -> StreamModel:
+    """Load a Qwen2.5-VL checkpoint from a local folder or a hub id (downloading it if needed).
+
+    `name_or_path == "tiny"` builds (once) and loads the tiny random-weight model: a smoke mode.
+    """
+    from transformers import AutoProcessor, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+    name = str(name_or_path)
+    if name == "tiny":
+        from core.builders import tiny_model_dir
+
+        name = str(tiny_model_dir())
+        log.warning("smoke mode: the tiny model has random weights, so its commentary is gibberish")
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"'{path}' has no config.json; pass a folder written by save_pretrained")
+        source = str(path)
+    elif _HUB_ID.match(name) and not name.startswith((".", "/", "~")):
+        source = name
+    else:
+        raise ModelNotFoundError(
+            f"model folder '{name}' does not exist; pass an existing folder or a hub id like org/name"
+        )
+
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    backend = resolve_attention(attn, torch_device, torch_dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        try:
+            processor = AutoProcessor.from_pretrained(source)
+        except (OSError, ValueError, TypeError):
+            processor = None  # the engine needs only the tokenizer; the processor is a reference
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            source, dtype=torch_dtype, attn_implementation=backend, device_map=str(torch_device)
+        )
+    except OSError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelNotFoundError(
+            f"model '{name}' could not be found locally or downloaded from the hub ({reason[:160]}); "
+            "check the id, your network and HF_TOKEN, or pass a local folder"
+        ) from None
+    return StreamModel(model, tokenizer, name=name, processor=processor, compile=compile)
