@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from core.acceleration import AccelerationConfig
 from core.errors import ConfigError
 from core.loading import resolve_attention, resolve_device, resolve_dtype
 from core.model import StreamModel
@@ -216,7 +217,7 @@ def build_random_model(
     dtype: str = "auto",
     attn: str = "auto",
     seed: int = 0,
-    compile: bool | None = None,
+    acceleration: AccelerationConfig | None = None,
 ) -> StreamModel:
     """Full-size random weights (no checkpoint needed): the right way to measure speed and memory."""
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -238,4 +239,6 @@ def build_random_model(
     finally:
         torch.set_default_dtype(previous)
     stream_processor = _processor(tokenizer, 100 * 28 * 28, 768 * 28 * 28)
-    return StreamModel(model, tokenizer, name=f"random-{preset}", processor=stream_processor, compile=compile)
+    return StreamModel(
+        model, tokenizer, name=f"random-{preset}", processor=stream_processor, acceleration=acceleration
+    )

@@ -124,7 +124,9 @@ class StreamCache(Cache):
         inv_freq: torch.Tensor,
         policy: CachePolicy,
         capacity: int = 4 * CAPACITY_STEP,
+        fused_rotation: bool = True,
     ) -> None:
+        """`fused_rotation`: evictions rotate moved keys with the Triton kernel where it runs."""
         # All layers in one tensor each for keys and values, so an eviction moves every layer in
         # one gather and one fused rotation; each layer sees its own view [1, kv_heads, capacity, head_dim].
         shape = (num_layers, 1, num_kv_heads, capacity, head_dim)
@@ -137,6 +139,7 @@ class StreamCache(Cache):
         self.spans: list[Span] = []
         self.cursor = 0.0  # position of the next token
         self.capacity = capacity
+        self.fused_rotation = fused_rotation
 
     # -- the transformers Cache interface (sizes for the mask) ------------------------------------
 
@@ -331,7 +334,7 @@ class StreamCache(Cache):
         # Every layer at once; the gathers are copies, so overlapping moves are safe.
         keys = self.key_buffer.index_select(3, index)  # [layers, 1, kv_heads, moved, head_dim]
         self.value_buffer[:, :, :, first:slot] = self.value_buffer.index_select(3, index)
-        rotate_into(self.key_buffer[:, :, :, first:slot], keys, cos, sin)
+        rotate_into(self.key_buffer[:, :, :, first:slot], keys, cos, sin, fused=self.fused_rotation)
         for layer in self.layers:
             layer.length = slot
         return slot - first

@@ -20,9 +20,7 @@ from core.attention import MATMUL_DECODE
 from core.cache import StreamCache
 from core.model import StreamModel
 
-# Attention for one query row against the whole masked cache: "matmul" is two batched matmuls
-# around a float32 softmax (reads each key and value once, any GPU); the others are PyTorch SDPA
-# kernels ("auto" lets PyTorch choose).
+# core.acceleration.DECODE_ATTENTIONS -> the SDPA backends it allows (None: no restriction).
 ATTENTION_BACKENDS = {
     "matmul": None,
     "auto": None,
@@ -55,11 +53,6 @@ class StaticDecodeStep:
         self._capacity = -1
         self._slots = torch.empty(0, device=device)
         self._logits: torch.Tensor | None = None
-
-    @property
-    def overlaps(self) -> bool:
-        """Whether `launch` returns before the step has run (a graph replay is asynchronous)."""
-        return self.use_graph
 
     @torch.inference_mode()
     def __call__(self, token: torch.Tensor, position: float) -> torch.Tensor:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.profiler import record_function
 
+from core.acceleration import AccelerationConfig
 from core.cache import PREFIX_ROUND, StreamCache
 from core.config import CachePolicy, EvictionMode, GenerationConfig, StreamConfig
 from core.conversation import MARKER, Conversation, Part, Piece
@@ -42,10 +43,6 @@ from core.types import Closeable, Commentary, Frame
 log = logging.getLogger(__name__)
 
 DEFAULT_INSTRUCTION = "Commentate on this match"
-# The captured decode step's attention: measured on an H100 with a 12k-token cache (docs/performance.md),
-# PyTorch's own choice through core.attention (cuDNN, shared key heads) took 8.5 ms per token, two
-# plain matmuls 9.2 ms, the stock per-head-repeated path 15.5 ms.
-DECODE_ATTENTION = "auto"
 TokenCallback = Callable[[str], None]
 
 
@@ -95,11 +92,12 @@ class StreamingEngine:
         stream: StreamConfig | None = None,
         cache: CachePolicy | None = None,
         generation: GenerationConfig | None = None,
-        fast_decode: bool | None = None,
+        acceleration: AccelerationConfig | None = None,
     ) -> None:
-        """`fast_decode` runs decode steps over fixed-shape buffers in a CUDA graph (default: on a GPU)."""
+        """`acceleration` asks for speed-ups (default: the model's request, else auto); what runs is
+        decided once here (`self.acceleration`) and logged in one line."""
         self.model = model
-        self.fast_decode = model.device.type == "cuda" if fast_decode is None else fast_decode
+        self.acceleration = model.accelerate(acceleration or model.requested_acceleration)
         self.stream = stream or StreamConfig()
         self.cache_policy = cache or CachePolicy()
         self.generation = generation or GenerationConfig()
@@ -148,6 +146,7 @@ class Session(Closeable):
             device=model.device,
             inv_freq=model.inv_freq,
             policy=policy,
+            fused_rotation=engine.acceleration.triton,
         )
         gen = engine.generation
         if seed is not None:
@@ -173,10 +172,10 @@ class Session(Closeable):
         self._cache_planned = False
         self._static_step = None
         self._token_reader = _TokenReader(model.device)
-        if engine.fast_decode:
-            use_graph = model.device.type == "cuda"
+        acceleration = engine.acceleration
+        if acceleration.static_decode:
             self._static_step = StaticDecodeStep(
-                model, self.cache, use_graph=use_graph, attention=DECODE_ATTENTION
+                model, self.cache, use_graph=acceleration.cuda_graphs, attention=acceleration.decode_attention
             )
 
     # -- public interface ----------------------------------------------------------------------------
@@ -301,7 +300,7 @@ class Session(Closeable):
         stop = model.special.stops
         text = _TextStream(model, self.conv.marker, self.on_token) if self.on_token else None
         step_fn = self._static_step
-        overlap = step_fn is not None and step_fn.overlaps
+        overlap = step_fn is not None and self.engine.acceleration.overlap
         generated: list[int] = []
         for step in range(gen.max_new_tokens):
             token = self.sampler(logits, recent, step)

@@ -22,9 +22,12 @@ except ImportError:  # CPU-only PyTorch builds
     triton = None
 
 
-def rotate_into(dst: torch.Tensor, src: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
-    """dst[..., n, D] = rotate(src[..., n, D], cos, sin) with cos/sin [n, D] as `rotation` returns them."""
-    if triton is not None and dst.is_cuda and dst.shape == src.shape:
+def rotate_into(
+    dst: torch.Tensor, src: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, fused: bool = True
+) -> None:
+    """dst[..., n, D] = rotate(src[..., n, D], cos, sin) with cos/sin [n, D] as `rotation` returns them;
+    `fused=False` (the engine's acceleration decision) always takes the PyTorch path."""
+    if fused and triton is not None and dst.is_cuda and dst.shape == src.shape:
         rotate_into_triton(dst, src, cos, sin)
     else:
         dst.copy_(rotate(src, cos, sin))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from core.acceleration import AccelerationConfig
 from core.errors import ConfigError, ModelNotFoundError
 from core.model import ATTENTION_BACKENDS, StreamModel
 
@@ -69,7 +70,7 @@ def load_model(
     device: str = "auto",
     dtype: str = "auto",
     attn: str = "auto",
-    compile: bool | None = None,
+    acceleration: AccelerationConfig | None = None,
 ) -> StreamModel:
     """Load a Qwen2.5-VL checkpoint from a local folder or a hub id (downloading it if needed).
 
@@ -113,4 +114,4 @@ def load_model(
             f"model '{name}' could not be found locally or downloaded from the hub ({reason[:160]}); "
             "check the id, your network and HF_TOKEN, or pass a local folder"
         ) from None
-    return StreamModel(model, tokenizer, name=name, processor=processor, compile=compile)
+    return StreamModel(model, tokenizer, name=name, processor=processor, acceleration=acceleration)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.acceleration import Acceleration, AccelerationConfig
 from core.spec import ModelSpec, SpecialTokens, TextSpec, VisionSpec
 
 log = logging.getLogger(__name__)
@@ -36,15 +37,15 @@ class StreamModel:
         tokenizer: Any,
         name: str,
         processor: Any | None = None,
-        compile: bool | None = None,
+        acceleration: AccelerationConfig | None = None,
     ) -> None:
-        """`compile` fuses elementwise work with torch.compile (`compile_modules`); default: on a GPU."""
+        """`acceleration` is what engines on this model ask for unless they ask otherwise (`accelerate`)."""
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.processor = processor
         self.name = name
         self.spec = ModelSpec.from_config(model.config, tokenizer, name, processor)
-        from core import attention, kernels
+        from core import attention
         from core.vision import VisionRunner
 
         if self.model.config._attn_implementation == "sdpa":
@@ -53,20 +54,36 @@ class StreamModel:
             self.model.set_attn_implementation(
                 {"text_config": attention.CAUSAL_PREFILL, "vision_config": attention.VARLEN_VISION}
             )
-        self._vision = VisionRunner(self.model, use_graph=self.device.type == "cuda")
+        self._vision = VisionRunner(self.model, use_graph=False)
         if self.device.type == "cuda":
             for block in self.model.model.visual.blocks:
                 align_mlp_width(block.mlp, MATMUL_ALIGNMENT)
-            kernels.warm_up(self.text.head_dim, self.dtype, self.device)
+        self.requested_acceleration = acceleration or AccelerationConfig()
         self.compiled = False
-        if compile if compile is not None else self.device.type == "cuda":
-            self.compile_modules()
+        self._triton_ready = False
         language_model = self.model.model.language_model
         # transformers renamed `past_key_values` to `cache`; accept checkpoints on either side of it.
         params = inspect.signature(language_model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
 
-    def compile_modules(self) -> None:
+    def accelerate(self, requested: AccelerationConfig) -> Acceleration:
+        """Decide what runs for an engine on this model, prepare the model for it, and log it once.
+
+        Compilation is kept once done (the compiled modules are shared by every engine on the model).
+        """
+        from core import kernels
+
+        decided = Acceleration.decide(requested, self.device)
+        if decided.compile and not self.compile_modules():
+            decided = decided.without("compile", "torch.compile does not work here (see the warning)")
+        if decided.triton and not self._triton_ready:
+            kernels.warm_up(self.text.head_dim, self.dtype, self.device)
+            self._triton_ready = True
+        self._vision.use_graph = decided.cuda_graphs
+        log.info("%s", decided.describe())
+        return decided
+
+    def compile_modules(self) -> bool:
         """Fuse the elementwise work between the matmuls with `torch.compile` on stock submodules.
 
         A decode step is memory-bound and its RMSNorms (float32 upcasts, a mean, a rescale) and
@@ -78,9 +95,9 @@ class StreamModel:
         captured after it), and a platform where it cannot work is left uncompiled with a warning.
         """
         if self.compiled:
-            return
+            return True
         if not _compile_works(self.device):
-            return
+            return False
         language_model, visual = self.model.model.language_model, self.model.model.visual
         for layer in language_model.layers:
             for part in (layer.input_layernorm, layer.post_attention_layernorm, layer.mlp):
@@ -90,6 +107,7 @@ class StreamModel:
             block.compile()
         visual.merger.compile()
         self.compiled = True
+        return True
 
     def _stance(self, tokens: int):
         """Prefill runs the compiled modules' Python originals.

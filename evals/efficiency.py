@@ -29,6 +29,7 @@ import numpy as np
 import psutil
 import torch
 
+from core.acceleration import AccelerationConfig
 from core.config import CachePolicy, EvictionMode, GenerationConfig, StreamConfig, load_config_file
 from core.engine import StreamingEngine
 from core.errors import ConfigError
@@ -89,13 +90,20 @@ def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
 
     started = time.perf_counter()
-    compile = False if args.no_compile else None
+    acceleration = AccelerationConfig(compile=False if args.no_compile else None)
     if args.random_weights:
         model = build_random_model(
-            args.random_weights, device=args.device, dtype=args.dtype, attn=args.attn, compile=compile
+            args.random_weights,
+            device=args.device,
+            dtype=args.dtype,
+            attn=args.attn,
+            acceleration=acceleration,
         )
     else:
-        model = load_model(args.model, device=args.device, dtype=args.dtype, attn=args.attn, compile=compile)
+        model = load_model(
+            args.model, device=args.device, dtype=args.dtype, attn=args.attn, acceleration=acceleration
+        )
+    decided = model.accelerate(acceleration)  # what every engine below runs with
     load_s = time.perf_counter() - started
     stream = StreamConfig(fps=args.fps)
     generation = GenerationConfig(max_new_tokens=args.tokens, min_new_tokens=args.tokens, seed=0)
@@ -107,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
         "device": _device_name(model.device),
         "dtype": str(model.dtype),
         "attention": model.attention_backend,
-        "compiled": model.compiled,
+        "compiled": decided.compile,
+        "acceleration": decided.describe(),
         "resolution": f"{width}x{height}" if not args.source else str(args.source),
         "fps": args.fps,
         "tokens_per_chunk": args.tokens,

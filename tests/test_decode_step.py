@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import SMALL_STREAM, random_frames
+from core.acceleration import AccelerationConfig
 from core.config import CachePolicy, GenerationConfig
 from core.engine import StreamingEngine
 from core.loading import load_model
@@ -19,13 +20,14 @@ GREEDY = GenerationConfig(temperature=0.0, max_new_tokens=6, repetition_penalty=
 POLICY = CachePolicy(sink_tokens=6, text_window_tokens=10, vision_window_chunks=2, text_window_replies=3)
 
 
-def run(model, fast_decode: bool, chunks: int = 10, attention: str | None = None):
+def run(model, fast_decode: bool, chunks: int = 10, attention: str = "auto"):
     rng = np.random.default_rng(99)
+    acceleration = AccelerationConfig(static_decode=fast_decode, decode_attention=attention)
     engine = StreamingEngine(
-        model, stream=SMALL_STREAM, cache=POLICY, generation=GREEDY, fast_decode=fast_decode
+        model, stream=SMALL_STREAM, cache=POLICY, generation=GREEDY, acceleration=acceleration
     )
     session = engine.start(previous_text="Blue against red, second half.")
-    if attention is not None:  # the engine really runs the decode attention under test
+    if fast_decode:  # the engine really runs the decode attention under test
         assert session._static_step.attention == attention
     texts = []
     for k in range(chunks):
@@ -34,26 +36,24 @@ def run(model, fast_decode: bool, chunks: int = 10, attention: str | None = None
 
 
 @pytest.mark.parametrize("attention", ["matmul", "math"])
-def test_static_step_gives_the_dynamic_paths_tokens(tiny_model, monkeypatch, attention):
-    monkeypatch.setattr("core.engine.DECODE_ATTENTION", attention)
+def test_static_step_gives_the_dynamic_paths_tokens(tiny_model, attention):
     assert run(tiny_model, fast_decode=True, attention=attention) == run(tiny_model, fast_decode=False)
     assert (
         tiny_model.model.config.text_config._attn_implementation == "streamvlm_causal"
     )  # restored after each step
 
 
-def test_overlapped_decode_gives_the_same_tokens(tiny_model, monkeypatch):
+def test_overlapped_decode_gives_the_same_tokens(tiny_model):
     """On a GPU the next step is launched before the host reads the token (and is wasted after a
     stop token); forced on here, where launches run at once, it must change nothing. Sampled hot
     and long so that some replies stop early and some run to the limit."""
-    from core.decode_step import StaticDecodeStep
-
     hot = GenerationConfig(temperature=1.5, max_new_tokens=30, seed=3)
     lengths = []
 
     def sampled(fast: bool):
+        acceleration = AccelerationConfig(static_decode=fast, overlap=fast)
         engine = StreamingEngine(
-            tiny_model, stream=SMALL_STREAM, cache=POLICY, generation=hot, fast_decode=fast
+            tiny_model, stream=SMALL_STREAM, cache=POLICY, generation=hot, acceleration=acceleration
         )
         session = engine.start(previous_text="Blue against red, second half.")
         rng = np.random.default_rng(99)
@@ -62,16 +62,18 @@ def test_overlapped_decode_gives_the_same_tokens(tiny_model, monkeypatch):
             lengths.append(session.last_stats.new_tokens)
         return session.cache.token_ids()
 
-    monkeypatch.setattr(StaticDecodeStep, "overlaps", property(lambda self: True))
     overlapped = sampled(True)
-    monkeypatch.undo()
     assert overlapped == sampled(False)
     assert min(lengths) < hot.max_new_tokens and max(lengths) == hot.max_new_tokens
 
 
 def test_static_step_survives_buffer_growth(tiny_model):
     engine = StreamingEngine(
-        tiny_model, stream=SMALL_STREAM, cache=CachePolicy(mode="none"), generation=GREEDY, fast_decode=True
+        tiny_model,
+        stream=SMALL_STREAM,
+        cache=CachePolicy(mode="none"),
+        generation=GREEDY,
+        acceleration=AccelerationConfig(static_decode=True),
     )
     session = engine.start()
     rng = np.random.default_rng(0)
@@ -80,7 +82,11 @@ def test_static_step_survives_buffer_growth(tiny_model):
         session.push(random_frames(rng, 112, 112), k, k + 1)
     assert session.cache.capacity > start
     reference = StreamingEngine(
-        tiny_model, stream=SMALL_STREAM, cache=CachePolicy(mode="none"), generation=GREEDY, fast_decode=False
+        tiny_model,
+        stream=SMALL_STREAM,
+        cache=CachePolicy(mode="none"),
+        generation=GREEDY,
+        acceleration=AccelerationConfig(static_decode=False),
     ).start()
     rng = np.random.default_rng(0)
     for k in range(40):
@@ -96,6 +102,8 @@ def test_gpu_graph_path_gives_the_cpu_reference_tokens(tiny_dir):
     cpu = load_model(tiny_dir, device="cpu", dtype="float32")
     gpu = load_model(tiny_dir, device="cuda", dtype="float32")
     engine = StreamingEngine(gpu, stream=SMALL_STREAM, cache=POLICY, generation=GREEDY)
-    assert engine.fast_decode
+    assert (
+        engine.acceleration.static_decode and engine.acceleration.cuda_graphs and engine.acceleration.overlap
+    )
     gpu_tokens = run(gpu, fast_decode=True, chunks=12)
     assert gpu_tokens == run(cpu, fast_decode=False, chunks=12)

@@ -17,6 +17,7 @@ import torch
 import core.cache
 import core.positions
 from conftest import SMALL_STREAM, random_frames
+from core.acceleration import AccelerationConfig
 from core.config import CachePolicy, EvictionMode, GenerationConfig, StreamConfig
 from core.conversation import Part
 from core.engine import StreamingEngine
@@ -38,7 +39,13 @@ def frame_size(k: int) -> tuple[int, int]:
 def stream_chunks(
     model, policy, stream, rng, n, *, instruction="Commentate on this match", check=None, fast_decode=False
 ):
-    engine = StreamingEngine(model, stream=stream, cache=policy, generation=GEN, fast_decode=fast_decode)
+    engine = StreamingEngine(
+        model,
+        stream=stream,
+        cache=policy,
+        generation=GEN,
+        acceleration=AccelerationConfig(static_decode=fast_decode),
+    )
     session = engine.start(instruction=instruction, previous_text=PREVIOUS, trace=True)
     for k in range(n):
         before = len(session.trace.logits)
@@ -159,7 +166,7 @@ def test_positions_stay_contiguous_after_eviction(one_layer_model, rng):
 
 
 def test_missing_delta_rotation_is_caught(one_layer_model, rng, monkeypatch):
-    monkeypatch.setattr(core.cache, "rotate_into", lambda dst, keys, cos, sin: dst.copy_(keys))
+    monkeypatch.setattr(core.cache, "rotate_into", lambda dst, keys, cos, sin, **_: dst.copy_(keys))
     worst = []
     stream_chunks(
         one_layer_model,

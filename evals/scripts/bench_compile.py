@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from core.acceleration import AccelerationConfig
 from core.builders import build_random_model
 from core.decode_step import StaticDecodeStep
 from core.engine import StreamingEngine
@@ -52,7 +53,7 @@ def main() -> None:
         (args.out / "compile.json").write_text(json.dumps(results, indent=1))
         (args.out / "kernels.txt").write_text("\n\n".join(tables))
 
-    model = build_random_model(args.preset, compile=False)
+    model = build_random_model(args.preset, acceleration=AccelerationConfig(compile=False))
     device = model.device
 
     def sync():

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import torch
 
+from core.acceleration import AccelerationConfig
 from core.builders import build_random_model
 from evals.offline_qa import OVO_ANSWERS, OVO_PREFIX, FrameBudget, OfflineQA
 
@@ -21,7 +22,7 @@ RULES = {
 
 
 def main() -> None:
-    model = build_random_model("7b", dtype="bfloat16", compile=False)
+    model = build_random_model("7b", dtype="bfloat16", acceleration=AccelerationConfig(compile=False))
     qa = OfflineQA(model, FrameBudget())
     frame = np.random.default_rng(0).integers(0, 256, (720, 1280, 3), dtype=np.uint8)
     for name, (count, fps) in RULES.items():

@@ -1,0 +1,119 @@
+"""Which speed-ups an engine runs, decided once at start and logged in one line.
+
+Each option is asked for as on, off or `None` (auto: on where it pays and works). `decide` turns
+the request into what will run on the model's device and says why anything is off; the model
+(compile, vision graphs, Triton) and the engine (static decode step, its attention, overlap) read
+the decision and nothing else, so no module keeps a switch of its own.
+
+- `compile`: torch.compile of the language model's norms and MLPs and of the vision blocks
+  (GPU only by default: on a CPU the fusion does not pay for its compile time);
+- `cuda_graphs`: the vision tower and the decode step replayed as CUDA graphs (CUDA only);
+- `static_decode`: decode over fixed-shape buffers (needed for graphs; runs on a CPU for tests);
+- `decode_attention`: the static step's attention kernel (`matmul`, or a PyTorch SDPA backend);
+- `overlap`: queue the next decode step before the host reads the sampled token (only pays when a
+  launch returns before the step has run: a graph replay);
+- `triton`: the fused delta-rotation kernel of eviction (CUDA with Triton; else PyTorch ops).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from dataclasses import dataclass, field
+
+import torch
+
+from core.errors import ConfigError
+
+# The static step's attention for one query row against the whole masked cache: "matmul" is two
+# batched matmuls around a float32 softmax; the others pick a PyTorch SDPA backend ("auto": PyTorch's
+# choice through core.attention). On an H100 with a 12k-token cache (docs/performance.md): auto
+# (cuDNN, shared key heads) 8.5 ms per token, matmul 9.2 ms, the stock per-head-repeated path 15.5 ms.
+DECODE_ATTENTIONS = ("auto", "matmul", "math", "efficient", "cudnn")
+
+
+@dataclass(frozen=True)
+class AccelerationConfig:
+    """What a user asks for; `None` means auto."""
+
+    compile: bool | None = None
+    cuda_graphs: bool | None = None
+    static_decode: bool | None = None
+    decode_attention: str = "auto"
+    overlap: bool | None = None
+    triton: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.decode_attention not in DECODE_ATTENTIONS:
+            raise ConfigError(
+                f"acceleration.decode_attention must be one of {', '.join(DECODE_ATTENTIONS)} "
+                f"(got {self.decode_attention!r})"
+            )
+
+
+@dataclass(frozen=True)
+class Acceleration:
+    """What runs, and why each option that is off is off."""
+
+    compile: bool
+    cuda_graphs: bool
+    static_decode: bool
+    decode_attention: str
+    overlap: bool
+    triton: bool
+    why_off: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def decide(cls, requested: AccelerationConfig, device: torch.device) -> Acceleration:
+        """Resolve a request on `device`. Asking for something the device cannot run is an error;
+        auto turns on what pays there."""
+        cuda = device.type == "cuda"
+        why: dict[str, str] = {}
+
+        def choose(name: str, asked: bool | None, works: bool, pays: bool, reason: str) -> bool:
+            if asked and not works:
+                raise ConfigError(f"acceleration.{name} needs {reason}; leave it on auto or turn it off")
+            on = works and pays if asked is None else asked
+            if not on:
+                why[name] = "off by request" if asked is False else reason
+            return on
+
+        gpu = "a CUDA GPU"
+        compile_ = choose("compile", requested.compile, True, cuda, gpu)
+        static = choose("static_decode", requested.static_decode, True, cuda, gpu)
+        graphs = choose("cuda_graphs", requested.cuda_graphs, cuda, True, gpu)
+        if graphs and not static:
+            # The decode graph replays the static step; the vision graph does not need it.
+            why.setdefault("static_decode", "off by request")
+        has_triton = importlib.util.find_spec("triton") is not None
+        triton = choose("triton", requested.triton, cuda and has_triton, True, "a CUDA GPU and Triton")
+        overlap = choose(
+            "overlap",
+            requested.overlap,
+            static,
+            graphs,
+            "CUDA graphs (a launch must return before the step runs)" if static else "the static decode step",
+        )
+        attention = requested.decode_attention
+        if not static:
+            attention = "none"
+        return cls(compile_, graphs, static, attention, overlap, triton, why)
+
+    def describe(self) -> str:
+        """One line for the log: every option, and the reason for each one that is off."""
+        parts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "why_off":
+                continue
+            if not isinstance(value, bool):
+                parts.append(f"{f.name} {value}")
+            elif value:
+                parts.append(f"{f.name} on")
+            else:
+                parts.append(f"{f.name} off ({self.why_off.get(f.name, 'off')})")
+        return "acceleration: " + ", ".join(parts)
+
+    def without(self, name: str, reason: str) -> Acceleration:
+        """The same decision with one option turned off, for a reason found when trying it."""
+        return dataclasses.replace(self, **{name: False}, why_off={**self.why_off, name: reason})
