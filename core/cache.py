@@ -35,7 +35,6 @@ from core.positions import piece_positions, rotation
 PREFIX_ROUND = -1
 CAPACITY_STEP = 256  # buffer sizes are multiples of this (aligned attention masks, few distinct shapes)
 _ROUND_FRAME = {Part.TURN_OPEN, Part.PROMPT_CLOSE}  # kept while the round keeps vision or text
-_ROUND_TEXT = {Part.TIME_LABEL, Part.ASSISTANT_OPEN, Part.REPLY, Part.REPLY_CLOSE}  # kept with the reply
 
 
 @dataclass
