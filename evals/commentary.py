@@ -6,6 +6,11 @@ session, returning every reply as `{response, start_time, end_time}`. With `rest
 session starts every that many seconds (the protocol for models that cannot stream forever); the
 new session's previous text is the seed plus the commentary generated so far, never ground truth
 from after `start`.
+
+`clip_span` is the one rule for a span's times (finite, from 0 s, ending after it starts and before
+the video does); its errors name what set the times (a flag such as `--start`, or a data file's
+row), since that is where the fix goes. Benchmarks call it on every item before loading the model,
+so a bad span fails in seconds.
 """
 
 from __future__ import annotations
@@ -15,7 +20,33 @@ from pathlib import Path
 
 from core.engine import StreamingEngine
 from core.sampler import chunks
+from evals.runner import DataError
 from evals.video import duration, frames_at, sample_times
+
+
+def check_span(start: float, end: float | None, *, origin: str, hint: str) -> None:
+    """The times alone (no video needed): finite, from 0 s, and end (None: the video's end) after start.
+
+    A bad span is a DataError "<origin>: <what is wrong>; <hint>": `origin` names the flag or data
+    field that set the times and `hint` says how to fix them.
+    """
+    if not (math.isfinite(start) and start >= 0):
+        problem = f"the clip starts at {start:g} s; a start must be a finite time of 0 s or more"
+    elif end is not None and not (math.isfinite(end) and end > start):
+        problem = f"the clip ends at {end:g} s, not after its start at {start:g} s"
+    else:
+        return
+    raise DataError(f"{origin}: {problem}; {hint}")
+
+
+def clip_span(path: Path, start: float, end: float | None, *, origin: str, hint: str) -> tuple[float, float]:
+    """[start, end) of the video at `path`, end capped at its length; errors as in `check_span`."""
+    check_span(start, end, origin=origin, hint=hint)
+    length = duration(path)
+    if start >= length:
+        problem = f"the clip starts at {start:g} s, at or past the end of '{path.name}' ({length:.1f} s long)"
+        raise DataError(f"{origin}: {problem}; {hint}")
+    return start, length if end is None else min(end, length)
 
 
 def commentate(
@@ -28,9 +59,11 @@ def commentate(
     previous_text: str,
     restart_every: float | None = None,
     seed: int = 0,
+    origin: str = "start and end",
+    hint: str = "pass a span inside the video",
 ) -> list[dict]:
-    """Replies for [start, end) of `path` (end capped at the video's length)."""
-    end = min(end, duration(path)) if end is not None else duration(path)
+    """Replies for [start, end) of `path` (end capped at the video's length; see `clip_span`)."""
+    start, end = clip_span(path, start, end, origin=origin, hint=hint)
     times = sample_times(start, end, fps=engine.stream.fps)
     items: list[dict] = []
     session = None

@@ -41,7 +41,8 @@ def make_fixtures(root: Path, videos: int = 2, seconds: int = SECONDS) -> dict[s
         clips.append(path)
     return {
         "inf-stream": _inf_stream(root / "inf-stream", clips, seconds),
-        "livesports-cc": _livesports(root / "livesports", clips, seconds),
+        # Each folder is named after its benchmark, so the README's `--data DIR/<benchmark>` holds.
+        "livesports-cc": _livesports(root / "livesports-cc", clips, seconds),
         "ovobench": _ovobench(root / "ovobench", clips),
         **{
             f"vqa:{name}": _vqa(root / "vqa", clips, name)

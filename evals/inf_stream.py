@@ -1,10 +1,11 @@
 """`python -m evals inf-stream`: Inf-Streams-Eval, pairwise win rate of live commentary judged by an LLM.
 
 Protocol (StreamingVLM, section 5): for each video of `eval_all_metadata.jsonl` (`{video, content:
-[[s, e, word], ...]}`) the model comments from `--start` (1000 s) to the last word, seeded with
-the transcript words before the start as previous text and given the long broadcaster
-instruction, either as one unbroken stream or restarting every `--restart-every` seconds. Each
-reply is stored as `{response, start_time, end_time}`.
+[[s, e, word], ...]}`) the model comments from `--start` (1000 s) to the last word (or the end
+of the video), seeded with the transcript words before the start as previous text and given the
+long broadcaster instruction, either as one unbroken stream or restarting every `--restart-every`
+seconds. Each reply is stored as `{response, start_time, end_time}`. Videos shorter than
+`--start` are an error naming `--start` (short test videos, like the fixtures, need `--start 0`).
 
 Scoring uses the score windows (`{video, title?, content: [[s, e, text], ...], preasr}`): a model's
 text for a window is its replies whose end time falls in (window start, window end], cut to 8,000
@@ -30,7 +31,7 @@ from pathlib import Path
 from core.errors import ConfigError
 from evals import runner
 from evals.api_commentator import commentate_window
-from evals.commentary import commentate, last_time, words_before
+from evals.commentary import clip_span, commentate, last_time, words_before
 from evals.judge import Pair, judge_pairs, tally
 from evals.registry import register
 from evals.report import bar_plot, percent, table, write_outputs
@@ -65,13 +66,19 @@ class Window:
     end: float
     reference: str
     title: str
+    where: str  # the score-window row, named by errors about its times
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     runner.add_common_arguments(parser, api_model=True)
     parser.add_argument("--metadata", type=Path, help="default: DATA/eval_all_metadata.jsonl")
     parser.add_argument("--windows", type=Path, help="score windows (jsonl); default: DATA/windows.jsonl")
-    parser.add_argument("--start", type=float, default=1000.0, help="stream seconds where commentary starts")
+    parser.add_argument(
+        "--start",
+        type=float,
+        default=1000.0,
+        help="stream seconds where commentary starts (the protocol's 1000; smaller for short videos)",
+    )
     parser.add_argument("--restart-every", type=float, help="start a new session every N seconds (e.g. 100)")
     parser.add_argument(
         "--baseline-run", type=Path, help="a finished inf-stream run folder to compare against"
@@ -85,11 +92,24 @@ def load_videos(metadata: Path, root: Path) -> list[Video]:
         where = f"{metadata} line {number}"
         name = runner.field(row, "video", str, where)
         words = runner.timed_triples(runner.field(row, "content", list, where), where)
+        if not words:
+            raise runner.DataError(f"{where}: the video's content is empty; it needs its transcript words")
         if name in seen:
             raise runner.DataError(f"{where}: video '{name}' appears twice")
         seen.add(name)
         videos.append(Video(name, runner.resolve_video(root, name), words))
     return videos
+
+
+def span(video: Video, start: float) -> dict:
+    """commentate's span for `video`: from --start to its last transcript word, with what set them."""
+    last = last_time(video.words)
+    return {
+        "start": start,
+        "end": last,
+        "origin": f"--start {start:g} (video '{video.key}', transcript to {last:g} s)",
+        "hint": "pass a smaller --start (the protocol's 1000 s needs videos longer than that)",
+    }
 
 
 def load_windows(path: Path) -> list[Window]:
@@ -109,6 +129,7 @@ def load_windows(path: Path) -> list[Window]:
                 end=max(e for _, e, _ in content),
                 reference=" ".join(t.strip() for _, _, t in content if t.strip()),
                 title=str(row.get("title") or ""),
+                where=where,
             )
         )
     return windows
@@ -156,16 +177,17 @@ def run(args: argparse.Namespace) -> int:
         log.warning("%d videos have no commentary yet; give --model to generate them", len(todo))
         todo = []
     if todo:
-        engine = runner.load_engine(args)
         by_key = {v.key: v for v in videos}
+        for key in todo:  # every span is checked before the model loads
+            clip_span(by_key[key].path, **span(by_key[key], args.start))
+        engine = runner.load_engine(args)
         for n, key in enumerate(todo, 1):
             video = by_key[key]
             began = time.perf_counter()
             items = commentate(
                 engine,
                 video.path,
-                args.start,
-                last_time(video.words),
+                **span(video, args.start),
                 instruction=INSTRUCTION,
                 previous_text=words_before(video.words, args.start),
                 restart_every=args.restart_every,
@@ -186,6 +208,10 @@ def run(args: argparse.Namespace) -> int:
         pending = runner.pending(baseline_store, [w.key for w in windows])
         client = runner.chat_client(api, out, "baseline_api")
         by_key = {w.key: w for w in windows}
+        for key in pending:  # the API model sees each window's frames: check every span first
+            w = by_key[key]
+            clip_span(runner.resolve_video(data, w.video), w.start, w.end, origin=f"{w.where} (window "
+                      f"{w.start:g}-{w.end:g} s)", hint="fix the window's content times")  # fmt: skip
         for key in pending:
             w = by_key[key]
             item = commentate_window(client, runner.resolve_video(data, w.video), w.start, w.end, w.title)

@@ -25,7 +25,7 @@ from pathlib import Path
 from core.errors import ConfigError
 from evals import runner
 from evals.api_commentator import commentate_window
-from evals.commentary import commentate
+from evals.commentary import check_span, clip_span, commentate
 from evals.judge import Pair, judge_pairs, tally
 from evals.registry import register
 from evals.report import bar_plot, percent, table, write_outputs
@@ -47,6 +47,13 @@ class Event:
     title: str
     preasr: str
     reference: str
+    where: str  # the data row, named by errors about its times
+
+    def span(self) -> dict:
+        """commentate's span: the row's begin to end, with what set them."""
+        origin = f"{self.where} ('begin' {self.begin:g}, 'end' {self.end:g})"
+        hint = "fix the row's begin and end, or the video it names (--video-dir)"
+        return {"start": self.begin, "end": self.end, "origin": origin, "hint": hint}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,13 +81,12 @@ def load_events(data: Path, video_dir: Path | None) -> list[Event]:
         key = f"{row['video_id']}/{row['event_id']}"
         if key in seen:
             raise runner.DataError(f"{where}: event {key} appears twice")
-        if not float(row["end"]) > float(row["begin"]):
-            raise runner.DataError(f"{where}: 'end' ({row['end']}) must be after 'begin' ({row['begin']})")
         seen.add(key)
-        events.append(
-            Event(key, runner.resolve_video(root, row["video"]), float(row["begin"]), float(row["end"]),
-                  row["event_title"], row["preasr_text"], row["event_asr_text"])
-        )  # fmt: skip
+        event = Event(key, runner.resolve_video(root, row["video"]), float(row["begin"]), float(row["end"]),
+                      row["event_title"], row["preasr_text"], row["event_asr_text"], where)  # fmt: skip
+        span = event.span()
+        check_span(span["start"], span["end"], origin=span["origin"], hint=span["hint"])
+        events.append(event)
     return events
 
 
@@ -113,11 +119,13 @@ def run(args: argparse.Namespace) -> int:
         log.warning("%d events have no prediction yet; give --model to generate them", len(todo))
         todo = []
     if todo:
+        for key in todo:  # every span is checked against its video before the model loads
+            clip_span(by_key[key].path, **by_key[key].span())
         engine = runner.load_engine(args)
         for n, key in enumerate(todo, 1):
             e = by_key[key]
             began = time.perf_counter()
-            items = commentate(engine, e.path, e.begin, e.end, instruction=instruction(e.title),
+            items = commentate(engine, e.path, **e.span(), instruction=instruction(e.title),
                                previous_text=e.preasr, seed=args.seed)  # fmt: skip
             prediction = " ".join(i["response"] for i in items)
             generations.append({"key": key, "prediction": prediction, "items": items,
@@ -130,7 +138,10 @@ def run(args: argparse.Namespace) -> int:
     if api:
         store = ResultFile(out, "baseline", shard)
         client = runner.chat_client(api, out, "baseline_api")
-        for key in runner.pending(store, list(by_key)):
+        pending = runner.pending(store, list(by_key))
+        for key in pending:
+            clip_span(by_key[key].path, **by_key[key].span())
+        for key in pending:
             e = by_key[key]
             item = commentate_window(client, e.path, e.begin, e.end, e.title)
             store.append({"key": key, "prediction": item["response"]})

@@ -1,11 +1,41 @@
 """Shared fixtures: the tiny random-weight Qwen2.5-VL, built once per test run, and small streams.
 
 No test touches a model hub: HF_HUB_OFFLINE is set before transformers is imported.
+
+No test touches the user's own settings or files either: before anything is imported, every
+folder the app, Qt, the model builders and the libraries write to under the home folder (Qt's
+QSettings and fontconfig through XDG_*, `--model tiny`'s STREAMVLM_CACHE, the Hugging Face,
+matplotlib and Triton caches) is pointed into TEST_HOME, a temporary folder of this run, removed
+at its end. The variables are set, not defaulted, so a user's own XDG_CONFIG_HOME cannot leak in,
+and every subprocess a test starts (the app, the CLIs) inherits them.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
+
+# Where the user's own files are, for the tests that check nothing was written there.
+REAL_HOME = Path.home()
+REAL_CONFIG = Path(os.environ.get("XDG_CONFIG_HOME") or REAL_HOME / ".config")
+REAL_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or REAL_HOME / ".cache")
+
+TEST_HOME = Path(tempfile.mkdtemp(prefix="streamvlm-tests-"))
+ISOLATED = {
+    "XDG_CONFIG_HOME": TEST_HOME / "config",  # QSettings("streamvlm", "streamvlm"), PulseAudio, Qt
+    "XDG_CACHE_HOME": TEST_HOME / "cache",  # fontconfig, torch hub
+    "XDG_DATA_HOME": TEST_HOME / "data",
+    "XDG_STATE_HOME": TEST_HOME / "state",
+    "STREAMVLM_CACHE": TEST_HOME / "cache" / "streamvlm",  # --model tiny (core.model.tiny_model_dir)
+    "HF_HOME": TEST_HOME / "cache" / "huggingface",
+    "MPLCONFIGDIR": TEST_HOME / "config" / "matplotlib",
+    "TRITON_HOME": TEST_HOME,  # Triton's cache, ~/.triton otherwise
+}
+for _name, _path in ISOLATED.items():
+    _path.mkdir(parents=True, exist_ok=True)
+    os.environ[_name] = str(_path)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -15,15 +45,21 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from core.config import StreamConfig  # noqa: E402
-from core.model import build_tiny_model, load_model  # noqa: E402
+from core.model import build_tiny_model, load_model, tiny_model_dir  # noqa: E402
 
 # Frames of 56-112 px stay tiny: 1-16 vision tokens per chunk.
 SMALL_STREAM = StreamConfig(min_pixels=2 * 28 * 28, max_pixels=16 * 28 * 28)
 
 
+def pytest_unconfigure(config) -> None:
+    shutil.rmtree(TEST_HOME, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+def tiny_dir():
+    """The model `--model tiny` uses (in TEST_HOME), so the app and CLI tests that ask for 'tiny'
+    find it built."""
+    return tiny_model_dir()
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,28 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, which has the GStreamer bindings
+
+
+def app_env(platform: str) -> dict[str, str]:
+    """The environment an app subprocess runs in: this run's (so its isolated settings and caches,
+    see conftest.py) with the Qt platform plugin chosen and the repository importable."""
+    return {**os.environ, "QT_QPA_PLATFORM": platform, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+
+
+def user_files() -> dict[str, tuple[int, int]]:
+    """(size, mtime) of every file where streamvlm would keep the user's own things: its settings,
+    its cache (`--model tiny`) and the app's default recording folder, for before/after checks."""
+    from conftest import REAL_CACHE, REAL_CONFIG, REAL_HOME
+
+    found = {}
+    for folder in (REAL_CONFIG / "streamvlm", REAL_CACHE / "streamvlm", REAL_HOME / "Videos"):
+        for path in folder.rglob("*") if folder.is_dir() else ():
+            if path.is_file():
+                stat = path.stat()
+                found[str(path)] = (stat.st_size, stat.st_mtime_ns)
+    return found
 
 
 def need(ok: bool, what: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -18,6 +19,8 @@ pytest.importorskip("PySide6")
 from PySide6.QtCore import QSettings, Qt  # noqa: E402
 
 from app.window import MainWindow  # noqa: E402
+from conftest import TEST_HOME  # noqa: E402
+from livehelpers import app_env, user_files  # noqa: E402
 from test_cli import CLIP  # noqa: E402
 
 
@@ -181,11 +184,31 @@ def test_overlay_position_and_size_apply_at_once_and_are_remembered(qtbot, windo
     assert again.position_box.currentText() == "top" and again.font_spin.value() == pytest.approx(1.6)
 
 
+def test_a_window_given_no_settings_and_the_caches_use_the_test_runs_folder_not_the_users(qtbot):
+    """What the app and `--model tiny` write by default (QSettings, the tiny model, the libraries'
+    caches) lands in conftest's TEST_HOME, never in the user's own folders."""
+    import huggingface_hub.constants
+    import matplotlib
+
+    from core.model import tiny_model_dir
+
+    win = MainWindow()  # the settings a user's app uses
+    qtbot.addWidget(win)
+    places = {
+        "the app's settings": win.settings.fileName(),
+        "Qt's default settings": QSettings("streamvlm", "streamvlm").fileName(),
+        "--model tiny": str(tiny_model_dir()),
+        "the Hugging Face cache": huggingface_hub.constants.HF_HOME,
+        "matplotlib": matplotlib.get_configdir(),
+    }
+    for what, place in places.items():
+        assert Path(place).resolve().is_relative_to(TEST_HOME.resolve()), f"{what} is at {place}"
+
+
 def test_killing_the_app_while_it_records_leaves_a_playable_file(tiny_dir, tmp_path):
     import signal
     import subprocess
     import sys
-    from pathlib import Path
 
     from core.synthetic import write_clip
 
@@ -193,7 +216,7 @@ def test_killing_the_app_while_it_records_leaves_a_playable_file(tiny_dir, tmp_p
     clip = write_clip(tmp_path / "long.mp4", seconds=20.0)  # 200 frames at 10 FPS, played in real time
     out = tmp_path / "out"
     out.mkdir()
-    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"}
+    users = user_files()
     app = subprocess.Popen(
         [
             sys.executable,
@@ -207,7 +230,7 @@ def test_killing_the_app_while_it_records_leaves_a_playable_file(tiny_dir, tmp_p
             "--record",
             str(out),
         ],
-        env=env,
+        env=app_env("offscreen"),
         cwd=root,
         stdout=subprocess.DEVNULL,
         stderr=(tmp_path / "app.log").open("w"),  # a file, not a pipe nobody reads: logging must never block
@@ -227,6 +250,10 @@ def test_killing_the_app_while_it_records_leaves_a_playable_file(tiny_dir, tmp_p
         frames = sum(1 for _ in container.decode(video=0))
     assert frames >= 20, (tmp_path / "app.log").read_text()[-3000:]  # seconds of video survived the kill
     assert frames < 150  # and it really was cut: the clip has 200
+    # The app saved its source, model and record folder in the run's settings, not the user's.
+    saved = QSettings(str(TEST_HOME / "config" / "streamvlm" / "streamvlm.conf"), QSettings.Format.IniFormat)
+    assert saved.value("source") == str(clip) and saved.value("output_folder") == str(out)
+    assert user_files() == users
 
 
 def test_a_remote_server_is_a_model_choice(qtbot, window, tiny_model):

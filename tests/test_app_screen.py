@@ -6,14 +6,13 @@ The screenshot is kept in runs/screenshots/ (a build artefact) for people to loo
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from livehelpers import Display
+from livehelpers import Display, app_env
 from test_cli import CLIP
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +25,6 @@ def test_screenshot_of_the_window_shows_the_overlay_over_the_video(tiny_dir, tmp
     try:
         ARTEFACTS.mkdir(parents=True, exist_ok=True)
         png, result = ARTEFACTS / "app_window.png", tmp_path / "result.json"
-        env = {**os.environ, "QT_QPA_PLATFORM": "xcb", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
         run = subprocess.run(
             [
                 sys.executable,
@@ -39,7 +37,7 @@ def test_screenshot_of_the_window_shows_the_overlay_over_the_video(tiny_dir, tmp
             capture_output=True,
             text=True,
             timeout=180,
-            env=env,
+            env=app_env("xcb"),
             cwd=ROOT,
         )
     finally:
