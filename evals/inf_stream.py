@@ -101,13 +101,10 @@ def load_videos(metadata: Path, root: Path) -> list[Video]:
     return videos
 
 
-def span(video: Video, start: float) -> dict:
-    """commentate's span for `video`: from --start to its last transcript word, with what set them."""
-    last = last_time(video.words)
+def blame(video: Video, start: float) -> dict[str, str]:
+    """What set the span of `video` (--start to its last transcript word), for errors about it."""
     return {
-        "start": start,
-        "end": last,
-        "origin": f"--start {start:g} (video '{video.key}', transcript to {last:g} s)",
+        "origin": f"--start {start:g} (video '{video.key}', transcript to {last_time(video.words):g} s)",
         "hint": "pass a smaller --start (the protocol's 1000 s needs videos longer than that)",
     }
 
@@ -179,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
     if todo:
         by_key = {v.key: v for v in videos}
         for key in todo:  # every span is checked before the model loads
-            clip_span(by_key[key].path, **span(by_key[key], args.start))
+            video = by_key[key]
+            clip_span(video.path, args.start, last_time(video.words), **blame(video, args.start))
         engine = runner.load_engine(args)
         for n, key in enumerate(todo, 1):
             video = by_key[key]
@@ -187,7 +185,9 @@ def run(args: argparse.Namespace) -> int:
             items = commentate(
                 engine,
                 video.path,
-                **span(video, args.start),
+                args.start,
+                last_time(video.words),
+                **blame(video, args.start),
                 instruction=INSTRUCTION,
                 previous_text=words_before(video.words, args.start),
                 restart_every=args.restart_every,

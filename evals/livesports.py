@@ -49,11 +49,12 @@ class Event:
     reference: str
     where: str  # the data row, named by errors about its times
 
-    def span(self) -> dict:
-        """commentate's span: the row's begin to end, with what set them."""
-        origin = f"{self.where} ('begin' {self.begin:g}, 'end' {self.end:g})"
-        hint = "fix the row's begin and end, or the video it names (--video-dir)"
-        return {"start": self.begin, "end": self.end, "origin": origin, "hint": hint}
+    def blame(self) -> dict[str, str]:
+        """What set the event's span (its row's begin and end), for errors about it."""
+        return {
+            "origin": f"{self.where} ('begin' {self.begin:g}, 'end' {self.end:g})",
+            "hint": "fix the row's begin and end, or the video it names (--video-dir)",
+        }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,8 +85,7 @@ def load_events(data: Path, video_dir: Path | None) -> list[Event]:
         seen.add(key)
         event = Event(key, runner.resolve_video(root, row["video"]), float(row["begin"]), float(row["end"]),
                       row["event_title"], row["preasr_text"], row["event_asr_text"], where)  # fmt: skip
-        span = event.span()
-        check_span(span["start"], span["end"], origin=span["origin"], hint=span["hint"])
+        check_span(event.begin, event.end, **event.blame())
         events.append(event)
     return events
 
@@ -120,12 +120,12 @@ def run(args: argparse.Namespace) -> int:
         todo = []
     if todo:
         for key in todo:  # every span is checked against its video before the model loads
-            clip_span(by_key[key].path, **by_key[key].span())
+            clip_span(by_key[key].path, by_key[key].begin, by_key[key].end, **by_key[key].blame())
         engine = runner.load_engine(args)
         for n, key in enumerate(todo, 1):
             e = by_key[key]
             began = time.perf_counter()
-            items = commentate(engine, e.path, **e.span(), instruction=instruction(e.title),
+            items = commentate(engine, e.path, e.begin, e.end, **e.blame(), instruction=instruction(e.title),
                                previous_text=e.preasr, seed=args.seed)  # fmt: skip
             prediction = " ".join(i["response"] for i in items)
             generations.append({"key": key, "prediction": prediction, "items": items,
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         client = runner.chat_client(api, out, "baseline_api")
         pending = runner.pending(store, list(by_key))
         for key in pending:
-            clip_span(by_key[key].path, **by_key[key].span())
+            clip_span(by_key[key].path, by_key[key].begin, by_key[key].end, **by_key[key].blame())
         for key in pending:
             e = by_key[key]
             item = commentate_window(client, e.path, e.begin, e.end, e.title)
