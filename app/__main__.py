@@ -5,19 +5,30 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
+from pathlib import Path
+
+from core.cli_args import ArgumentParser
+from core.paths import folder_problem
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m app", description="streamvlm: live video commentary")
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m app", description="streamvlm: live video commentary")
     parser.add_argument("--model", help="checkpoint folder, hub id, or tiny")
     parser.add_argument("--source", help="a file, camera:N, screen:N[@x,y,w,h] or a stream URL")
     parser.add_argument("--smoke", action="store_true", help="offline smoke mode on the tiny random model")
     parser.add_argument("--start", action="store_true", help="start streaming as soon as the window opens")
     parser.add_argument("--record", metavar="FOLDER", help="record into this folder (recording switched on)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    problem = folder_problem(Path(args.record).expanduser()) if args.record else None
+    if problem:  # a usage error, before Qt and the window load
+        parser.error(f"argument --record: {problem}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from PySide6.QtWidgets import QApplication
 

@@ -36,6 +36,7 @@ from app.state import RunRequest, is_server_url
 from app.worker import StreamWorker
 from core.errors import StreamVLMError
 from core.overlay import Overlay, OverlayStyle
+from core.paths import check_outputs, folder_problem, recording_outputs, source_file
 from core.types import Commentary, Frame
 
 TITLE = "streamvlm: live commentary"
@@ -65,6 +66,7 @@ class MainWindow(QMainWindow):
         self.started_at = 0.0
         self.frames_at_start = 0
         self.lines: list[Commentary] = []  # this session's commentary, for export
+        self.request: RunRequest | None = None  # what the session of `lines` read and wrote
         self._build()
         self._restore(model=model, source=source)
 
@@ -233,12 +235,15 @@ class MainWindow(QMainWindow):
         record_to = None
         if self.record_check.isChecked():
             folder = Path(self.output_edit.text().strip()).expanduser()
-            if not folder.is_dir() or not os.access(folder, os.W_OK):
-                problems.append(
-                    f"the output folder '{folder}' does not exist or is not writable; choose another"
-                )
+            problem = folder_problem(folder)
+            if problem:
+                problems.append(f"cannot record: {problem}")
             else:
                 record_to = str(folder / time.strftime("streamvlm-%Y%m%d-%H%M%S.mp4"))
+                try:  # a recording never overwrites the video it records (e.g. replaying an earlier one)
+                    check_outputs(recording_outputs(record_to), {"the source": source_file(source)})
+                except StreamVLMError as exc:
+                    problems.append(str(exc))
         if problems:
             self.show_message("; ".join(problems))
             return
@@ -259,6 +264,7 @@ class MainWindow(QMainWindow):
             audio_device=self.audio_box.currentData() if record_to and self.audio_check.isChecked() else None,
             token=self.token_edit.text().strip() or None,
         )
+        self.request = request
         self.worker = StreamWorker(request)
         self.thread = QThread(self)
         self.worker.moveToThread(self.thread)
@@ -303,6 +309,11 @@ class MainWindow(QMainWindow):
         kind = kinds.get(path.suffix.lower())
         if kind is None:
             raise ValueError(f"export to .srt, .vtt or .jsonl (got '{path.name}')")
+        # The session's source and recording (its .srt above all, a natural export name) stay intact.
+        request = self.request
+        recording = recording_outputs(request.record_to) if request and request.record_to else {}
+        source = source_file(request.source) if request else None
+        check_outputs({**recording, "the export": path}, {"the source": source})
         with kind(path) as writer:
             for line in self.lines:
                 writer.write(line)

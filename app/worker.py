@@ -69,7 +69,7 @@ class StreamWorker(QObject):
     def _run(self) -> None:
         from core.engine import StreamingEngine
         from core.realtime import RealtimeRunner
-        from core.recorder import Recorder
+        from core.recorder import Recorder, recording_fps
         from core.sources import FileSource, open_source
 
         request = self.request
@@ -81,7 +81,7 @@ class StreamWorker(QObject):
                 return
             record_fps = request.stream.fps
             if request.record_to:
-                record_fps = max(request.stream.fps, min(30.0, source.native_fps or 10.0))
+                record_fps = recording_fps(request.stream.fps, source.native_fps)
                 with_audio = request.audio_device is not None
                 self.recorder = Recorder(
                     request.record_to, record_fps, audio_rate=48_000 if with_audio else None

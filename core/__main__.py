@@ -5,7 +5,9 @@
     python -m core sources               # the cameras and monitors this machine has
     python -m core build-tiny DIR        # the tiny random-weight model tests and smoke runs use
 
-Every error a user can cause prints one line (`error: ...`) and exits with status 2.
+Every error a user can cause prints one line (`error: ...`) and exits with status 2. Flags, the config
+file and the output paths are checked before torch and transformers are imported (seconds), so a typo
+costs nothing; only then are the source opened and the model loaded.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import argparse
 import contextlib
 import logging
 import os
+import socket
 import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
+from core.cli_args import PORT, SECONDS, ArgumentParser, number, setting
 from core.config import (
     CachePolicy,
     EngineConfig,
@@ -28,10 +32,12 @@ from core.config import (
     load_config_file,
 )
 from core.errors import ConfigError, StreamVLMError
+from core.paths import check_outputs, recording_outputs, source_file
 
 log = logging.getLogger("streamvlm")
 
 # CLI flag -> (config section, field). Flags left unset keep the file's (or the default) value.
+_SECTIONS = {"stream": StreamConfig, "cache": CachePolicy, "generation": GenerationConfig}
 _OVERRIDES = {
     "fps": ("stream", "fps"),
     "max_pixels": ("stream", "max_pixels"),
@@ -46,8 +52,12 @@ _OVERRIDES = {
 }
 
 
+LATENCY_BUDGET = number(0, 3600, low_open=True)
+MAX_RECORD_FPS = 120.0  # high-refresh screens; the encoder's time base is exact up to here
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m core", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m core", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="stream a video through the model and print commentary")
@@ -76,13 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="record the stream with the commentary burned in to this .mp4 (and a .srt beside it)",
     )
     run.add_argument(
-        "--record-fps", type=float, help="frame rate of the recording (default: the source's, at most 30)"
+        "--record-fps",
+        type=number(0, MAX_RECORD_FPS, low_open=True),
+        help="frame rate of the recording (default: the source's, at most 30)",
     )
     run.add_argument("--cursor", action="store_true", help="screen sources: draw the mouse pointer in")
-    run.add_argument("--duration", type=float, help="stop after this many seconds of stream time")
+    run.add_argument(
+        "--duration",
+        type=number(0, 10**7, low_open=True),  # about four months of stream
+        help="stop after this many seconds of stream time",
+    )
     run.add_argument(
         "--latency-budget",
-        type=float,
+        type=LATENCY_BUDGET,
         default=2.0,
         help="live sources: skip a chunk whose commentary would come more than this many seconds after it",
     )
@@ -96,16 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     group = run.add_argument_group("overrides of the config file")
-    group.add_argument("--fps", type=float)
-    group.add_argument("--max-pixels", type=int)
-    group.add_argument("--cache-mode", choices=[m.value for m in EvictionMode])
-    group.add_argument("--max-new-tokens", type=int)
-    group.add_argument("--min-new-tokens", type=int)
-    group.add_argument("--temperature", type=float)
-    group.add_argument("--top-p", type=float)
-    group.add_argument("--top-k", type=int)
-    group.add_argument("--repetition-penalty", type=float)
-    group.add_argument("--seed", type=int)
+    for flag, (section, name) in _OVERRIDES.items():
+        option = "--" + flag.replace("_", "-")
+        if flag == "cache_mode":
+            group.add_argument(option, choices=[m.value for m in EvictionMode])
+        else:  # held to the config field's own range, the rule a config file's key meets
+            group.add_argument(option, type=setting(_SECTIONS[section], name), help=f"[{section}] {name}")
 
     sub.add_parser("sources", help="list the cameras that open and the monitors of this display")
 
@@ -114,29 +126,29 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (other than loopback needs a token)"
     )
-    srv.add_argument("--port", type=int, default=8765)
+    srv.add_argument("--port", type=PORT, default=8765, help="0 picks a free port (printed)")
     srv.add_argument("--token-file", type=Path, help="a file holding the token clients must present")
     srv.add_argument(
         "--tls-cert", type=Path, help="TLS certificate (PEM); with --tls-key, clients use wss://"
     )
     srv.add_argument("--tls-key", type=Path)
-    srv.add_argument("--max-sessions", type=int, default=4)
+    srv.add_argument("--max-sessions", type=number(1, 10_000, integer=True), default=4)
     srv.add_argument(
-        "--idle-timeout", type=float, default=60.0, help="seconds before an idle session is closed"
+        "--idle-timeout", type=SECONDS, default=60.0, help="seconds before an idle session is closed"
     )
-    srv.add_argument("--latency-budget", type=float, default=2.0)
+    srv.add_argument("--latency-budget", type=LATENCY_BUDGET, default=2.0)
     srv.add_argument("--device", default="auto")
 
     tiny = sub.add_parser("build-tiny", help="write the tiny random-weight model (for tests and smoke runs)")
     tiny.add_argument("path", type=Path)
-    tiny.add_argument("--layers", type=int, default=2)
+    tiny.add_argument("--layers", type=number(1, 64, integer=True), default=2)
     return parser
 
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
     """The config file (or defaults) with the CLI's overrides applied."""
     base = load_config_file(args.config) if args.config else EngineConfig()
-    sections = {"stream": StreamConfig, "cache": CachePolicy, "generation": GenerationConfig}
+    sections = _SECTIONS
     changes: dict[str, dict] = {name: {} for name in sections}
     for flag, (section, name) in _OVERRIDES.items():
         value = getattr(args, flag, None)
@@ -152,30 +164,43 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
     return replace(base, **parts)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from core.engine import DEFAULT_INSTRUCTION, StreamingEngine
-    from core.model import load_model
-    from core.recorder import Recorder
-    from core.sources import FileSource, open_source
-
+def check_run(args: argparse.Namespace) -> EngineConfig:
+    """Everything about a run that can be checked without torch: the config and every output path."""
     config = engine_config(args)
-    if args.duration is not None and args.duration <= 0:
-        raise ConfigError(f"--duration must be positive (got {args.duration})")
-    if args.latency_budget <= 0:
-        raise ConfigError(f"--latency-budget must be positive (got {args.latency_budget})")
-    console = Console(stderr=False, highlight=False)
+    if args.record_fps is not None and args.record_fps < config.stream.fps:
+        raise ConfigError(
+            f"--record-fps {args.record_fps:g} must be at least the model's {config.stream.fps:g} FPS (--fps)"
+        )
+    outputs = {"--srt": args.srt, "--vtt": args.vtt, "--jsonl": args.jsonl}
+    if args.record:
+        outputs |= recording_outputs(args.record, "--record")
+    check_outputs(outputs, {"--source": source_file(args.source), "--config": args.config})
+    return config
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = check_run(args)
+    from core.sources import open_source  # PyAV, not torch: a bad source is still quick
+
     # Opened first, so a bad source fails before the model loads.
     source = open_source(args.source, config.stream.fps, realtime=args.realtime, cursor=args.cursor)
+    with source:  # _stream closes it too; this covers a failure before streaming starts
+        return _run(args, config, source)
+
+
+def _run(args: argparse.Namespace, config: EngineConfig, source) -> int:
+    from rich.console import Console
+
+    from core.recorder import Recorder, recording_fps
+    from core.sources import FileSource
+
+    console = Console(stderr=False, highlight=False)
     live = args.realtime or not isinstance(source, FileSource)
     recorder = None
     if args.record:
         # The recording keeps the source's frame rate; the model still sees `fps` frames a second,
         # picked from the faster feed by the chunk sampler.
-        record_fps = args.record_fps or min(30.0, source.native_fps or 10.0)
-        if record_fps < config.stream.fps:
-            raise ConfigError(f"--record-fps must be at least the model's {config.stream.fps:g} FPS")
+        record_fps = args.record_fps or recording_fps(config.stream.fps, source.native_fps)
         source.fps = record_fps  # sources sample at `fps` when iterated
         recorder = Recorder(args.record, record_fps)
         log.info(
@@ -185,30 +210,41 @@ def cmd_run(args: argparse.Namespace) -> int:
             record_fps,
             recorder.subtitles.path,
         )
-    if args.server:
-        from core.client import RemoteSession
+    with recorder or contextlib.nullcontext():
+        if args.server:
+            from core.client import RemoteSession
 
-        token = args.token or os.environ.get("STREAMVLM_TOKEN")
+            token = args.token or os.environ.get("STREAMVLM_TOKEN")
+            # No instruction given: the server's default, as for a local session.
+            instruction = {} if args.instruction is None else {"instruction": args.instruction}
+            session = RemoteSession(args.server, token=token, previous_text=args.previous_text, **instruction)
+            return _stream(args, config, console, source, live, recorder, session)
+        _quiet_transformers()
+        from core.acceleration import AccelerationConfig
+        from core.engine import DEFAULT_INSTRUCTION, StreamingEngine
+        from core.loading import load_model
+
+        with console.status(f"loading model {args.model}"):
+            model = load_model(
+                args.model,
+                device=args.device,
+                dtype=args.dtype,
+                attn=args.attn,
+                acceleration=AccelerationConfig(compile=False if args.no_compile else None),
+            )
+        log.info(
+            "model %s on %s (%s, attention %s)",
+            model.name,
+            model.device,
+            model.dtype,
+            model.attention_backend,
+        )
+        engine = StreamingEngine(
+            model, stream=config.stream, cache=config.cache, generation=config.generation
+        )
         instruction = args.instruction if args.instruction is not None else DEFAULT_INSTRUCTION
-        session = RemoteSession(
-            args.server, token=token, instruction=instruction, previous_text=args.previous_text
-        )
+        session = engine.start(instruction=instruction, previous_text=args.previous_text)
         return _stream(args, config, console, source, live, recorder, session)
-    with console.status(f"loading model {args.model}"):
-        model = load_model(
-            args.model,
-            device=args.device,
-            dtype=args.dtype,
-            attn=args.attn,
-            compile=False if args.no_compile else None,
-        )
-    log.info(
-        "model %s on %s (%s, attention %s)", model.name, model.device, model.dtype, model.attention_backend
-    )
-    engine = StreamingEngine(model, stream=config.stream, cache=config.cache, generation=config.generation)
-    instruction = args.instruction if args.instruction is not None else DEFAULT_INSTRUCTION
-    session = engine.start(instruction=instruction, previous_text=args.previous_text)
-    return _stream(args, config, console, source, live, recorder, session)
 
 
 def _stream(args, config, console, source, live: bool, recorder, session) -> int:
@@ -284,10 +320,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
     import ssl
 
-    from core.engine import StreamingEngine
-    from core.model import load_model
-    from core.server import InferenceServer
-
     token = None
     if args.token_file:
         try:
@@ -305,6 +337,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             context.load_cert_chain(args.tls_cert, args.tls_key)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"cannot load the TLS certificate or key ({exc})") from None
+    check_listen(args.host, args.port)  # before the model loads, which can take minutes
+    _quiet_transformers()
+    from core.engine import StreamingEngine
+    from core.model import load_model
+    from core.server import InferenceServer
+
     model = load_model(args.model, device=args.device)
     server = InferenceServer(
         StreamingEngine(model),
@@ -315,13 +353,44 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
 
     async def run() -> None:
-        async with await server.serve(args.host, args.port, ssl=context):
+        try:
+            listening = await server.serve(args.host, args.port, ssl=context)
+        except OSError as exc:  # taken since check_listen (another process was quicker)
+            raise ConfigError(_cannot_listen(args.host, args.port, exc)) from None
+        async with listening:
             scheme = "wss" if context else "ws"
-            print(f"serving {model.name} at {scheme}://{args.host}:{args.port}", flush=True)
+            port = listening.sockets[0].getsockname()[1] if listening.sockets else args.port  # --port 0
+            print(f"serving {model.name} at {scheme}://{args.host}:{port}", flush=True)
             await asyncio.Future()
 
     asyncio.run(run())
     return 0
+
+
+def check_listen(host: str, port: int) -> None:
+    """Refuse (ConfigError) a host or port this machine cannot listen on, by binding it as the server
+    will (every address the host resolves to, SO_REUSEADDR as asyncio sets it) and letting go."""
+    try:
+        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ConfigError(_cannot_listen(host, port, exc)) from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as asyncio binds it
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                raise ConfigError(_cannot_listen(host, port, exc)) from None
+
+
+def _cannot_listen(host: str, port: int, exc: BaseException) -> str:
+    reason = getattr(exc, "strerror", None) or str(exc)
+    return (
+        f"cannot listen on --host {host} --port {port} ({reason}); pick a free --port, or a --host that "
+        "is an address of this machine (127.0.0.1, or 0.0.0.0 for every interface)"
+    )
 
 
 def cmd_sources(args: argparse.Namespace) -> int:
@@ -338,6 +407,11 @@ def cmd_sources(args: argparse.Namespace) -> int:
 
 
 def cmd_build_tiny(args: argparse.Namespace) -> int:
+    if args.path.exists() and not args.path.is_dir():
+        raise ConfigError(
+            f"'{args.path}' is a file; build-tiny writes a folder, give a new or existing folder"
+        )
+    _quiet_transformers()
     from core.model import build_tiny_model
 
     path = build_tiny_model(args.path, num_layers=args.layers)
@@ -351,13 +425,17 @@ def _clock(seconds: float) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:04.1f}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+def _quiet_transformers() -> None:
+    """Called by a command once its checks have passed: this is where transformers (and torch) load."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # flag types check every number here
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     commands = {"run": cmd_run, "serve": cmd_serve, "sources": cmd_sources, "build-tiny": cmd_build_tiny}
     try:
         return commands[args.command](args)

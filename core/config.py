@@ -2,6 +2,9 @@
 
 Three frozen dataclasses, validated on construction, with the published StreamingVLM values as
 defaults. One type serves Python callers, CLI flags and TOML/YAML files (`load_config_file`).
+Every numeric field carries its allowed `Range` (field metadata): the dataclass checks it, and the
+CLIs turn the same `Range` into an argparse type (core/cli_args.py), so a flag and a file key are
+held to one rule. This module imports nothing heavy, so usage errors come before torch loads.
 """
 
 from __future__ import annotations
@@ -21,6 +24,94 @@ from core.errors import ConfigError
 
 PATCH_FACTOR = 28  # 14-px patches merged 2x2: one LLM token per 28x28 px per temporal group
 
+# Upper bounds, each with its reason. Past them a run does not fail fast: it allocates until memory
+# runs out or falls hopelessly behind real time.
+MAX_FPS = 30.0  # at 768 tokens per frame pair, 30 FPS is 11,520 vision tokens a second (2 FPS published)
+MAX_CHUNK_SECONDS = 10.0  # one reply per chunk; longer chunks are no longer live commentary (1 s published)
+MAX_PIXELS = 16384 * PATCH_FACTOR * PATCH_FACTOR  # Qwen2.5-VL's own processor limit: 16,384 tokens a frame
+MAX_CONTEXT_TOKENS = 128_000  # Qwen2.5-VL's position limit; no token window can be larger
+MAX_WINDOW = 1024  # chunks or replies: 1024 chunks of even the smallest frames (100 tokens) fill the context
+MAX_NEW_TOKENS = 4096  # one reply per chunk (20 published); more is a runaway reply, not commentary
+MAX_TOP_K = 1_000_000  # larger than any vocabulary; any k >= the vocabulary means off, like 0
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 64-bit seeds
+# The language model's attention implementations (core/loading.py resolves "auto"); here so that settings
+# naming one are checked without importing torch.
+ATTENTION_BACKENDS = ("auto", "sdpa", "eager", "flash_attention_2", "flex_attention")
+
+
+@dataclass(frozen=True)
+class Range:
+    """The numbers a setting accepts: always finite; `low` and `high` inclusive unless `low_open`."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    integer: bool = False
+
+    def describe(self) -> str:
+        bounds = []
+        if self.low is not None:
+            bounds.append(f"{'>' if self.low_open else '>='} {_number(self.low)}")
+        if self.high is not None:
+            bounds.append(f"<= {_number(self.high)}")
+        kind = "a whole number" if self.integer else "a number"
+        return " ".join([kind, " and ".join(bounds)]) if bounds else f"{kind} (finite)"
+
+    def problem(self, value: float) -> str | None:
+        """Why `value` is outside the range (a phrase starting with 'must'), or None."""
+        inside = isinstance(value, int) or math.isfinite(value)  # an int never is; isfinite(10**400) raises
+        if inside and self.low is not None:
+            inside = value > self.low if self.low_open else value >= self.low
+        if inside and self.high is not None:
+            inside = value <= self.high
+        return None if inside else f"must be {self.describe()} (got {_shown(value)})"
+
+    def parse(self, text: str) -> int | float:
+        """A number typed by a user, checked; ValueError says what is allowed."""
+        try:
+            value = int(text) if self.integer else float(text)
+        except ValueError:
+            raise ValueError(f"must be {self.describe()} (got {_shown(text)})") from None
+        problem = self.problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+def _shown(value: Any) -> str:
+    """A value for an error line: never more than a few dozen characters."""
+    try:
+        text = repr(value) if isinstance(value, str) else str(value)
+    except ValueError:  # an int past Python's 4300-digit printing limit
+        return "a number too large to print"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"  # 12845056, not 1.28451e+07
+
+
+def bounded(default: Any, allowed: Range) -> Any:
+    """A dataclass field whose value must lie in `allowed` (checked by `range_problems`)."""
+    return field(default=default, metadata={"range": allowed})
+
+
+def field_range(cls: type, name: str) -> Range:
+    """The allowed range of a numeric config field (the CLI builds its flag's type from it)."""
+    return next(f.metadata["range"] for f in dataclasses.fields(cls) if f.name == name)
+
+
+def range_problems(config: Any) -> dict[str, str]:
+    """Field name -> '<field> must be ...' for every field outside its range (None means unset: allowed)."""
+    problems = {}
+    for f in dataclasses.fields(config):
+        allowed, value = f.metadata.get("range"), getattr(config, f.name)
+        if allowed is not None and value is not None:
+            problem = allowed.problem(value)
+            if problem:
+                problems[f.name] = f"{f.name} {problem}"
+    return problems
+
 
 class EvictionMode(enum.Enum):
     """How the KV cache forgets (the efficiency benchmark compares all three)."""
@@ -34,29 +125,26 @@ class EvictionMode(enum.Enum):
 class StreamConfig:
     """How frames are sampled and sized. Defaults: 2 FPS, 1-second chunks, <= 768 tokens per frame pair."""
 
-    fps: float = 2.0
-    chunk_seconds: float = 1.0
-    min_pixels: int = 100 * PATCH_FACTOR * PATCH_FACTOR
-    max_pixels: int = 768 * PATCH_FACTOR * PATCH_FACTOR
+    fps: float = bounded(2.0, Range(0, MAX_FPS, low_open=True))
+    chunk_seconds: float = bounded(1.0, Range(0, MAX_CHUNK_SECONDS, low_open=True))
+    min_pixels: int = bounded(
+        100 * PATCH_FACTOR * PATCH_FACTOR, Range(PATCH_FACTOR**2, MAX_PIXELS, integer=True)
+    )
+    max_pixels: int = bounded(
+        768 * PATCH_FACTOR * PATCH_FACTOR, Range(PATCH_FACTOR**2, MAX_PIXELS, integer=True)
+    )
 
     def __post_init__(self) -> None:
         coerce_fields(self, "stream")
-        problems = []
-        if not (self.fps > 0 and math.isfinite(self.fps)):
-            problems.append(f"fps must be positive (got {self.fps})")
-        if not (self.chunk_seconds > 0 and math.isfinite(self.chunk_seconds)):
-            problems.append(f"chunk_seconds must be positive (got {self.chunk_seconds})")
-        elif self.fps > 0:
+        bad = range_problems(self)
+        problems = list(bad.values())
+        if not {"fps", "chunk_seconds"} & bad.keys():  # both in range: together they must make whole frames
             n = self.fps * self.chunk_seconds
             if abs(n - round(n)) > 1e-6 or round(n) < 1:
                 problems.append(
                     f"fps x chunk_seconds must be a whole number of frames (got {self.fps} x {self.chunk_seconds})"
                 )
-        if self.min_pixels < PATCH_FACTOR * PATCH_FACTOR:
-            problems.append(
-                f"min_pixels must be at least {PATCH_FACTOR}x{PATCH_FACTOR} (got {self.min_pixels})"
-            )
-        if self.max_pixels < self.min_pixels:
+        if not {"min_pixels", "max_pixels"} & bad.keys() and self.max_pixels < self.min_pixels:
             problems.append(f"max_pixels ({self.max_pixels}) must be >= min_pixels ({self.min_pixels})")
         raise_if(problems, "stream")
 
@@ -81,21 +169,18 @@ class CachePolicy:
     """What the compact KV cache keeps (DESIGN.md section 1). Defaults are the published ones."""
 
     mode: EvictionMode = EvictionMode.STREAMING
-    sink_tokens: int = 512  # first tokens of the previous-text turn, kept forever
-    text_window_tokens: int = 512  # last tokens of the previous-text turn beyond the sink
-    vision_window_chunks: int = 16  # chunks whose vision tokens stay in the cache
-    text_window_replies: int = 16  # replies kept in place before they retire into previous text
+    # first tokens of the previous-text turn, kept forever
+    sink_tokens: int = bounded(512, Range(0, MAX_CONTEXT_TOKENS, integer=True))
+    # last tokens of the previous-text turn beyond the sink
+    text_window_tokens: int = bounded(512, Range(0, MAX_CONTEXT_TOKENS, integer=True))
+    # chunks whose vision tokens stay in the cache
+    vision_window_chunks: int = bounded(16, Range(1, MAX_WINDOW, integer=True))
+    # replies kept in place before they retire into previous text
+    text_window_replies: int = bounded(16, Range(1, MAX_WINDOW, integer=True))
 
     def __post_init__(self) -> None:
         coerce_fields(self, "cache")
-        problems = []
-        for name in ("sink_tokens", "text_window_tokens"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
-        for name in ("vision_window_chunks", "text_window_replies"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
-        raise_if(problems, "cache")
+        raise_if(list(range_problems(self).values()), "cache")
 
     @property
     def evicts(self) -> bool:
@@ -136,35 +221,29 @@ class CachePolicy:
 class GenerationConfig:
     """How each reply is sampled. temperature 0 means greedy; top_k 0 and top_p 1 mean off."""
 
-    max_new_tokens: int = 20
-    min_new_tokens: int = 0  # the end of turn is suppressed until this many tokens (benchmarks force 20)
-    temperature: float = 0.9
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.05
-    repetition_window_replies: int = 16  # the penalty sees only the tokens of this many recent replies
+    max_new_tokens: int = bounded(20, Range(1, MAX_NEW_TOKENS, integer=True))
+    # the end of turn is suppressed until this many tokens (benchmarks force 20); at most max_new_tokens
+    min_new_tokens: int = bounded(0, Range(0, MAX_NEW_TOKENS, integer=True))
+    temperature: float = bounded(0.9, Range(0, 10))  # above ~2 replies are noise already
+    top_p: float = bounded(1.0, Range(0, 1, low_open=True))
+    top_k: int = bounded(0, Range(0, MAX_TOP_K, integer=True))
+    repetition_penalty: float = bounded(1.05, Range(0, 10, low_open=True))
+    # the penalty sees only the tokens of this many recent replies
+    repetition_window_replies: int = bounded(16, Range(0, MAX_WINDOW, integer=True))
     suppress: tuple[str, ...] = ()  # texts whose tokens are never sampled
-    seed: int | None = None
+    seed: int | None = bounded(None, Range(0, MAX_SEED, integer=True))
 
     def __post_init__(self) -> None:
         coerce_fields(self, "generation")
-        problems = []
-        if self.max_new_tokens < 1:
-            problems.append(f"max_new_tokens must be >= 1 (got {self.max_new_tokens})")
-        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+        bad = range_problems(self)
+        problems = list(bad.values())
+        if (
+            not {"min_new_tokens", "max_new_tokens"} & bad.keys()
+            and self.min_new_tokens > self.max_new_tokens
+        ):
             problems.append(
-                f"min_new_tokens must be between 0 and max_new_tokens={self.max_new_tokens} (got {self.min_new_tokens})"
+                f"min_new_tokens must be at most max_new_tokens={self.max_new_tokens} (got {self.min_new_tokens})"
             )
-        if not (0 <= self.temperature < math.inf):
-            problems.append(f"temperature must be a finite number >= 0 (got {self.temperature})")
-        if not 0 < self.top_p <= 1:
-            problems.append(f"top_p must be in (0, 1] (got {self.top_p})")
-        if self.top_k < 0:
-            problems.append(f"top_k must be >= 0 (got {self.top_k})")
-        if not (0 < self.repetition_penalty < math.inf):
-            problems.append(f"repetition_penalty must be > 0 (got {self.repetition_penalty})")
-        if self.repetition_window_replies < 0:
-            problems.append(f"repetition_window_replies must be >= 0 (got {self.repetition_window_replies})")
         raise_if(problems, "generation")
 
     @property
@@ -228,7 +307,12 @@ def load_config_file(path: str | Path) -> EngineConfig:
         raise ConfigError(
             f"unknown section(s) {', '.join(unknown)} in '{path}'; known: {', '.join(_SECTIONS)}"
         )
-    parts = {name: config_from_mapping(cls, data.get(name) or {}, name) for name, cls in _SECTIONS.items()}
+    try:
+        parts = {
+            name: config_from_mapping(cls, data.get(name) or {}, name) for name, cls in _SECTIONS.items()
+        }
+    except ConfigError as exc:
+        raise ConfigError(f"config file '{path}': {exc}") from None
     return EngineConfig(**parts)
 
 

@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from core.acceleration import Acceleration, AccelerationConfig
+from core.config import ATTENTION_BACKENDS  # noqa: F401  (defined with the settings, which check it without torch)
 from core.spec import ModelSpec, SpecialTokens, TextSpec, VisionSpec
 
 log = logging.getLogger(__name__)
 
-ATTENTION_BACKENDS = ("auto", "sdpa", "eager", "flash_attention_2", "flex_attention")
 MATMUL_ALIGNMENT = 64  # elements: keeps bf16 rows 16-byte aligned for cuBLAS's Hopper kernels
 
 

@@ -3,7 +3,8 @@
 The MP4 is fragmented (`empty_moov`, a fragment at every key frame, one key frame a second) and
 every packet is flushed to the file as it is written, so a crash, a killed process or a power
 cut leaves a file that players open and decode up to about a second before the end. Cues go to
-`<name>.srt` through the crash-safe subtitle writer (core/subtitles.py) as they are generated.
+`<name>.srt` (core/paths.py `recording_outputs` names both files, so callers can check them before
+recording) through the crash-safe subtitle writer (core/subtitles.py) as they are generated.
 H.264 (libx264) where the PyAV build has it; otherwise MPEG-4 Part 2, which `codec` reports.
 """
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from core.errors import StreamVLMError
 from core.overlay import Overlay
+from core.paths import check_output, recording_outputs
 from core.subtitles import SrtWriter
 from core.types import Closeable, Commentary, Frame
 
@@ -27,6 +29,12 @@ log = logging.getLogger(__name__)
 
 _FRAGMENTED = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
 _CODECS = ("libx264", "mpeg4")
+
+
+def recording_fps(model_fps: float, native_fps: float | None) -> float:
+    """The default frame rate of a recording: the source's, at most 30 (10 when it does not say), and
+    never below the `model_fps` frames a second the chunk sampler picks from it."""
+    return max(model_fps, min(30.0, native_fps or 10.0))
 
 
 class Recorder(Closeable):
@@ -45,8 +53,7 @@ class Recorder(Closeable):
         if not fps > 0:
             raise ValueError(f"fps must be positive (got {fps})")
         self.path = Path(path)
-        if self.path.suffix.lower() != ".mp4":
-            raise StreamVLMError(f"recordings are MP4 files; give a path ending in .mp4 (got '{self.path}')")
+        _, sidecar = recording_outputs(self.path).values()  # refuses a path that is not .mp4
         self.fps = fps
         self.overlay = overlay or Overlay()
         self.codec = next((name for name in _CODECS if _can_encode(name)), None)
@@ -56,14 +63,11 @@ class Recorder(Closeable):
             )
         if self.codec != _CODECS[0]:
             log.warning("H.264 is not available in this PyAV build; recording MPEG-4 Part 2 instead")
+        check_output(self.path, "the recording")
         folder = self.path.parent
-        if not folder.is_dir():
-            raise StreamVLMError(
-                f"cannot record to '{self.path}': the folder '{folder}' does not exist; create it or choose another"
-            )
         if not os.access(folder, os.W_OK):
             raise StreamVLMError(f"cannot record to '{self.path}': the folder '{folder}' is not writable")
-        self.subtitles = SrtWriter(self.path.with_suffix(".srt"))
+        self.subtitles = SrtWriter(sidecar)
         try:
             self._container = av.open(str(self.path), mode="w", format="mp4", options=_FRAGMENTED)
         except (av.error.FFmpegError, OSError) as exc:

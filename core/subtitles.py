@@ -18,6 +18,7 @@ from typing import TextIO
 from srt import Subtitle
 
 from core.errors import StreamVLMError
+from core.paths import check_output
 from core.types import Closeable, Commentary
 
 
@@ -122,15 +123,8 @@ def open_writers(
 
 
 def _create(path: Path) -> TextIO:
+    check_output(path, "subtitles")
     folder = path.parent
-    if not folder.is_dir():
-        raise StreamVLMError(
-            f"cannot write subtitles to '{path}': the folder '{folder}' does not exist; create it or choose another path"
-        )
-    if path.is_dir():
-        raise StreamVLMError(
-            f"cannot write subtitles to '{path}': it is a folder; give a file name inside it"
-        )
     try:
         file = open(path, "w", encoding="utf-8", newline="\n")  # the writer owns it until close()
     except OSError as exc:

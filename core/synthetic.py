@@ -10,7 +10,6 @@ Regenerate the shipped demo clip with `python -m core.synthetic assets/demo_clip
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from core.cli_args import ArgumentParser, number
 
 _PITCH = (34, 139, 34)
 _LINES = (235, 235, 235)
@@ -135,13 +136,13 @@ def _draw_scoreboard(draw: ImageDraw.ImageDraw, board_h: int, t: float, score: n
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write the synthetic football clip.")
+    parser = ArgumentParser(prog="python -m core.synthetic", description="Write the synthetic football clip.")
     parser.add_argument("path", type=Path)
-    parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--width", type=int, default=320)
-    parser.add_argument("--height", type=int, default=180)
-    parser.add_argument("--fps", type=float, default=10)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seconds", type=number(0, 3600, low_open=True), default=8.0)
+    parser.add_argument("--width", type=number(16, 4096, integer=True), default=320)
+    parser.add_argument("--height", type=number(16, 4096, integer=True), default=180)
+    parser.add_argument("--fps", type=number(0, 120, low_open=True), default=10)
+    parser.add_argument("--seed", type=number(0, 2**32 - 1, integer=True), default=0)
     args = parser.parse_args(argv)
     out = write_clip(
         args.path, seconds=args.seconds, width=args.width, height=args.height, fps=args.fps, seed=args.seed

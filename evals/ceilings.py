@@ -10,11 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from evals.registry import register
-from evals.timing import median_ms
+if TYPE_CHECKING:  # torch loads in run (evals/registry.py says why)
+    import torch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def measure(device: torch.device) -> dict:
+    import torch
+
+    from evals.timing import median_ms
+
     cuda = device.type == "cuda"
     n = 8192 if cuda else 1024
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -50,6 +53,3 @@ def run(args: argparse.Namespace) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "ceilings.json").write_text(json.dumps(result, indent=1))
     return 0
-
-
-register("ceilings", "measured bf16 matmul rate and device copy bandwidth", add_arguments, run)

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from core.engine import StreamingEngine
 from core.sampler import chunks
 from evals.runner import DataError
 from evals.video import duration, frames_at, sample_times
+
+if TYPE_CHECKING:  # the benchmarks pass an engine in; importing torch here would slow every usage error
+    from core.engine import StreamingEngine
 
 
 def check_span(start: float, end: float | None, *, origin: str, hint: str) -> None:

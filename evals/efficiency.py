@@ -24,18 +24,17 @@ import statistics
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import psutil
-import torch
 
-from core.acceleration import AccelerationConfig
+from core.cli_args import number, setting
 from core.config import CachePolicy, EvictionMode, GenerationConfig, StreamConfig, load_config_file
-from core.engine import StreamingEngine
 from core.errors import ConfigError
 from core.provenance import git_revision, package_version
-from evals.registry import register
-from evals.stock import StockStream, probe_out_of_memory
+
+if TYPE_CHECKING:  # torch, psutil, the engine and the baseline load in run (evals/registry.py says why)
+    import torch
 
 log = logging.getLogger(__name__)
 STOCK = "stock"
@@ -48,17 +47,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--model", help="checkpoint folder or hub id")
     which.add_argument("--random-weights", choices=["7b", "tiny"], help="full-size (or tiny) random weights")
     parser.add_argument("--source", type=Path, help="video file to stream (default: synthetic frames)")
-    parser.add_argument("--seconds", type=int, default=60, help="stream length in seconds")
+    parser.add_argument(
+        "--seconds", type=number(1, 10**6, integer=True), default=60, help="stream length in seconds"
+    )
     parser.add_argument("--resolution", default="1280x720", help="synthetic frame size WxH")
-    parser.add_argument("--fps", type=float, default=2.0)
-    parser.add_argument("--tokens", type=int, default=20, help="tokens forced per chunk")
+    parser.add_argument("--fps", type=setting(StreamConfig, "fps"), default=2.0)
+    parser.add_argument(
+        "--tokens",
+        type=setting(GenerationConfig, "max_new_tokens"),
+        default=20,
+        help="tokens forced per chunk",
+    )
     parser.add_argument(
         "--policies", default="streaming,recompute,none", help=f"comma-separated, from {', '.join(POLICIES)}"
     )
     parser.add_argument(
         "--oom-probe", action="store_true", help="find where stock generate runs out of GPU memory"
     )
-    parser.add_argument("--warmup", type=int, default=2, help="first chunks left out of the summary")
+    parser.add_argument(
+        "--warmup",
+        type=number(0, 10**6, integer=True),
+        default=2,
+        help="first chunks left out of the summary",
+    )
     parser.add_argument(
         "--config", type=Path, help="TOML/YAML with [cache] window sizes (modes come from --policies)"
     )
@@ -74,17 +85,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.progress import Progress
-
-    from core.builders import build_random_model
-    from core.loading import load_model
-
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     unknown = [p for p in policies if p not in POLICIES]
     if unknown:
         raise ConfigError(f"unknown policies {', '.join(unknown)}; use {', '.join(POLICIES)}")
     width, height = _resolution(args.resolution)
+    windows = load_config_file(args.config).cache if args.config else CachePolicy()  # checked before torch
+
+    import torch
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from core.acceleration import AccelerationConfig
+    from core.builders import build_random_model
+    from core.engine import StreamingEngine
+    from core.loading import load_model
+    from evals.stock import StockStream, probe_out_of_memory
+
     out = args.out or Path("runs") / f"efficiency-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True)
@@ -107,7 +124,6 @@ def run(args: argparse.Namespace) -> int:
     load_s = time.perf_counter() - started
     stream = StreamConfig(fps=args.fps)
     generation = GenerationConfig(max_new_tokens=args.tokens, min_new_tokens=args.tokens, seed=0)
-    windows = load_config_file(args.config).cache if args.config else CachePolicy()
     frames = _frame_source(args, stream, width, height)
 
     meta = {
@@ -209,11 +225,6 @@ def _write(
     return table
 
 
-register(
-    "efficiency", "latency and memory per chunk against stream length, per cache policy", add_arguments, run
-)
-
-
 # -- pieces ----------------------------------------------------------------------------------------
 
 
@@ -253,11 +264,16 @@ def _frame_source(args, stream: StreamConfig, width: int, height: int):
 
 
 def _reset_peak(device: torch.device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
 
 def _peak_gib(device: torch.device) -> float:
+    import psutil
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return psutil.Process().memory_info().rss / 2**30
@@ -394,6 +410,9 @@ def _plot(rows: list[dict], policies: list[str], out: Path) -> None:
 
 
 def _device_name(device: torch.device) -> str:
+    import psutil
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU ({platform.processor() or platform.machine()}, {psutil.cpu_count()} threads)"

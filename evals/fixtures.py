@@ -22,8 +22,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from core.cli_args import number
 from core.synthetic import write_clip
-from evals.registry import register
 
 SECONDS, WIDTH, HEIGHT, FPS = 12, 112, 64, 4
 WORDS = "the ball goes wide and red press high blue break away shot saved corner".split()
@@ -224,19 +224,11 @@ class ScriptedChatServer:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", type=Path, help="folder to write the fixtures into")
-    parser.add_argument("--videos", type=int, default=2)
-    parser.add_argument("--seconds", type=int, default=SECONDS)
+    parser.add_argument("--videos", type=number(1, 100, integer=True), default=2)
+    parser.add_argument("--seconds", type=number(1, 3600, integer=True), default=SECONDS)
 
 
 def run(args: argparse.Namespace) -> int:
     for name, path in make_fixtures(args.path, args.videos, args.seconds).items():
         print(f"{name:22s} --data {path}")
     return 0
-
-
-register(
-    "make-fixtures",
-    "write tiny datasets in every benchmark's format (for smoke runs and CI)",
-    add_arguments,
-    run,
-)

@@ -28,12 +28,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from core import cli_args
+from core.config import GenerationConfig
 from core.errors import ConfigError
 from evals import runner
 from evals.api_commentator import commentate_window
 from evals.commentary import clip_span, commentate, last_time, words_before
 from evals.judge import Pair, judge_pairs, tally
-from evals.registry import register
 from evals.report import bar_plot, percent, table, write_outputs
 from evals.results import ResultFile, run_meta
 
@@ -75,15 +76,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--windows", type=Path, help="score windows (jsonl); default: DATA/windows.jsonl")
     parser.add_argument(
         "--start",
-        type=float,
+        type=cli_args.number(0, 10**7),
         default=1000.0,
         help="stream seconds where commentary starts (the protocol's 1000; smaller for short videos)",
     )
-    parser.add_argument("--restart-every", type=float, help="start a new session every N seconds (e.g. 100)")
+    parser.add_argument(
+        "--restart-every", type=cli_args.SECONDS, help="start a new session every N seconds (e.g. 100)"
+    )
     parser.add_argument(
         "--baseline-run", type=Path, help="a finished inf-stream run folder to compare against"
     )
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed of every video")
+    parser.add_argument(
+        "--seed",
+        type=cli_args.setting(GenerationConfig, "seed"),
+        default=0,
+        help="sampling seed of every video",
+    )
 
 
 def load_videos(metadata: Path, root: Path) -> list[Video]:
@@ -311,6 +319,3 @@ def _items_by_video(records: dict[str, dict], video_of=lambda r: r["key"]) -> di
     for record in records.values():
         items.setdefault(video_of(record), []).extend(record["items"])
     return items
-
-
-register("inf-stream", "Inf-Streams-Eval: LLM-judged win rate of live commentary", add_arguments, run)

@@ -22,12 +22,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.cli_args import setting
+from core.config import GenerationConfig
 from core.errors import ConfigError
 from evals import runner
 from evals.api_commentator import commentate_window
 from evals.commentary import check_span, clip_span, commentate
 from evals.judge import Pair, judge_pairs, tally
-from evals.registry import register
 from evals.report import bar_plot, percent, table, write_outputs
 from evals.results import ResultFile, run_meta
 
@@ -63,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--baseline-run", type=Path, help="a finished livesports-cc run folder to compare against"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=setting(GenerationConfig, "seed"), default=0)
 
 
 def instruction(title: str) -> str:
@@ -242,6 +243,3 @@ def _rows(path: Path) -> list[tuple[int, dict]]:
             ) from None
         return list(enumerate(pd.read_parquet(path).to_dict(orient="records"), 1))
     raise runner.DataError(f"{path}: use a .jsonl, .json or .parquet export of LiveSports_3K_CC")
-
-
-register("livesports-cc", "LiveSports-3K CC: LLM-judged win rate of event commentary", add_arguments, run)

@@ -28,12 +28,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.cli_args import number
 from evals import runner
-from evals.offline_qa import OVO_ANSWERS, OVO_PREFIX, FrameBudget, OfflineQA
-from evals.registry import register
 from evals.report import bar_plot, table, write_outputs
 from evals.results import ResultFile, run_meta
-from evals.video import duration, frames_at, sample_times
+
+# The model side (evals/offline_qa.py: torch) and PyAV (evals/video.py) load in run (evals/registry.py).
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tasks", help=f"comma-separated subset of {', '.join(t for g in GROUPS.values() for t in g)}"
     )
-    parser.add_argument("--max-frames", type=int, default=MAX_FRAMES)
+    parser.add_argument("--max-frames", type=number(1, 100_000, integer=True), default=MAX_FRAMES)
     parser.add_argument(
         "--compare", type=Path, help="another ovobench run folder (e.g. the base model) to diff against"
     )
@@ -164,6 +164,8 @@ def load_questions(data: Path) -> list[Question]:
 
 def clip_frames(q: Question, max_frames: int) -> tuple[list, float]:
     """The clip's frames at 2 FPS (evenly spread when there would be more than `max_frames`) and their rate."""
+    from evals.video import duration, frames_at, sample_times
+
     end = min(q.end, duration(q.video))
     times = sample_times(q.start, max(end, q.start + 1.0 / FPS), fps=FPS, max_frames=max_frames)
     frames = [f.rgb for f in frames_at(q.video, times)]
@@ -173,6 +175,8 @@ def clip_frames(q: Question, max_frames: int) -> tuple[list, float]:
 def run(args: argparse.Namespace) -> int:
     runner.data_folder(args.data, "OVO-Bench (ovo_bench_new.json and its videos)")
     qs = load_questions(args.data)
+    from evals.offline_qa import OVO_ANSWERS, OVO_PREFIX, FrameBudget, OfflineQA
+
     if args.tasks:
         wanted = {t.strip() for t in args.tasks.split(",")}
         qs = [q for q in qs if q.task in wanted]
@@ -260,6 +264,3 @@ def _plot(results: dict, out: Path) -> None:
     tasks = results["tasks"]
     bar_plot(out / "accuracy.png", list(tasks), [t["accuracy"] for t in tasks.values()],
              title="OVO-Bench accuracy per task", ylabel="accuracy %")  # fmt: skip
-
-
-register("ovobench", "OVO-Bench: accuracy per task, Real-Time / Backward / Forward", add_arguments, run)

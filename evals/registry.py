@@ -1,31 +1,53 @@
-"""The registry of benchmark tasks behind `python -m evals`: one name, one module, one runner."""
+"""The benchmarks behind `python -m evals`: a table of name -> module, imported only when that one runs.
+
+A task module defines `add_arguments(parser)` and `run(args)` and keeps torch, transformers, PyAV and
+openai out of its top-level imports (they load in `run` and the functions it calls). So `python -m
+evals list`, `--help` and a bad flag are instant, and a task runs where another task's packages are
+missing: efficiency and ceilings need neither PyAV nor openai. Task modules do not import this one,
+so there is no import cycle, and the table is the one place a benchmark is named.
+"""
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Callable
+import importlib
 from dataclasses import dataclass
+from types import ModuleType
 
 
 @dataclass(frozen=True)
 class Task:
     name: str
+    module: str  # defines add_arguments(parser) and run(args) -> exit status
     help: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
+
+    def load(self) -> ModuleType:
+        return importlib.import_module(self.module)
 
 
-TASKS: dict[str, Task] = {}
-
-
-def register(name: str, help: str, add_arguments: Callable, run: Callable) -> None:
-    if name in TASKS:
-        raise ValueError(f"benchmark {name!r} is registered twice")
-    TASKS[name] = Task(name, help, add_arguments, run)
-
-
-def load_tasks() -> dict[str, Task]:
-    """Import the task modules (each registers itself) and return the registry."""
-    from evals import ceilings, efficiency, fixtures, inf_stream, livesports, ovobench, server_load, vqa  # noqa: F401
-
-    return TASKS
+TASKS: dict[str, Task] = {
+    task.name: task
+    for task in (
+        Task("ceilings", "evals.ceilings", "measured bf16 matmul rate and device copy bandwidth"),
+        Task(
+            "efficiency",
+            "evals.efficiency",
+            "latency and memory per chunk against stream length, per cache policy",
+        ),
+        Task("inf-stream", "evals.inf_stream", "Inf-Streams-Eval: LLM-judged win rate of live commentary"),
+        Task(
+            "livesports-cc", "evals.livesports", "LiveSports-3K CC: LLM-judged win rate of event commentary"
+        ),
+        Task(
+            "make-fixtures",
+            "evals.fixtures",
+            "write tiny datasets in every benchmark's format (for smoke runs and CI)",
+        ),
+        Task("ovobench", "evals.ovobench", "OVO-Bench: accuracy per task, Real-Time / Backward / Forward"),
+        Task("server-load", "evals.server_load", "many clients streaming into one inference server at once"),
+        Task(
+            "vqa",
+            "evals.vqa",
+            "Video-MME / MVBench / LongVideoBench accuracy (through VLMEvalKit when installed)",
+        ),
+    )
+}

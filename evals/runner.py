@@ -12,6 +12,8 @@ import json
 import logging
 from pathlib import Path
 
+from core.cli_args import COUNT, SECONDS, number, setting
+from core.config import GenerationConfig, StreamConfig
 from core.errors import ConfigError, SourceError, StreamVLMError
 from evals.judge import ChatClient, ChatSettings
 from evals.results import ResultFile, Shard, parse_shard
@@ -86,14 +88,20 @@ def add_common_arguments(
     parser.add_argument(
         "--shard", help="i/n: run the i-th of n shares of the items (default: RANK/WORLD_SIZE)"
     )
-    parser.add_argument("--limit", type=int, help="use only the first N items (smoke runs)")
+    parser.add_argument("--limit", type=COUNT, help="use only the first N items (smoke runs)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--attn", default="auto")
     parser.add_argument("--config", type=Path, help="TOML/YAML with [stream], [cache], [generation]")
-    parser.add_argument("--max-pixels", type=int, help="frame area cap in pixels (override of [stream])")
-    parser.add_argument("--temperature", type=float, help="override of [generation]")
-    parser.add_argument("--max-new-tokens", type=int, help="override of [generation]")
+    parser.add_argument(
+        "--max-pixels", type=setting(StreamConfig, "max_pixels"), help="frame area cap (override of [stream])"
+    )
+    parser.add_argument(
+        "--temperature", type=setting(GenerationConfig, "temperature"), help="override of [generation]"
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=setting(GenerationConfig, "max_new_tokens"), help="override of [generation]"
+    )
     if judge:
         group = parser.add_argument_group("judge (any OpenAI-compatible endpoint)")
         group.add_argument(
@@ -114,10 +122,16 @@ def add_endpoint_options(group, prefix: str) -> None:
     group.add_argument(
         f"--{prefix}-key-env", default="OPENAI_API_KEY", help="environment variable holding the key"
     )
-    group.add_argument(f"--{prefix}-timeout", type=float, default=120.0, help="seconds per request")
-    group.add_argument(f"--{prefix}-retries", type=int, default=4, help="retries of failed requests")
-    group.add_argument(f"--{prefix}-backoff", type=float, default=2.0, help="seconds before the first retry")
-    group.add_argument(f"--{prefix}-workers", type=int, default=4, help="requests in flight at once")
+    group.add_argument(f"--{prefix}-timeout", type=SECONDS, default=120.0, help="seconds per request")
+    group.add_argument(
+        f"--{prefix}-retries", type=number(0, 100, integer=True), default=4, help="retries of failed requests"
+    )
+    group.add_argument(
+        f"--{prefix}-backoff", type=number(0, 3600), default=2.0, help="seconds before the first retry"
+    )
+    group.add_argument(
+        f"--{prefix}-workers", type=number(1, 256, integer=True), default=4, help="requests in flight at once"
+    )
 
 
 def endpoint(args: argparse.Namespace, prefix: str, **overrides) -> ChatSettings | None:

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from core.cli_args import COUNT, SECONDS, number, setting
 from core.config import GenerationConfig, StreamConfig
 from core.errors import ConfigError, StreamVLMError
-from evals.registry import register
 
 log = logging.getLogger(__name__)
 
@@ -184,12 +184,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--model", help="serve this checkpoint folder, hub id or 'tiny' on loopback")
     which.add_argument("--url", help="load an already running server instead (ws://host:port)")
     parser.add_argument("--token", help="the server's token (with --url)")
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--seconds", type=int, default=60, help="seconds of stream per client")
+    parser.add_argument("--clients", type=number(1, 1000, integer=True), default=8)
+    parser.add_argument("--seconds", type=COUNT, default=60, help="seconds of stream per client")
     parser.add_argument("--resolution", default="112x112", help="frame size WxH sent by the clients")
-    parser.add_argument("--fps", type=float, default=2.0)
-    parser.add_argument("--latency-budget", type=float, default=2.0, help="the server's budget (seconds)")
-    parser.add_argument("--min-served", type=float, default=0.9, help="starvation threshold per client")
+    parser.add_argument("--fps", type=setting(StreamConfig, "fps"), default=2.0)
+    parser.add_argument("--latency-budget", type=SECONDS, default=2.0, help="the server's budget (seconds)")
+    parser.add_argument(
+        "--min-served", type=number(0, 1), default=0.9, help="starvation threshold per client (a fraction)"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument(
         "--out", type=Path, default=None, help="output folder (default runs/server-load-TIME)"
@@ -273,6 +275,3 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[red]starved (< {args.min_served:.0%} of answered chunks with commentary): {starved}")
         return 1
     return 0
-
-
-register("server-load", "many clients streaming into one inference server at once", add_arguments, run)

@@ -18,10 +18,13 @@ from __future__ import annotations
 import re
 import string
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.errors import ConfigError
-from evals.offline_qa import FrameBudget, OfflineQA
-from evals.video import duration, frames_at, sample_times
+
+# torch (offline_qa) and PyAV (video) load where used, so `python -m evals vqa --help` is instant.
+if TYPE_CHECKING:
+    from evals.offline_qa import FrameBudget
 
 MAX_FRAMES = 768  # qwen-vl-utils' cap on frames per video
 _OPTION_LINE = re.compile(r"^\s*\(?([A-Z])[.):]", re.MULTILINE)
@@ -38,6 +41,8 @@ class VideoQAAdapter:
     """VLMEvalKit's message interface over `OfflineQA`."""
 
     def __init__(self, model, budget: FrameBudget | None = None, max_frames: int = MAX_FRAMES) -> None:
+        from evals.offline_qa import OfflineQA
+
         self.qa = OfflineQA(model, budget)
         self.max_frames = max_frames
 
@@ -54,6 +59,8 @@ class VideoQAAdapter:
             raise ConfigError(f"a video question needs exactly one video part (got {len(videos)})")
         if any(part["type"] == "image" for part in message):
             raise ConfigError("this adapter takes the video itself (VIDEO_LLM), not extracted frames")
+        from evals.video import duration, frames_at, sample_times
+
         path = Path(videos[0])
         start, end = clip if clip else (0.0, duration(path))
         if nframe:
@@ -91,6 +98,7 @@ def model_class():
             self, model_path: str, fps: float | None = None, nframe: int | None = None, **load
         ) -> None:
             from core.loading import load_model
+            from evals.offline_qa import FrameBudget
 
             max_pixels = load.pop("max_pixels", None)
             self.fps, self.nframe = fps, nframe  # VLMEvalKit sets these from the dataset

@@ -28,10 +28,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.cli_args import number
 from core.errors import ConfigError
 from evals import runner, vlmevalkit
-from evals.offline_qa import FrameBudget
-from evals.registry import register
 from evals.report import bar_plot, table, write_outputs
 from evals.results import ResultFile, run_meta
 
@@ -62,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     runner.add_common_arguments(parser, judge=False)
     parser.add_argument("--benchmark", choices=list(BENCHMARKS), required=True)
     parser.add_argument("--backend", choices=["auto", "vlmevalkit", "builtin"], default="auto")
-    parser.add_argument("--max-frames", type=int, default=vlmevalkit.MAX_FRAMES)
+    parser.add_argument("--max-frames", type=number(1, 100_000, integer=True), default=vlmevalkit.MAX_FRAMES)
     parser.add_argument(
         "--compare", type=Path, help="another vqa run folder (e.g. the base model) to diff against"
     )
@@ -139,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     todo = runner.pending(store, list(by_key))
     if todo:
         from core.loading import load_model
+        from evals.offline_qa import FrameBudget
 
         model = load_model(runner.require_model(args), device=args.device, dtype=args.dtype, attn=args.attn)
         adapter = vlmevalkit.VideoQAAdapter(model, FrameBudget.capped(args.max_pixels), args.max_frames)
@@ -239,11 +239,3 @@ def _video(path: Path) -> dict:
 
 def _text(value: str) -> dict:
     return {"type": "text", "value": value}
-
-
-register(
-    "vqa",
-    "Video-MME / MVBench / LongVideoBench accuracy (through VLMEvalKit when installed)",
-    add_arguments,
-    run,
-)

@@ -147,7 +147,7 @@ BAD_INPUTS = {
     ),
     "bad config value": (
         lambda tmp, model: ["--source", str(CLIP), "--model", model, "--top-p", "2"],
-        "top_p",
+        "--top-p: must be a number > 0 and <= 1",
     ),
 }
 

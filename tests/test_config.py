@@ -61,6 +61,39 @@ def test_each_rule_names_its_field(cls, kwargs, field):
 
 
 @pytest.mark.parametrize(
+    "cls, kwargs, field",
+    [
+        (StreamConfig, {"fps": 1000.0}, "fps"),  # tokens a second explode: the run allocates until it dies
+        (StreamConfig, {"fps": math.inf}, "fps"),  # was an OverflowError traceback
+        (StreamConfig, {"chunk_seconds": math.inf}, "chunk_seconds"),
+        (StreamConfig, {"chunk_seconds": 3600.0}, "chunk_seconds"),
+        (StreamConfig, {"max_pixels": 10**12}, "max_pixels"),
+        (StreamConfig, {"min_pixels": 10**12, "max_pixels": 10**12}, "pixels"),
+        (CachePolicy, {"sink_tokens": 10**9}, "sink_tokens"),
+        (CachePolicy, {"vision_window_chunks": 10**9}, "vision_window_chunks"),
+        (GenerationConfig, {"max_new_tokens": 10**9}, "max_new_tokens"),
+        (GenerationConfig, {"temperature": 1e300}, "temperature"),
+        (GenerationConfig, {"top_k": 10**30}, "top_k"),
+        (GenerationConfig, {"repetition_penalty": math.inf}, "repetition_penalty"),
+        (GenerationConfig, {"seed": 2**64}, "seed"),  # torch.Generator.manual_seed refuses it mid-run
+        (GenerationConfig, {"seed": -1}, "seed"),
+        (GenerationConfig, {"seed": 10**5000}, "seed"),  # too long for Python to print: the line stays short
+    ],
+)
+def test_upper_bounds_and_infinities_are_refused_with_the_allowed_range(cls, kwargs, field):
+    with pytest.raises(ConfigError) as info:
+        cls(**kwargs)
+    message = str(info.value)
+    assert field in message and "must be a" in message and len(message) < 200, message
+
+
+def test_ranges_accept_their_upper_edges():
+    assert StreamConfig(fps=30.0).fps == 30.0
+    assert StreamConfig(min_pixels=16384 * 28 * 28, max_pixels=16384 * 28 * 28).max_pixels == 12845056
+    assert GenerationConfig(seed=2**64 - 1, top_k=10**6, temperature=10.0).seed == 2**64 - 1
+
+
+@pytest.mark.parametrize(
     "cls, kwargs, fields",
     [
         (StreamConfig, {"fps": 0.0, "min_pixels": 1}, ["fps", "min_pixels"]),
@@ -288,7 +321,7 @@ def test_yaml_null_seed_means_no_seed(tmp_path):
             '[cache]\nmode = "sometimes"\n',
             ["cache.mode", "streaming, none, recompute", "sometimes"],
         ),
-        ("c.toml", "[stream]\nfps = -1\n", ["invalid stream config", "fps must be positive"]),
+        ("c.toml", "[stream]\nfps = -1\n", ["invalid stream config", "fps must be a number > 0 and <= 30"]),
         ("c.toml", "[stream\nfps = \n", ["not valid TOML"]),
         ("c.yaml", "stream: [1, 2\n", ["not valid YAML"]),
         ("c.yaml", "- stream\n- cache\n", ["must hold a mapping"]),

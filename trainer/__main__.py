@@ -5,7 +5,8 @@
     python -m trainer --config trainer/configs/tiny.yaml run.out=/tmp/tiny         # CPU smoke run
     python -m trainer make-fixture DIR                                               # tiny synthetic data
 
-Every error a user can cause prints one line (`error: ...`) and exits with status 2.
+Every error a user can cause prints one line (`error: ...`) and exits with status 2. The recipe and its
+overrides are checked before torch loads, so a typo costs no start-up time.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import os
 import sys
 from pathlib import Path
 
+from core.cli_args import ArgumentParser
 from core.errors import StreamVLMError
 
 COMMANDS = ("train", "make-fixture")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m trainer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="run a training recipe (the default command)")
     train.add_argument(
@@ -39,9 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from trainer.config import load_train_config
+
+    cfg = load_train_config(args.config, args.overrides)  # torch-free: a bad recipe fails at once
     from trainer.train import train
 
-    cfg = load_train_config(args.config, args.overrides)
     train(cfg)
     return 0
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from core.cli_args import number
 from trainer import distributed
 from trainer import train as T
 from trainer.config import DistSettings, ModelSettings, PrecisionSettings, TrainConfig, load_train_config
@@ -131,18 +132,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--offload", action="store_true", help="FSDP2 CPUOffloadPolicy: sharded state on the host"
     )
-    parser.add_argument("--steps", type=int, default=3, help="timed optimizer steps (after one warm-up step)")
     parser.add_argument(
-        "--accumulation", type=int, default=1, help="micro-steps (samples) per optimizer step"
+        "--steps",
+        type=number(1, 10_000, integer=True),
+        default=3,
+        help="timed optimizer steps (after one warm-up step)",
     )
-    parser.add_argument("--seconds", type=int, help="chunks in the sample (default 24; --tiny: 4)")
+    parser.add_argument(
+        "--accumulation",
+        type=number(1, 10_000, integer=True),
+        default=1,
+        help="micro-steps (samples) per optimizer step",
+    )
+    parser.add_argument(
+        "--seconds", type=number(1, 10_000, integer=True), help="chunks in the sample (default 24; --tiny: 4)"
+    )
     parser.add_argument(
         "--size", default=None, help="source frame WIDTHxHEIGHT (default 1280x720; --tiny: 112x112)"
     )
     parser.add_argument(
         "--attn", default="auto", help="language model attention: auto, sdpa, flash_attention_2"
     )
-    parser.add_argument("--loss-chunk", type=int, default=1024)
+    parser.add_argument("--loss-chunk", type=number(1, 2**20, integer=True), default=1024)
     parser.add_argument(
         "--phases",
         action="store_true",

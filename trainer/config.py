@@ -14,14 +14,15 @@ import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 
-from core.config import coerce_fields, raise_if
+from core.config import ATTENTION_BACKENDS, coerce_fields, raise_if
 from core.errors import ConfigError
-from core.model import ATTENTION_BACKENDS
+
+if TYPE_CHECKING:  # torch loads only for DType.torch: `python -m trainer` checks a recipe before it loads
+    import torch
 
 
 class Decay(enum.Enum):
@@ -38,6 +39,8 @@ class DType(enum.Enum):
 
     @property
     def torch(self) -> torch.dtype:
+        import torch
+
         return {DType.BFLOAT16: torch.bfloat16, DType.FLOAT32: torch.float32}[self]
 
 
@@ -102,12 +105,12 @@ class OptimSettings:
             problems.append(f"lr must be positive (got {self.lr})")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             problems.append(f"betas must be two numbers in [0, 1) (got {list(self.betas)})")
-        if not self.eps > 0:
-            problems.append(f"eps must be positive (got {self.eps})")
-        if self.weight_decay < 0:
-            problems.append(f"weight_decay must be >= 0 (got {self.weight_decay})")
-        if self.grad_clip < 0:
-            problems.append(f"grad_clip must be >= 0 (got {self.grad_clip})")
+        if not 0 < self.eps < math.inf:
+            problems.append(f"eps must be a finite number > 0 (got {self.eps})")
+        if not 0 <= self.weight_decay < math.inf:
+            problems.append(f"weight_decay must be a finite number >= 0 (got {self.weight_decay})")
+        if not 0 <= self.grad_clip < math.inf:
+            problems.append(f"grad_clip must be a finite number >= 0 (got {self.grad_clip})")
         raise_if(problems, "optim")
 
 
@@ -179,6 +182,8 @@ class RunSettings:
                 problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
         if self.keep_last < 0:
             problems.append(f"keep_last must be >= 0 (got {self.keep_last})")
+        if not 0 <= self.seed < 2**63:  # torch.manual_seed(seed + rank) must stay a 64-bit seed
+            problems.append(f"seed must be a whole number >= 0 and < 2**63 (got {self.seed})")
         if self.max_steps is not None and self.max_steps < 1:
             problems.append(f"max_steps must be >= 1 or null (got {self.max_steps})")
         raise_if(problems, "run")

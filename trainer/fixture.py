@@ -15,13 +15,13 @@ At the defaults (160x120 source frames, 8-12 s windows) a tiny-model sample is a
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 
+from core.cli_args import ArgumentParser, number
 from core.synthetic import synthetic_frames, write_video
 from trainer.data.seeks import DATA_SUFFIX, write_seeks
 
@@ -148,13 +148,13 @@ def _line(
 
 def main_make_fixture(argv: list[str] | None = None) -> None:
     """`make-fixture DIR [--videos N --seconds S --seed K ...]`."""
-    parser = argparse.ArgumentParser(prog="python -m trainer make-fixture", description=make_fixture.__doc__)
+    parser = ArgumentParser(prog="python -m trainer make-fixture", description=make_fixture.__doc__)
     parser.add_argument("directory", type=Path)
-    parser.add_argument("--videos", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=32.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--width", type=int, default=160)
-    parser.add_argument("--height", type=int, default=120)
+    parser.add_argument("--videos", type=number(1, 1000, integer=True), default=3)
+    parser.add_argument("--seconds", type=number(0, 3600, low_open=True), default=32.0)
+    parser.add_argument("--seed", type=number(0, 2**32 - 1, integer=True), default=0)
+    parser.add_argument("--width", type=number(16, 4096, integer=True), default=160)
+    parser.add_argument("--height", type=number(16, 4096, integer=True), default=120)
     args = parser.parse_args(argv)
     paths = make_fixture(
         args.directory,

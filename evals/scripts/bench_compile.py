@@ -28,6 +28,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from core.acceleration import AccelerationConfig
 from core.builders import build_random_model
+from core.cli_args import number
 from core.decode_step import StaticDecodeStep
 from core.engine import StreamingEngine
 from core.frames import video_input
@@ -41,7 +42,7 @@ from evals.timing import median_ms
 @torch.inference_mode()
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--warm", type=int, default=24)
+    parser.add_argument("--warm", type=number(1, 10_000, integer=True), default=24)
     parser.add_argument("--out", type=Path, default=Path("runs/compile"))
     parser.add_argument("--preset", default="7b", help="random-weights preset (tiny: a CPU smoke run)")
     args = parser.parse_args()

@@ -23,6 +23,7 @@ import torch
 
 from core.attention import CAUSAL_PREFILL
 from core.builders import build_random_model
+from core.cli_args import number
 from core.decode_step import ATTENTION_BACKENDS, StaticDecodeStep
 from core.engine import StreamingEngine
 from core.frames import video_input
@@ -37,7 +38,7 @@ def timed(fn, repeats: int = 20, warmup: int = 3) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--warm", type=int, default=24)
+    parser.add_argument("--warm", type=number(1, 10_000, integer=True), default=24)
     parser.add_argument("--out", type=Path, default=Path("runs/phases"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from core.cli_args import number  # noqa: E402
 from core.sources import FileSource, RtspSource  # noqa: E402
 from livehelpers import RtspServer  # noqa: E402
 
@@ -37,7 +38,7 @@ def cpu_of(run) -> tuple[float, float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--seconds", type=number(0, 3600, low_open=True), default=15.0)
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -18,6 +18,7 @@ from pathlib import Path
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from core.builders import build_random_model
+from core.cli_args import number
 from core.config import GenerationConfig
 from core.engine import StreamingEngine
 from core.synthetic import synthetic_frames
@@ -38,7 +39,7 @@ def busy_us(intervals: list[tuple[float, float]]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--warm", type=int, default=20)
+    parser.add_argument("--warm", type=number(1, 10_000, integer=True), default=20)
     parser.add_argument("--out", type=Path, default=Path("runs/profile"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
