@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -264,7 +265,7 @@ def probe(module: str, argv: list[str], cwd: Path) -> tuple[dict, list[str]]:
         text=True,
         timeout=120,
         cwd=cwd,
-        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     return json.loads(result.stdout.splitlines()[-1]), result.stderr.splitlines()
 
@@ -315,3 +316,86 @@ def test_usage_errors_come_before_torch_and_transformers_are_imported(tmp_path):
         if report["status"] != 2 or len(errors) != 1 or word not in errors[0] or report["heavy"]:
             problems.append(f"{name}: status {report['status']}, imported {report['heavy']}, stderr {lines}")
     assert not problems, "\n".join(problems)
+
+
+# -- the lazy evals registry (issue 15, point 7) ----------------------------------------------------
+
+WITHOUT = """
+import runpy, sys
+class Missing:  # as if these packages were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"av", "openai"}:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Missing())
+sys.argv = ["evals", *sys.argv[1:]]
+runpy.run_module("evals", run_name="__main__")
+"""
+
+
+def test_evals_list_imports_no_benchmark(capsys):
+    from evals.__main__ import main
+    from evals.registry import TASKS
+
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, "evals.__main__", json.dumps(["list"])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert json.loads(result.stdout.splitlines()[-1]) == {"status": 0, "heavy": []}
+    assert main(["list"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == list(TASKS)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["ceilings", "--device", "cpu"],
+        [
+            "efficiency",
+            "--random-weights",
+            "tiny",
+            "--seconds",
+            "2",
+            "--policies",
+            "streaming",
+            "--device",
+            "cpu",
+        ],
+    ],
+    ids=["ceilings", "efficiency"],
+)
+def test_efficiency_and_ceilings_run_without_pyav_and_openai(tmp_path, argv):
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT, *argv, "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert any((tmp_path / "out").iterdir())
+
+
+def test_serve_on_port_0_prints_the_port_it_took(tiny_dir, tmp_path):
+    """Port 0 asks for any free port: the URL printed is the one clients can reach, not ':0'."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "core", "serve", "--model", str(tiny_dir), "--port", "0", "--device", "cpu"],
+        stdout=subprocess.PIPE,
+        stderr=(tmp_path / "serve.log").open("w"),
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},
+        cwd=ROOT,
+    )
+    try:
+        line = server.stdout.readline()
+        port = int(line.rsplit(":", 1)[1])
+        assert line.startswith("serving") and port > 0, (tmp_path / "serve.log").read_text()
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            pass  # it listens there
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
