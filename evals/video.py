@@ -4,7 +4,8 @@ A benchmark asks for the picture on screen at given stream times (a rate over a 
 fixed number spread over a clip). `frames_at` seeks once to the first time and decodes forward,
 yielding for each time the latest decoded frame whose presentation time is at or before it, as
 core.sources does for live streams; times are absolute seconds of the file. `sample_times`
-turns a benchmark's rule (fps, a frame cap, or a frame count) into those times.
+turns a benchmark's rule (fps, a frame cap, or a frame count) into those times. Frames come out
+upright, as players show them (core.sources.displayed_rgb honours rotation metadata).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import av
 import numpy as np
 
 from core.errors import SourceError
+from core.sources import displayed_rgb
 from core.types import Frame
 
 _EPS = 1e-6
@@ -78,12 +80,12 @@ def frames_at(path: Path, times: Sequence[float]) -> Iterator[Frame]:
             t = (frame.time if frame.time is not None else 0.0) - origin
             while i < len(times) and times[i] < t - _EPS:
                 if shown is None:  # the seek landed after this time: the first frame stands in
-                    shown = frame.to_ndarray(format="rgb24")
+                    shown = displayed_rgb(frame, stream)
                 yield Frame(shown, times[i])
                 i += 1
             if i == len(times):
                 return
-            shown = frame.to_ndarray(format="rgb24")
+            shown = displayed_rgb(frame, stream)
         if shown is None:
             raise SourceError(f"'{path}' has a video stream but no frame could be decoded")
         for t in times[i:]:

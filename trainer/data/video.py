@@ -7,7 +7,9 @@ repeats the last frame to make the count even (two frames per one-second chunk).
 uses decord's frame timestamps `_frame_pts[:, 1]`, which are frame END times (pts + duration);
 we do the same. The clip is then resized once with qwen-vl-utils' `fetch_video` arithmetic: a
 per-frame pixel bound of min(602,112, total_budget / frames * 2), never below 1.05 x 78,400,
-fed to `smart_resize` (sides multiples of 28, area >= 78,400).
+fed to `smart_resize` (sides multiples of 28, area >= 78,400). Frames are decoded upright, as
+players show them (core.sources.displayed_rgb honours a phone clip's rotation), so sizes are the
+displayed ones.
 """
 
 from __future__ import annotations
@@ -107,6 +109,8 @@ def read_clip(path: Path, start: float, end: float, budget: FrameBudget, factor:
     """Decode the frames of [start, end] seconds of `path`, sample and resize them (see the module doc)."""
     import av  # decoding needs PyAV; the arithmetic above does not
 
+    from core.sources import displayed_rgb  # upright, as players show it (rotated phone clips)
+
     if not (math.isfinite(start) and math.isfinite(end)) or start < 0 or end <= start:
         raise VideoError(f"the window {start}-{end} s is not a time range")
     try:
@@ -145,14 +149,14 @@ def read_clip(path: Path, start: float, end: float, budget: FrameBudget, factor:
                     break
                 candidate = not ends or frame_end >= _next_grid_time(ends, budget)
                 ends.append(frame_end)
-                frames.append(frame.to_ndarray(format="rgb24") if candidate else None)
+                frames.append(displayed_rgb(frame, stream) if candidate else None)
                 last = frame
                 if _grid_full(ends, budget):
                     break
         except av.FFmpegError as exc:
             raise VideoError(f"cannot decode {path} ({exc})") from None
         if frames and frames[-1] is None:
-            frames[-1] = last.to_ndarray(format="rgb24")
+            frames[-1] = displayed_rgb(last, stream)
     picked = sample_indices(ends, start, end, budget)
     if not picked:
         raise VideoError(f"no frame of {path} lies in the window {start:.2f}-{end:.2f} s")
