@@ -119,7 +119,7 @@ class StreamWorker(QObject):
             source.close()
 
     def _model(self):
-        from core.model import load_model
+        from core.loading import load_model
 
         key = (self.request.model, self.request.device)
         if key not in self._models:

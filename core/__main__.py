@@ -340,7 +340,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     check_listen(args.host, args.port)  # before the model loads, which can take minutes
     _quiet_transformers()
     from core.engine import StreamingEngine
-    from core.model import load_model
+    from core.loading import load_model
     from core.server import InferenceServer
 
     model = load_model(args.model, device=args.device)
@@ -412,7 +412,7 @@ def cmd_build_tiny(args: argparse.Namespace) -> int:
             f"'{args.path}' is a file; build-tiny writes a folder, give a new or existing folder"
         )
     _quiet_transformers()
-    from core.model import build_tiny_model
+    from core.builders import build_tiny_model
 
     path = build_tiny_model(args.path, num_layers=args.layers)
     print(f"wrote a tiny random-weight Qwen2.5-VL to {path}")

@@ -2,7 +2,7 @@
 
 The cache holds the conversation as a list of spans, each a run of tokens of one `Part` of one
 round (round -1 is the fixed prefix). Once per chunk, before the new user turn, `evict` applies
-the policy (DESIGN.md section 1):
+the policy (docs/architecture.md):
 
 - kept forever: the system turn, the previous-text header and footer, and the first
   `sink_tokens` tokens of the previous-text content (the attention sink);

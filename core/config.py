@@ -166,7 +166,7 @@ class CacheBudget:
 
 @dataclass(frozen=True)
 class CachePolicy:
-    """What the compact KV cache keeps (DESIGN.md section 1). Defaults are the published ones."""
+    """What the compact KV cache keeps (docs/architecture.md, "The method"). Defaults are the published ones."""
 
     mode: EvictionMode = EvictionMode.STREAMING
     # first tokens of the previous-text turn, kept forever

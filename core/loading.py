@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 
 from core.acceleration import AccelerationConfig
+from core.config import ATTENTION_BACKENDS
 from core.errors import ConfigError, ModelNotFoundError
-from core.model import ATTENTION_BACKENDS, StreamModel
+from core.model import StreamModel
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from core.acceleration import Acceleration, AccelerationConfig
-from core.config import ATTENTION_BACKENDS  # noqa: F401  (defined with the settings, which check it without torch)
 from core.spec import ModelSpec, SpecialTokens, TextSpec, VisionSpec
 
 log = logging.getLogger(__name__)
@@ -243,20 +242,3 @@ def align_mlp_width(mlp: nn.Module, multiple: int) -> None:
         )
         down.in_features = width + pad
     mlp.intermediate_size = width + pad
-
-
-_MOVED = {  # transitional: names that moved out of this module, until every caller imports them there
-    **dict.fromkeys(
-        ("build_random_model", "build_tiny_model", "build_tokenizer", "tiny_model_dir"), "core.builders"
-    ),
-    **dict.fromkeys(("load_model", "resolve_attention", "resolve_device", "resolve_dtype"), "core.loading"),
-    "DEFAULT_SYSTEM_PROMPT": "core.spec",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module 'core.model' has no attribute {name!r}")

@@ -186,7 +186,7 @@ def require_model(args: argparse.Namespace) -> str:
 def load_engine(args: argparse.Namespace):
     """The streaming engine over `--model`, with the config file and flags applied."""
     from core.engine import StreamingEngine
-    from core.model import load_model
+    from core.loading import load_model
 
     config = engine_config(args)
     model = load_model(require_model(args), device=args.device, dtype=args.dtype, attn=args.attn)

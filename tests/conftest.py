@@ -28,7 +28,7 @@ ISOLATED = {
     "XDG_CACHE_HOME": TEST_HOME / "cache",  # fontconfig, torch hub
     "XDG_DATA_HOME": TEST_HOME / "data",
     "XDG_STATE_HOME": TEST_HOME / "state",
-    "STREAMVLM_CACHE": TEST_HOME / "cache" / "streamvlm",  # --model tiny (core.model.tiny_model_dir)
+    "STREAMVLM_CACHE": TEST_HOME / "cache" / "streamvlm",  # --model tiny (core.builders.tiny_model_dir)
     "HF_HOME": TEST_HOME / "cache" / "huggingface",
     "MPLCONFIGDIR": TEST_HOME / "config" / "matplotlib",
     "TRITON_HOME": TEST_HOME,  # Triton's cache, ~/.triton otherwise
@@ -44,8 +44,9 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from core.builders import build_tiny_model, tiny_model_dir  # noqa: E402
 from core.config import StreamConfig  # noqa: E402
-from core.model import build_tiny_model, load_model, tiny_model_dir  # noqa: E402
+from core.loading import load_model  # noqa: E402
 
 # Frames of 56-112 px stay tiny: 1-16 vision tokens per chunk.
 SMALL_STREAM = StreamConfig(min_pixels=2 * 28 * 28, max_pixels=16 * 28 * 28)

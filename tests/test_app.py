@@ -190,7 +190,7 @@ def test_a_window_given_no_settings_and_the_caches_use_the_test_runs_folder_not_
     import huggingface_hub.constants
     import matplotlib
 
-    from core.model import tiny_model_dir
+    from core.builders import tiny_model_dir
 
     win = MainWindow()  # the settings a user's app uses
     qtbot.addWidget(win)

@@ -92,3 +92,50 @@ def test_importing_core_leaves_gui_and_server_modules_unloaded():
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
     )
     assert result.stdout.strip() == ""
+
+
+# core/ in three concerns: the engine, media I/O and remote serving. The engine imports neither of
+# the other two, so it runs (and is tested) without sources, recorders or a network stack.
+MEDIA = {"sources", "reconnect", "sampler", "realtime", "recorder", "overlay", "audio", "subtitles"}
+REMOTE = {"protocol", "server", "client"}
+ASSEMBLY = {"__main__", "__init__"}  # the CLI puts engine, media and remote together
+
+
+def core_modules_imported(source: str) -> set[str]:
+    """The `core.X` modules a source imports (first level below core)."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[1] for a in node.names if a.name.startswith("core."))
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module.startswith("core."):
+                names.add(node.module.split(".")[1])
+            elif node.module == "core":
+                names.update(a.name for a in node.names)
+    return names
+
+
+def test_core_module_scan_sees_submodules():
+    assert core_modules_imported("from core.sources import open_source\nimport core.client") == {
+        "sources",
+        "client",
+    }
+    assert core_modules_imported("from core import server") == {"server"}
+
+
+def test_the_engine_imports_neither_media_nor_remote():
+    modules = {path.stem for path in (ROOT / "core").glob("*.py")}
+    assert MEDIA | REMOTE <= modules, "a listed media or remote module no longer exists: update the lists"
+    bad = []
+    for path in sorted((ROOT / "core").glob("*.py")):
+        imported = core_modules_imported(path.read_text())
+        if path.stem in MEDIA:
+            wrong = imported & REMOTE
+        elif path.stem in REMOTE:
+            wrong = imported & (MEDIA - {"reconnect"})  # a client reconnects like a live source
+        elif path.stem in ASSEMBLY:
+            wrong = set()
+        else:
+            wrong = imported & (MEDIA | REMOTE)
+        bad += [f"core/{path.name} imports core.{name}" for name in sorted(wrong)]
+    assert not bad, "; ".join(bad)

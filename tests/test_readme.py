@@ -277,3 +277,19 @@ def test_the_readme_says_what_ci_runs():
     for step in steps:
         if not step.endswith("--version"):
             assert f"`{step}`" in re.sub(r"\s+", " ", ci), f"the README does not say .ci/run runs {step}"
+
+
+def test_the_python_example_runs_with_the_tiny_model():
+    """The README's Python use, as written, with only the model swapped for the tiny one."""
+    import subprocess
+    import sys
+
+    (example,) = fenced(README, "python")
+    assert 'load_model("mit-han-lab/StreamingVLM")' in example
+    code = example.replace('load_model("mit-han-lab/StreamingVLM")', 'load_model("tiny", device="cpu")')
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines and all(re.match(r"^\s*\d+\.\d s  \S", line) for line in lines), result.stdout[-1000:]

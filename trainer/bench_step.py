@@ -5,7 +5,7 @@
     torchrun --nproc-per-node 8 -m trainer.bench_step --layers 28   # the published 8-GPU setup
     python -m trainer.bench_step --tiny                # CPU smoke test of the same code
 
-Builds Qwen2.5-VL-7B from `core.model.qwen25_vl_7b_config` with random weights (no download),
+Builds Qwen2.5-VL-7B from `core.builders.qwen25_vl_7b_config` with random weights (no download),
 a synthetic sample shaped like the published ones (24 s of 1280x720 at 2 FPS: 24 chunks of 720
 vision tokens, plus text: about 19k tokens), and runs `trainer.train.train_step` (FSDP2, bf16
 compute over float32 master weights, activation checkpointing, chunked loss, AdamW). Prints

@@ -9,7 +9,7 @@ A checkpoint is a folder `out/checkpoints/step_000050/` holding everything neede
     COMPLETE           written last; a folder without it (a run killed mid-save) is ignored
 
 The export (`out/export/`) is a `save_pretrained` folder with tokenizer and processor, which
-`core.model.load_model` opens for inference.
+`core.loading.load_model` opens for inference.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ class ModelSettings:
     """What to train: a checkpoint folder, a hub id, or 'tiny' (the random-weight test model)."""
 
     path: str = "Qwen/Qwen2.5-VL-7B-Instruct"
-    attn: str = "auto"  # language model attention backend (core.model.ATTENTION_BACKENDS)
+    attn: str = "auto"  # language model attention backend (core.config.ATTENTION_BACKENDS)
     num_layers: int | None = None  # keep only the first N decoder layers (benchmarks on one GPU)
     gradient_checkpointing: bool = True  # recompute each decoder layer's activations in backward
 
