@@ -5,7 +5,8 @@ A connection that drops (the server restarts, the network blips, the server stop
 is opened again with backoff, as a new session whose previous text is the old one's plus all
 commentary received so far; the chunk that was in flight goes to the new session. The user sees
 a gap, not an end. Refusals that a retry cannot fix (a wrong token, another protocol version, a
-message the server rejected) end the session with the server's reason.
+message the server rejected) end the session with the server's reason, and so does a server
+that failed (1011) on the same chunk twice: it would fail on it forever.
 """
 
 from __future__ import annotations
@@ -25,14 +26,21 @@ from core.reconnect import Backoff, Reconnector, StateCallback
 from core.types import Closeable, Commentary, Frame
 
 DEFAULT = "<the engine's default instruction>"
-# Closes a new session can get past: the server went away, failed, was full, or timed us out.
+# Closes a new session can get past: the server went away, failed, was full, or timed us out. Every
+# other close (above all the protocol's refusals: 1003, 1008, 1009, 4001, 4004) ends the session.
 RETRYABLE_CODES = {1001, 1006, p.CLOSE_INTERNAL, p.CLOSE_TOO_MANY_SESSIONS, p.CLOSE_IDLE}
-RESUME_HEAD_CHARS, RESUME_TAIL_CHARS = 4_000, 28_000  # previous text of a resumed session, < 64 KB
+SENDS_AFTER_FAILURE = 1  # a chunk the server failed on (1011) is sent to a new session once more, no more
+RESUME_HEAD_CHARS, RESUME_TAIL_CHARS = 4_000, 28_000  # previous text of a resumed session
+ELLIPSIS = " ... "  # where a previous text too long to send was cut
 DEFAULT_BACKOFF = Backoff(initial=0.25, factor=2.0, cap=2.0, give_up_after=60.0)
 
 
 class ServerLost(StreamVLMError):
-    """The connection ended in a way that a new session can fix."""
+    """The connection ended in a way that a new session can fix; `code` is the close code, if any."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class RemoteSession(Closeable):
@@ -77,12 +85,25 @@ class RemoteSession(Closeable):
         self._ws = self._open(previous_text)
 
     def push(self, frames: Sequence[np.ndarray | Frame], t_start: float, t_end: float) -> list[Commentary]:
+        fields = {"t_start": float(t_start), "t_end": float(t_end), "frames": len(frames)}
+        try:  # the server's rule, checked here too: a chunk it would refuse is not sent at all
+            p.chunk_header({"type": "chunk", **fields})
+        except p.ProtocolError as exc:
+            raise ValueError(exc.reason) from None
+        header = p.encode("chunk", **fields)
         images = [_encode_image(f.rgb if isinstance(f, Frame) else f, self.image_format) for f in frames]
+        failures = 0
         for attempt in range(3):
             try:
-                events = self._exchange(images, t_start, t_end)
+                events = self._exchange(header, images)
             except ServerLost as exc:
-                if self._reconnector is None or self._closed.is_set() or attempt == 2:
+                failures += exc.code == p.CLOSE_INTERNAL
+                if (
+                    self._reconnector is None
+                    or self._closed.is_set()
+                    or attempt == 2
+                    or failures > SENDS_AFTER_FAILURE
+                ):
                     raise
                 self._resume(str(exc))
                 continue
@@ -94,9 +115,7 @@ class RemoteSession(Closeable):
     def resume_text(self) -> str:
         """The previous text a resumed session starts from: the old one's and all commentary since."""
         text = " ".join([self._previous_text.strip(), *(c.text for c in self.commentary)]).strip()
-        if len(text) > RESUME_HEAD_CHARS + RESUME_TAIL_CHARS:
-            text = text[:RESUME_HEAD_CHARS] + " ... " + text[-RESUME_TAIL_CHARS:]
-        return text
+        return _shorten(text, RESUME_HEAD_CHARS + RESUME_TAIL_CHARS)
 
     def close(self) -> None:
         self._closed.set()  # also stops a reconnection in progress in another thread
@@ -115,7 +134,7 @@ class RemoteSession(Closeable):
                 f"cannot reach the server at {self.url} ({exc}); check the URL and that it runs"
             ) from None
         try:
-            self._send(ws, p.encode("hello", **self._hello, previous_text=previous_text))
+            self._send(ws, self._hello_message(previous_text))
             ready = p.decode(self._recv(ws), ("ready",))
         except BaseException:
             stack.close()
@@ -123,6 +142,22 @@ class RemoteSession(Closeable):
         self.session_id = ready["session"]
         self._stack = stack
         return ws
+
+    def _hello_message(self, previous_text: str) -> str:
+        """The hello, its previous text cut in the middle (as the engine would) to fit MAX_TEXT_BYTES."""
+        chars = len(previous_text)
+        while True:
+            text = _shorten(previous_text, chars)
+            message = p.encode("hello", **self._hello, previous_text=text)
+            excess = len(message.encode()) - p.MAX_TEXT_BYTES
+            if excess <= 0:
+                return message
+            if not text:
+                raise StreamVLMError(
+                    f"the instruction (and token) make a hello of {len(message.encode())} bytes, over the "
+                    f"protocol's limit of {p.MAX_TEXT_BYTES}; shorten the instruction"
+                )
+            chars = max(0, len(text) - excess - len(ELLIPSIS))  # each character is at least one byte
 
     def _resume(self, reason: str) -> None:
         self._stack.close()
@@ -135,8 +170,8 @@ class RemoteSession(Closeable):
         self._ws = ws
         self.reconnects += 1
 
-    def _exchange(self, images: list[bytes], t_start: float, t_end: float) -> list[Commentary]:
-        self._send(self._ws, p.encode("chunk", t_start=t_start, t_end=t_end, frames=len(images)))
+    def _exchange(self, header: str, images: list[bytes]) -> list[Commentary]:
+        self._send(self._ws, header)
         for image in images:
             self._send(self._ws, image)
         events = []
@@ -168,8 +203,19 @@ class RemoteSession(Closeable):
         reason = (
             f"{close.reason or 'no reason given'} (code {close.code})" if close else "the connection dropped"
         )
-        kind = ServerLost if close is None or close.code in RETRYABLE_CODES else StreamVLMError
-        return kind(f"the server at {self.url} closed the session: {reason}")
+        message = f"the server at {self.url} closed the session: {reason}"
+        if close is None or close.code in RETRYABLE_CODES:
+            return ServerLost(message, close.code if close else None)
+        return StreamVLMError(message)
+
+
+def _shorten(text: str, chars: int) -> str:
+    """`text` in at most about `chars` characters: its start and end, as the engine keeps them."""
+    if len(text) <= chars:
+        return text
+    keep = max(0, chars - len(ELLIPSIS))
+    head = keep * RESUME_HEAD_CHARS // (RESUME_HEAD_CHARS + RESUME_TAIL_CHARS)
+    return text[:head] + ELLIPSIS + text[len(text) - (keep - head) :] if keep else ""
 
 
 def _encode_image(rgb: np.ndarray, image_format: str) -> bytes:

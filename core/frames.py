@@ -20,7 +20,7 @@ from qwen_vl_utils import smart_resize
 
 from core.config import StreamConfig
 from core.errors import SourceError
-from core.model import VisionSpec
+from core.spec import VisionSpec
 
 
 @dataclass(frozen=True)
@@ -43,13 +43,16 @@ class VideoInput:
 def target_size(height: int, width: int, stream: StreamConfig, vision: VisionSpec) -> tuple[int, int]:
     """(height, width) a frame is resized to: aspect kept, sides multiples of 28, bounded area."""
     try:
-        return smart_resize(
+        h, w = smart_resize(
             height, width, vision.factor, min_pixels=stream.min_pixels, max_pixels=stream.max_pixels
         )
     except (ValueError, AssertionError) as exc:
         raise SourceError(
             f"a {width}x{height} frame cannot be used ({exc}); use a less extreme aspect ratio"
         ) from None
+    # qwen-vl-utils floors the short side of a wide frame to 0 when max_pixels is small; the stock
+    # processor (transformers' smart_resize) keeps one patch there, and so do we.
+    return max(vision.factor, h), max(vision.factor, w)
 
 
 def video_input(

@@ -3,24 +3,31 @@
 docs/protocol.md is its description for people; this module is the one place its names, limits
 and codes live in code. Messages are WebSocket text frames holding one JSON object with a
 "type", except images, which are binary frames (PNG or JPEG) following a "chunk" message.
+Every check of a message's text and numbers is here, so the server and the client agree on them.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 VERSION = 1
 
-# Limits a server enforces (and advertises in "ready").
-MAX_TEXT_BYTES = 64 * 1024  # one JSON message
+# Limits a server enforces (it advertises max_image_bytes in "ready").
+MAX_TEXT_BYTES = 64 * 1024  # one JSON message, UTF-8 encoded
 MAX_IMAGE_BYTES = 8 * 1024 * 1024  # one encoded frame
 MAX_FRAME_PIXELS = 3840 * 2160  # a decoded frame
 MAX_FRAMES_PER_CHUNK = 32
+# Chunk times are stream seconds; a year of stream is far more than any session lasts, and the bound
+# keeps the times the model reads ("Time=12.0-13.0s") short.
+MAX_STREAM_SECONDS = 366 * 24 * 3600.0
+# The only image formats a frame is decoded as (Pillow's names): other decoders are never reached,
+# so no frame can make Pillow hand its bytes to an external program (Ghostscript for EPS).
+FRAME_FORMATS = ("PNG", "JPEG")
 
 # Close codes (RFC 6455 ones where they fit, 4000-4999 for the application).
-CLOSE_NORMAL = 1000
-CLOSE_UNSUPPORTED = 1003  # a message of the wrong kind (binary where text was due, ...)
+CLOSE_UNSUPPORTED = 1003  # a message of the wrong kind (binary where text was due, ...) or an unusable frame
 CLOSE_POLICY = 1008  # missing or wrong token
 CLOSE_TOO_BIG = 1009
 CLOSE_BAD_VERSION = 4001
@@ -28,6 +35,11 @@ CLOSE_TOO_MANY_SESSIONS = 4002
 CLOSE_IDLE = 4003
 CLOSE_MALFORMED = 4004  # text that is not a valid message of this protocol
 CLOSE_INTERNAL = 1011
+# Closes that reject what the client sent: sending it again cannot help, so a client never retries them.
+REJECTED_CODES = frozenset(
+    {CLOSE_UNSUPPORTED, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_BAD_VERSION, CLOSE_MALFORMED}
+)
+MAX_REASON_BYTES = 123  # RFC 6455: a close frame's reason, UTF-8
 
 
 class ProtocolError(Exception):
@@ -39,7 +51,8 @@ class ProtocolError(Exception):
 
 
 def encode(kind: str, **fields: Any) -> str:
-    return json.dumps({"type": kind, **fields}, separators=(",", ":"))
+    # ensure_ascii=False: the size limits count UTF-8 bytes, and \uXXXX escapes would triple them.
+    return json.dumps({"type": kind, **fields}, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def decode(text: str | bytes, expected: tuple[str, ...]) -> dict[str, Any]:
@@ -48,27 +61,84 @@ def decode(text: str | bytes, expected: tuple[str, ...]) -> dict[str, Any]:
         raise ProtocolError(
             CLOSE_UNSUPPORTED, f"expected a text message ({' or '.join(expected)}), got binary"
         )
+    # Checked before parsing: a text of megabytes must cost neither time nor memory to refuse.
+    if len(text) > MAX_TEXT_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_TEXT_BYTES:
+        raise ProtocolError(
+            CLOSE_TOO_BIG, f"a text message over the limit of {MAX_TEXT_BYTES} bytes ({len(text)} characters)"
+        )
     try:
-        message = json.loads(text)
+        message = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise ProtocolError(CLOSE_MALFORMED, f"not JSON ({exc.msg} at {exc.pos})") from None
+    except (ValueError, RecursionError) as exc:  # an integer of thousands of digits; nesting too deep
+        raise ProtocolError(CLOSE_MALFORMED, f"not a JSON message this protocol accepts ({exc})") from None
     if not isinstance(message, dict) or message.get("type") not in expected:
         got = message.get("type") if isinstance(message, dict) else type(message).__name__
         raise ProtocolError(
-            CLOSE_MALFORMED, f"expected a message of type {' or '.join(expected)}, got {got!r}"
+            CLOSE_MALFORMED, f"expected a message of type {' or '.join(expected)}, got {show(got)}"
         )
     return message
 
 
-def field(message: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
-    """A field of the right type, or ProtocolError naming it."""
+def field(
+    message: dict[str, Any],
+    name: str,
+    kind: type | tuple[type, ...],
+    default: Any = ...,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+) -> Any:
+    """A field of the right type (numbers finite, within [low, high] when given), or ProtocolError naming it."""
+    where = f"field '{name}' of '{show(message.get('type'))}'"
     if name not in message:
         if default is ...:
-            raise ProtocolError(CLOSE_MALFORMED, f"'{message.get('type')}' needs the field '{name}'")
+            raise ProtocolError(CLOSE_MALFORMED, f"'{show(message.get('type'))}' needs the field '{name}'")
         return default
     value = message[name]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer past float's range
+            raise ProtocolError(CLOSE_MALFORMED, f"{where} is out of range (got {show(value)})") from None
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise ProtocolError(CLOSE_MALFORMED, f"field '{name}' of '{message.get('type')}' has the wrong type")
+        raise ProtocolError(CLOSE_MALFORMED, f"{where} has the wrong type")
+    if isinstance(value, str) and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # JSON can spell lone surrogates ("\ud800"), which no text has
+            raise ProtocolError(CLOSE_MALFORMED, f"{where} is not valid Unicode text") from None
+    if isinstance(value, float) and not math.isfinite(value):  # 1e400 parses as inf
+        raise ProtocolError(CLOSE_MALFORMED, f"{where} must be a finite number (got {value})")
+    if value is not None and not ((low is None or value >= low) and (high is None or value <= high)):
+        raise ProtocolError(
+            CLOSE_MALFORMED, f"{where} must be between {show(low)} and {show(high)} (got {show(value)})"
+        )
     return value
+
+
+def chunk_header(message: dict[str, Any]) -> tuple[float, float, int]:
+    """(t_start, t_end, frames) of a "chunk" message: finite times in [0, MAX_STREAM_SECONDS], in order."""
+    t_start = field(message, "t_start", float, low=0.0, high=MAX_STREAM_SECONDS)
+    t_end = field(message, "t_end", float, low=0.0, high=MAX_STREAM_SECONDS)
+    if not t_end > t_start:
+        raise ProtocolError(CLOSE_MALFORMED, f"a chunk must end after it starts (got {t_start} to {t_end})")
+    return t_start, t_end, field(message, "frames", int, low=1, high=MAX_FRAMES_PER_CHUNK)
+
+
+def close_reason(reason: str) -> str:
+    """`reason` cut to what a close frame carries (123 bytes of UTF-8), never mid-character."""
+    data = reason.encode("utf-8", "replace")
+    if len(data) <= MAX_REASON_BYTES:
+        return reason
+    return data[: MAX_REASON_BYTES - 3].decode("utf-8", "ignore") + "..."
+
+
+def show(value: Any, limit: int = 24) -> str:
+    """A client's value quoted in a reason, short: a reason must fit a close frame."""
+    text = repr(value) if not isinstance(value, int | float) or isinstance(value, bool) else str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")

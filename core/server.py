@@ -7,27 +7,37 @@ message and its frames as binary PNG/JPEG messages -> `commentary` events and `c
 Chunks from all sessions take turns on the model (one at a time); a chunk that waited longer
 than the latency budget is skipped and reported as such (unless the model alone is slower than
 the budget: then a chunk that waited behind at most one other is still answered). A message
-that breaks the protocol or a limit closes its own connection with a code and a reason; the
-server and the other sessions go on. Idle connections are closed after `idle_timeout` seconds.
+that breaks the protocol or a limit closes its own connection with a code and a reason that
+names the problem (a bug of the server's: 1011 and its traceback in the log); the server and
+the other sessions go on. Frames are decoded as PNG or JPEG only, sized from their header
+first, on threads: the event loop never decodes. A session slot is held from a valid hello
+until that session closes, on every path. Idle connections are closed after `idle_timeout`
+seconds. Each session's open and close are logged with the peer and the reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import hmac
 import io
 import itertools
 import logging
+import os
 import threading
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from core import protocol as p
-from core.engine import DEFAULT_INSTRUCTION, StreamingEngine
-from core.errors import ConfigError
+from core.engine import DEFAULT_INSTRUCTION, Session, StreamingEngine
+from core.errors import ConfigError, SourceError, StreamVLMError
+from core.frames import target_size
 
 log = logging.getLogger(__name__)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -45,74 +55,120 @@ class InferenceServer:
     ) -> None:
         self.engine, self.token = engine, token
         self.max_sessions, self.idle_timeout, self.budget = max_sessions, idle_timeout, budget
-        self.sessions = 0
+        self.sessions = 0  # slots held: sessions starting or open
         self._ids = itertools.count(1)
         self._model_lock = asyncio.Lock()  # one chunk on the model at a time, sessions take turns
         self._seconds_per_chunk = 0.0
         self._warned_slow = False
+        # Frames are decoded on threads of their own: never on the event loop, and a flood of big
+        # frames cannot take the threads that the model's chunks run on.
+        self._decoder = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="frame-decoder")
 
     async def serve(self, host: str = "127.0.0.1", port: int = 8765, ssl=None) -> Server:
         if host not in LOOPBACK and not self.token:
             raise ConfigError(
                 f"refusing to listen on {host} without a token; pass --token-file or bind to 127.0.0.1"
             )
+        # The largest message is a frame; text messages are held to MAX_TEXT_BYTES by p.decode.
         return await serve(self.handle, host, port, max_size=p.MAX_IMAGE_BYTES, ssl=ssl)
 
     async def handle(self, ws: ServerConnection) -> None:
-        session = None
+        """One connection, one session: whatever ends it, its slot is freed and the close is logged."""
+        name = f"connection from {_peer(ws)}"
         try:
             hello = p.decode(await self._recv(ws), ("hello",))
-            version = hello.get("version")
-            if version != p.VERSION:
-                raise p.ProtocolError(
-                    p.CLOSE_BAD_VERSION,
-                    f"this server speaks protocol {p.VERSION}, the client {version}; update the older side",
-                )
-            offered = p.field(hello, "token", str, "")
-            if self.token and not hmac.compare_digest(offered.encode(), self.token.encode()):
-                raise p.ProtocolError(p.CLOSE_POLICY, "missing or wrong token")
-            if self.sessions >= self.max_sessions:
-                raise p.ProtocolError(
-                    p.CLOSE_TOO_MANY_SESSIONS,
-                    f"the server is full ({self.max_sessions} sessions); try again later",
-                )
-            self.sessions += 1
-            session = self.engine.start(
-                instruction=p.field(hello, "instruction", (str, type(None)), DEFAULT_INSTRUCTION),
-                previous_text=p.field(hello, "previous_text", str, ""),
-                seed=p.field(hello, "seed", (int, type(None)), None),
-            )
-            number = next(self._ids)
-            await ws.send(
-                p.encode("ready", version=p.VERSION, session=number, max_image_bytes=p.MAX_IMAGE_BYTES)
-            )
-            log.info("session %d opened from %s", number, ws.remote_address)
-            while True:
-                await self._chunk(ws, session)
+            self._admit(hello)
+            with self._slot():
+                session = await self._start(hello)
+                try:
+                    number = next(self._ids)
+                    name = f"session {number} ({_peer(ws)})"
+                    await ws.send(
+                        p.encode(
+                            "ready", version=p.VERSION, session=number, max_image_bytes=p.MAX_IMAGE_BYTES
+                        )
+                    )
+                    log.info("%s opened", name)
+                    while True:
+                        await self._chunk(ws, session)
+                finally:
+                    session.close()
         except p.ProtocolError as exc:
-            log.info("closing a connection: %s", exc.reason)
-            await ws.close(exc.code, exc.reason)
-        except TimeoutError:
-            await ws.close(p.CLOSE_IDLE, f"idle for {self.idle_timeout:.0f} s")
-        except ConnectionClosed:
-            pass
+            code, reason = exc.code, exc.reason
+        except ConnectionClosed as exc:
+            log.info("%s closed: %s", name, exc)
+            return
+        except Exception:  # a bug of the server's: its traceback once here, a reason for the client
+            log.exception("%s failed", name)
+            code, reason = p.CLOSE_INTERNAL, "internal error; see the server log"
+        log.info("%s closed: %s (code %d)", name, reason, code)
+        await ws.close(code, p.close_reason(reason))
+
+    def _admit(self, hello: dict) -> None:
+        version = hello.get("version")
+        if type(version) is not int or version != p.VERSION:
+            raise p.ProtocolError(
+                p.CLOSE_BAD_VERSION,
+                f"this server speaks protocol {p.VERSION}, the client {p.show(version)}; update the older side",
+            )
+        offered = p.field(hello, "token", str, "")
+        if self.token and not hmac.compare_digest(offered.encode(), self.token.encode()):
+            raise p.ProtocolError(p.CLOSE_POLICY, "missing or wrong token")
+
+    @contextlib.contextmanager
+    def _slot(self) -> Iterator[None]:
+        """Holds one of `max_sessions` slots while the session starts and lives, freed on every path.
+
+        The check and the reservation run with no await between them, so concurrent hellos cannot
+        both take the last slot.
+        """
+        if self.sessions >= self.max_sessions:
+            raise p.ProtocolError(
+                p.CLOSE_TOO_MANY_SESSIONS,
+                f"the server is full ({self.max_sessions} sessions); try again later",
+            )
+        self.sessions += 1
+        try:
+            yield
         finally:
-            if session is not None:
-                session.close()
-                self.sessions -= 1
+            self.sessions -= 1
+
+    async def _start(self, hello: dict) -> Session:
+        options = dict(
+            instruction=p.field(hello, "instruction", (str, type(None)), DEFAULT_INSTRUCTION),
+            previous_text=p.field(hello, "previous_text", str, ""),
+            seed=p.field(hello, "seed", (int, type(None)), None),
+        )
+        try:
+            # On a thread, and between chunks: a session tokenizes its previous text and allocates on
+            # the model's device, which must neither stall the loop nor overlap a chunk on the model.
+            async with self._model_lock:
+                return await asyncio.to_thread(functools.partial(self.engine.start, **options))
+        except (ValueError, OverflowError, StreamVLMError) as exc:  # e.g. a seed the generator cannot take
+            raise p.ProtocolError(p.CLOSE_MALFORMED, f"the hello was refused: {exc}") from None
 
     async def _recv(self, ws: ServerConnection) -> str | bytes:
-        return await asyncio.wait_for(ws.recv(), self.idle_timeout)
+        try:
+            return await asyncio.wait_for(ws.recv(), self.idle_timeout)
+        except TimeoutError:
+            raise p.ProtocolError(p.CLOSE_IDLE, f"idle for {self.idle_timeout:.0f} s") from None
 
-    async def _chunk(self, ws: ServerConnection, session) -> None:
-        header = p.decode(await self._recv(ws), ("chunk",))
-        t_start, t_end = p.field(header, "t_start", float), p.field(header, "t_end", float)
-        count = p.field(header, "frames", int)
-        if not 1 <= count <= p.MAX_FRAMES_PER_CHUNK:
-            raise p.ProtocolError(
-                p.CLOSE_MALFORMED, f"a chunk has 1 to {p.MAX_FRAMES_PER_CHUNK} frames, not {count}"
-            )
-        frames = [_image(await self._recv(ws)) for _ in range(count)]
+    async def _frame(self, data: str | bytes) -> np.ndarray:
+        if isinstance(data, str):
+            raise p.ProtocolError(p.CLOSE_UNSUPPORTED, "expected a frame (a binary PNG or JPEG), got text")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._decoder, decode_frame, data, self._usable)
+
+    def _usable(self, width: int, height: int) -> None:
+        """Refuses a frame this engine cannot resize (the model's aspect-ratio limit), before decoding it."""
+        try:
+            target_size(height, width, self.engine.stream, self.engine.model.vision)
+        except SourceError as exc:
+            raise p.ProtocolError(p.CLOSE_UNSUPPORTED, str(exc)) from None
+
+    async def _chunk(self, ws: ServerConnection, session: Session) -> None:
+        t_start, t_end, count = p.chunk_header(p.decode(await self._recv(ws), ("chunk",)))
+        frames = [await self._frame(await self._recv(ws)) for _ in range(count)]
         arrived = time.monotonic()
         async with self._model_lock:
             waited = time.monotonic() - arrived
@@ -135,8 +191,10 @@ class InferenceServer:
             started = time.monotonic()
             try:
                 events = await asyncio.to_thread(session.push, frames, t_start, t_end)
-            except ValueError as exc:  # times that go backwards, and the like
+            except ValueError as exc:  # times that go back before the previous chunk's
                 raise p.ProtocolError(p.CLOSE_MALFORMED, str(exc)) from None
+            except StreamVLMError as exc:  # frames the model cannot take
+                raise p.ProtocolError(p.CLOSE_UNSUPPORTED, str(exc)) from None
             took = time.monotonic() - started
             self._seconds_per_chunk = (
                 took if not self._seconds_per_chunk else 0.7 * self._seconds_per_chunk + 0.3 * took
@@ -186,17 +244,37 @@ class ServerThread:
         self.thread.join(30)
 
 
-def _image(data: str | bytes) -> np.ndarray:
-    if isinstance(data, str):
-        raise p.ProtocolError(p.CLOSE_UNSUPPORTED, "expected a frame (a binary PNG or JPEG), got text")
+def decode_frame(data: bytes, check: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """One frame as uint8 RGB [H, W, 3], or ProtocolError: PNG or JPEG only, sized from its header first.
+
+    `check(width, height)` may refuse the frame before any pixel is decoded. Pillow's own
+    decompression-bomb check stays on, behind the tighter MAX_FRAME_PIXELS.
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
-        image = Image.open(io.BytesIO(data))
-        if image.width * image.height > p.MAX_FRAME_PIXELS:
-            raise p.ProtocolError(
-                p.CLOSE_TOO_BIG, f"a frame of {image.width}x{image.height} is over the limit"
-            )
-        return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError):
+        with Image.open(io.BytesIO(data), formats=p.FRAME_FORMATS) as image:
+            width, height = image.size
+            if width * height > p.MAX_FRAME_PIXELS:
+                raise p.ProtocolError(
+                    p.CLOSE_TOO_BIG,
+                    f"a frame of {width}x{height} is over the limit of {p.MAX_FRAME_PIXELS} pixels",
+                )
+            if check is not None:
+                check(width, height)
+            return np.asarray(image.convert("RGB"))
+    except p.ProtocolError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # the latter where warnings raise
+        raise p.ProtocolError(
+            p.CLOSE_TOO_BIG, f"a frame is over the limit of {p.MAX_FRAME_PIXELS} pixels"
+        ) from None
+    except UnidentifiedImageError:
         raise p.ProtocolError(p.CLOSE_UNSUPPORTED, "a frame is not a PNG or JPEG image") from None
+    except Exception as exc:  # the decoder's only input is the client's bytes: a corrupt or truncated image
+        raise p.ProtocolError(p.CLOSE_UNSUPPORTED, f"a frame could not be decoded ({exc})") from None
+
+
+def _peer(ws: ServerConnection) -> str:
+    address = ws.remote_address
+    return f"{address[0]}:{address[1]}" if isinstance(address, tuple) and len(address) >= 2 else str(address)
