@@ -35,10 +35,6 @@ CLOSE_TOO_MANY_SESSIONS = 4002
 CLOSE_IDLE = 4003
 CLOSE_MALFORMED = 4004  # text that is not a valid message of this protocol
 CLOSE_INTERNAL = 1011
-# Closes that reject what the client sent: sending it again cannot help, so a client never retries them.
-REJECTED_CODES = frozenset(
-    {CLOSE_UNSUPPORTED, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_BAD_VERSION, CLOSE_MALFORMED}
-)
 MAX_REASON_BYTES = 123  # RFC 6455: a close frame's reason, UTF-8
 
 
@@ -90,10 +86,11 @@ def field(
     high: float | None = None,
 ) -> Any:
     """A field of the right type (numbers finite, within [low, high] when given), or ProtocolError naming it."""
-    where = f"field '{name}' of '{show(message.get('type'))}'"
+    kind_name = show(message.get("type"))
+    where = f"field '{name}' of {kind_name}"
     if name not in message:
         if default is ...:
-            raise ProtocolError(CLOSE_MALFORMED, f"'{show(message.get('type'))}' needs the field '{name}'")
+            raise ProtocolError(CLOSE_MALFORMED, f"{kind_name} needs the field '{name}'")
         return default
     value = message[name]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):

@@ -211,6 +211,7 @@ def test_frames_other_than_png_or_jpeg_are_refused_and_run_nothing(server, no_pr
     assert no_sessions_left(server)
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's, then ours
 @pytest.mark.parametrize(
     "size", [(100_000, 100_000), (10_000, 10_000), (3841, 2160), (1, p.MAX_FRAME_PIXELS + 1)]
 )
