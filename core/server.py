@@ -24,7 +24,6 @@ import hmac
 import io
 import itertools
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -60,9 +59,10 @@ class InferenceServer:
         self._model_lock = asyncio.Lock()  # one chunk on the model at a time, sessions take turns
         self._seconds_per_chunk = 0.0
         self._warned_slow = False
-        # Frames are decoded on threads of their own: never on the event loop, and a flood of big
-        # frames cannot take the threads that the model's chunks run on.
-        self._decoder = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="frame-decoder")
+        # Frames are decoded on threads of their own, never on the event loop, and not on the threads
+        # the model's chunks run on. One per session slot: a session decodes one frame at a time, so
+        # no session's frame waits behind another session's slow one.
+        self._decoder = ThreadPoolExecutor(max(1, max_sessions), thread_name_prefix="frame-decoder")
 
     async def serve(self, host: str = "127.0.0.1", port: int = 8765, ssl=None) -> Server:
         if host not in LOOPBACK and not self.token:
