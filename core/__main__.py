@@ -33,6 +33,7 @@ from core.config import (
 )
 from core.errors import ConfigError, StreamVLMError
 from core.paths import check_outputs, recording_outputs, source_file
+from core.types import CommentarySession
 
 log = logging.getLogger("streamvlm")
 
@@ -247,7 +248,7 @@ def _run(args: argparse.Namespace, config: EngineConfig, source) -> int:
         return _stream(args, config, console, source, live, recorder, session)
 
 
-def _stream(args, config, console, source, live: bool, recorder, session) -> int:
+def _stream(args, config, console, source, live: bool, recorder, session: CommentarySession) -> int:
     """Chunks to the session (local or remote), commentary to the console, subtitle files and recording."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 

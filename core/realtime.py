@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from core.config import StreamConfig
 from core.sampler import Chunk, chunks
 from core.sources import Source
-from core.types import Commentary, Frame
+from core.types import Commentary, CommentarySession, Frame
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +54,14 @@ class RealtimeRunner:
     def __init__(
         self,
         source: Source,
-        session,
+        session: CommentarySession,
         stream: StreamConfig,
         *,
         budget: float = 2.0,
         queue_chunks: int = 2,
         on_frame: Callable[[Frame], None] | None = None,
     ) -> None:
-        """`session` is anything with `push(frames, t_start, t_end) -> list[Commentary]` (local or remote);
+        """`session` is local or remote (any `CommentarySession`);
         `on_frame` sees every captured frame in the capture thread (a recorder), and must keep up."""
         if budget <= 0:
             raise ValueError(f"the latency budget must be positive (got {budget})")

@@ -83,3 +83,15 @@ def rng():
 
 def random_frames(rng: np.random.Generator, height: int, width: int, n: int = 2) -> list[np.ndarray]:
     return [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def pytest_collection_modifyitems(config, items):
+    """One rule for `@pytest.mark.gpu`: such a test is skipped, saying why, where there is no CUDA GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

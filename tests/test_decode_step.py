@@ -95,7 +95,6 @@ def test_static_step_survives_buffer_growth(tiny_model):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_graph_path_gives_the_cpu_reference_tokens(tiny_dir):
     torch.backends.cudnn.allow_tf32 = False  # the vision tower's patch convolution: full float32
     torch.backends.cuda.matmul.allow_tf32 = False

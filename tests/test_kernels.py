@@ -33,7 +33,6 @@ def test_rotate_kernel_equals_pytorch_rotation_in_the_interpreter():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_rotate_kernel_equals_pytorch_rotation_on_the_gpu():
     pytest.importorskip("triton")
     from kernel_check import check_rotation
