@@ -161,7 +161,7 @@ def _verdict(pair: str, order: str, winner: str | None) -> dict:
 
 
 def test_inf_stream_win_rate_excludes_unparseable_from_the_votes():
-    windows = [Window(f"v{i}#0", f"v{i}", 0, 10, "ref", "") for i in range(3)]
+    windows = [Window(f"v{i}#0", f"v{i}", 0, 10, "ref", "", where="") for i in range(3)]
     records = [
         _verdict("v0#0", "model_first", "model"),
         _verdict("v0#0", "baseline_first", "model"),
