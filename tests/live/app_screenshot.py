@@ -31,7 +31,16 @@ def main() -> None:
     window.show()
     window.start()
     deadline = time.monotonic() + 90
-    while len(window.log.toPlainText().splitlines()) < 2 and time.monotonic() < deadline:
+
+    def overlay_text() -> int:
+        """Characters of commentary over the shown picture: the random model's line may be a few
+        characters only, too little for the band check below, so the script waits for a real line."""
+        frame = getattr(window, "frame", None)
+        return sum(len(text.strip()) for text, _ in window.overlay.lines_at(frame.t)) if frame else 0
+
+    while (
+        len(window.log.toPlainText().splitlines()) < 2 or overlay_text() < 12
+    ) and time.monotonic() < deadline:
         app.processEvents()
         time.sleep(0.02)
     window.stop()
