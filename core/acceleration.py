@@ -82,9 +82,6 @@ class Acceleration:
         compile_ = choose("compile", requested.compile, True, cuda, gpu)
         static = choose("static_decode", requested.static_decode, True, cuda, gpu)
         graphs = choose("cuda_graphs", requested.cuda_graphs, cuda, True, gpu)
-        if graphs and not static:
-            # The decode graph replays the static step; the vision graph does not need it.
-            why.setdefault("static_decode", "off by request")
         has_triton = importlib.util.find_spec("triton") is not None
         triton = choose("triton", requested.triton, cuda and has_triton, True, "a CUDA GPU and Triton")
         overlap = choose(
@@ -94,9 +91,7 @@ class Acceleration:
             graphs,
             "CUDA graphs (a launch must return before the step runs)" if static else "the static decode step",
         )
-        attention = requested.decode_attention
-        if not static:
-            attention = "none"
+        attention = requested.decode_attention if static else "none"  # only the static step has one
         return cls(compile_, graphs, static, attention, overlap, triton, why)
 
     def describe(self) -> str:
