@@ -1,7 +1,7 @@
 """The main window: source and model choice, the live view with commentary overlays, the log.
 
 Widgets are touched only here, in the GUI thread; the `StreamWorker` (app/worker.py) reports
-through signals. The overlay is `core.overlay.Overlay`, the same renderer the recorder burns in.
+through signals. The overlay is `core.media.overlay.Overlay`, the same renderer the recorder burns in.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from PySide6.QtWidgets import (
 from app.state import RunRequest, is_server_url
 from app.worker import StreamWorker
 from core.errors import StreamVLMError
-from core.overlay import Overlay, OverlayStyle
+from core.media.overlay import Overlay, OverlayStyle
 from core.paths import check_outputs, folder_problem, recording_outputs, source_file
 from core.types import Commentary, Frame
 
@@ -180,7 +180,7 @@ class MainWindow(QMainWindow):
         self.resize(1200, 620)
 
     def _restore(self, *, model: str | None, source: str | None) -> None:
-        from core.sources import list_cameras, list_monitors
+        from core.media.sources import list_cameras, list_monitors
 
         choices = [f"screen:{m.index}" for m in list_monitors()] + [
             f"camera:{c.index}" for c in list_cameras()
@@ -191,7 +191,7 @@ class MainWindow(QMainWindow):
         self.model_edit.setText(model or self.settings.value("model", "", str))
         self._model_changed(self.model_edit.text())
         self.output_edit.setText(self.settings.value("output_folder", str(Path.home() / "Videos"), str))
-        from core.audio import input_devices
+        from core.media.audio import input_devices
 
         devices, why_none = input_devices(rescan=self.thread is None)
         for device in devices:
@@ -302,7 +302,7 @@ class MainWindow(QMainWindow):
 
     def export(self, path: str | Path) -> int:
         """Write the session's commentary so far to `path` (.srt, .vtt or .jsonl); returns the cue count."""
-        from core.subtitles import JsonlWriter, SrtWriter, VttWriter
+        from core.media.subtitles import JsonlWriter, SrtWriter, VttWriter
 
         kinds = {".srt": SrtWriter, ".vtt": VttWriter, ".jsonl": JsonlWriter}
         path = Path(path)

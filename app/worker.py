@@ -1,7 +1,7 @@
 """The stream worker: model, source, runner and recorder, in a thread of their own.
 
 `StreamWorker` lives in a `QThread`. Its `run` loads the model (once per model name; kept for
-the next run), opens the source, and runs `core.realtime.RealtimeRunner`; everything it learns
+the next run), opens the source, and runs `core.media.realtime.RealtimeRunner`; everything it learns
 goes to the window through signals, never by touching widgets. `stop` may be called from the
 GUI thread at any time: it stops the runner, which closes the source and returns after the
 chunk in progress.
@@ -24,7 +24,7 @@ FRAME_INTERVAL = 1 / 15  # the view is refreshed at most 15 times a second; it s
 class StreamWorker(QObject):
     frame = Signal(object)  # core.types.Frame, the newest captured picture
     commentary = Signal(object)  # core.types.Commentary
-    report = Signal(object)  # core.realtime.ChunkReport
+    report = Signal(object)  # core.media.realtime.ChunkReport
     status = Signal(str)  # one line for the status bar (loading, connected, reconnecting, ...)
     failed = Signal(str)  # a user-facing reason; the run is over
     finished = Signal()
@@ -68,9 +68,9 @@ class StreamWorker(QObject):
 
     def _run(self) -> None:
         from core.engine import StreamingEngine
-        from core.realtime import RealtimeRunner
-        from core.recorder import Recorder, recording_fps
-        from core.sources import FileSource, open_source
+        from core.media.realtime import RealtimeRunner
+        from core.media.recorder import Recorder, recording_fps
+        from core.media.sources import FileSource, open_source
 
         request = self.request
         self.status.emit(f"opening {request.source}")
@@ -87,7 +87,7 @@ class StreamWorker(QObject):
                     request.record_to, record_fps, audio_rate=48_000 if with_audio else None
                 )
                 if with_audio:
-                    from core.audio import AudioCapture
+                    from core.media.audio import AudioCapture
 
                     self.audio = AudioCapture(request.audio_device, self._on_audio)
                     self.audio.start()
@@ -128,7 +128,7 @@ class StreamWorker(QObject):
         return self._models[key]
 
     def _remote_session(self):
-        from core.client import RemoteSession
+        from core.remote.client import RemoteSession
 
         self.status.emit(f"connecting to {self.request.model}")
         self._remote = RemoteSession(

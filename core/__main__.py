@@ -181,7 +181,7 @@ def check_run(args: argparse.Namespace) -> EngineConfig:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = check_run(args)
-    from core.sources import open_source  # PyAV, not torch: a bad source is still quick
+    from core.media.sources import open_source  # PyAV, not torch: a bad source is still quick
 
     # Opened first, so a bad source fails before the model loads.
     source = open_source(args.source, config.stream.fps, realtime=args.realtime, cursor=args.cursor)
@@ -192,15 +192,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, config: EngineConfig, source) -> int:
     from rich.console import Console
 
-    from core.recorder import Recorder, recording_fps
-    from core.sources import FileSource
+    from core.media.recorder import Recorder, recording_fps
+    from core.media.sources import FileSource
 
     console = Console(stderr=False, highlight=False)
     live = args.realtime or not isinstance(source, FileSource)
     recorder = None
     if args.record:
         # The recording keeps the source's frame rate; the model still sees `fps` frames a second,
-        # picked from the faster feed by the chunk sampler.
+        # picked from the faster feed by the chunker.
         record_fps = args.record_fps or recording_fps(config.stream.fps, source.native_fps)
         source.fps = record_fps  # sources sample at `fps` when iterated
         recorder = Recorder(args.record, record_fps)
@@ -213,7 +213,7 @@ def _run(args: argparse.Namespace, config: EngineConfig, source) -> int:
         )
     with recorder or contextlib.nullcontext():
         if args.server:
-            from core.client import RemoteSession
+            from core.remote.client import RemoteSession
 
             token = args.token or os.environ.get("STREAMVLM_TOKEN")
             # No instruction given: the server's default, as for a local session.
@@ -252,9 +252,9 @@ def _stream(args, config, console, source, live: bool, recorder, session: Commen
     """Chunks to the session (local or remote), commentary to the console, subtitle files and recording."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from core.realtime import RealtimeRunner, tee
-    from core.sampler import chunks
-    from core.subtitles import open_writers
+    from core.media.chunker import chunks
+    from core.media.realtime import RealtimeRunner, tee
+    from core.media.subtitles import open_writers
 
     total = source.duration / config.stream.chunk_seconds if source.duration else None
     progress = Progress(
@@ -342,7 +342,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _quiet_transformers()
     from core.engine import StreamingEngine
     from core.loading import load_model
-    from core.server import InferenceServer
+    from core.remote.server import InferenceServer
 
     model = load_model(args.model, device=args.device)
     server = InferenceServer(
@@ -395,7 +395,7 @@ def _cannot_listen(host: str, port: int, exc: BaseException) -> str:
 
 
 def cmd_sources(args: argparse.Namespace) -> int:
-    from core.sources import list_cameras, list_monitors
+    from core.media.sources import list_cameras, list_monitors
 
     cameras, monitors = list_cameras(), list_monitors()
     print("cameras:" if cameras else "cameras: none that open")

@@ -33,7 +33,7 @@ def source_file(spec: str) -> Path | None:
 
 
 def recording_outputs(path: PathLike, label: str = "the recording") -> dict[str, Path]:
-    """The files a recording to `path` writes: the MP4 and its SRT sidecar (core/recorder.py)."""
+    """The files a recording to `path` writes: the MP4 and its SRT sidecar (core/media/recorder.py)."""
     path = Path(path)
     if path.suffix.lower() != ".mp4":
         raise ConfigError(f"recordings are MP4 files; give a path ending in .mp4 for {label} (got '{path}')")

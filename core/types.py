@@ -44,7 +44,7 @@ class Closeable:
 class CommentarySession(Protocol):
     """One stream being commentated, wherever the model runs.
 
-    `core.engine.Session` (local), `core.client.RemoteSession` (a server's) and the efficiency
+    `core.engine.Session` (local), `core.remote.client.RemoteSession` (a server's) and the efficiency
     benchmark's stock-transformers baseline all satisfy it; the pipeline, the real-time runner and
     the server take any of them. Chunks come in stream order; `close` is safe to call twice.
     """

@@ -19,7 +19,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.sampler import chunks
+from core.media.chunker import chunks
 from evals.runner import DataError
 from evals.video import duration, frames_at, sample_times
 

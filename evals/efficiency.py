@@ -240,8 +240,8 @@ def _frame_source(args, stream: StreamConfig, width: int, height: int):
     """A factory of per-chunk frame lists; synthetic frames cycle through a small pool (content does
     not change the cost, and a 1000-second HD stream would not fit in memory)."""
     if args.source:
-        from core.sampler import chunks
-        from core.sources import FileSource
+        from core.media.chunker import chunks
+        from core.media.sources import FileSource
 
         def from_file():
             with FileSource(args.source, fps=stream.fps) as source:

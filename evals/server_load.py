@@ -1,6 +1,6 @@
 """`python -m evals server-load`: many clients streaming at once into one inference server.
 
-Starts `core/server.py` on loopback with the given model (or targets `--url`), then runs
+Starts `core/remote/server.py` on loopback with the given model (or targets `--url`), then runs
 `--clients` `RemoteSession`s in parallel, each streaming `--seconds` one-second chunks paced in
 real time (a chunk is sent when its last frame would have been captured). Per client it
 reports the latency from sending a chunk to its `chunk_done` (percentiles), the chunks the
@@ -61,7 +61,7 @@ def stream_client(
     on_chunk=None,
 ) -> ClientResult:
     """One client: `seconds` chunks of `fps` frames each, sent in real time from `start_at`."""
-    from core.client import RemoteSession
+    from core.remote.client import RemoteSession
 
     result = ClientResult(index)
     rng = np.random.default_rng(index)
@@ -217,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model:
         from core.engine import StreamingEngine
         from core.loading import load_model
-        from core.server import InferenceServer, ServerThread
+        from core.remote.server import InferenceServer, ServerThread
 
         with console.status(f"loading model {args.model}"):
             model = load_model(args.model, device=args.device)

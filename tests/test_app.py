@@ -260,7 +260,7 @@ def test_a_remote_server_is_a_model_choice(qtbot, window, tiny_model):
     """The model field takes a server's URL and the token field its token; the stream runs there."""
     from conftest import SMALL_STREAM
     from core.engine import StreamingEngine
-    from core.server import InferenceServer, ServerThread
+    from core.remote.server import InferenceServer, ServerThread
 
     server = InferenceServer(StreamingEngine(tiny_model, stream=SMALL_STREAM), token="t0ken")
     running = ServerThread(server)

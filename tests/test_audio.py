@@ -11,8 +11,8 @@ import av
 import numpy as np
 import pytest
 
-from core.audio import AudioCapture, input_devices
-from core.recorder import Recorder
+from core.media.audio import AudioCapture, input_devices
+from core.media.recorder import Recorder
 from core.types import Frame
 from livehelpers import SoundServer
 

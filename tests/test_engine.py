@@ -102,9 +102,9 @@ def test_commentary_is_one_clean_line(raw, line):
 
 def test_every_kind_of_session_is_a_commentary_session(tiny_model):
     """The local session, the stock baseline and the remote session share one interface."""
-    from core.client import RemoteSession
     from core.config import GenerationConfig
     from core.engine import StreamingEngine
+    from core.remote.client import RemoteSession
     from core.types import CommentarySession
     from evals.stock import StockStream
 

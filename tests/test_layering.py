@@ -94,48 +94,50 @@ def test_importing_core_leaves_gui_and_server_modules_unloaded():
     assert result.stdout.strip() == ""
 
 
-# core/ in three concerns: the engine, media I/O and remote serving. The engine imports neither of
-# the other two, so it runs (and is tested) without sources, recorders or a network stack.
-MEDIA = {"sources", "reconnect", "sampler", "realtime", "recorder", "overlay", "audio", "subtitles"}
-REMOTE = {"protocol", "server", "client"}
-ASSEMBLY = {"__main__", "__init__"}  # the CLI puts engine, media and remote together
+# core/ in three parts: the engine at the root, media I/O in core/media, remote serving in
+# core/remote. The engine imports neither wing, so it runs (and is tested) without sources,
+# recorders or a network stack; the wings import the engine, and remote imports of media only
+# reconnect (a client reconnects like a live source).
+WINGS = ("media", "remote")
+ASSEMBLY = {"__main__", "pipeline"}  # put engine, media and remote together
 
 
-def core_modules_imported(source: str) -> set[str]:
-    """The `core.X` modules a source imports (first level below core)."""
+def core_parts_imported(source: str) -> set[str]:
+    """The first-level names below `core` that a source imports (`media`, `remote`, `engine`, ...),
+    with the module below a wing: `media.reconnect`."""
     names = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
-            names.update(a.name.split(".")[1] for a in node.names if a.name.startswith("core."))
+            modules = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            if node.module.startswith("core."):
-                names.add(node.module.split(".")[1])
-            elif node.module == "core":
-                names.update(a.name for a in node.names)
+            modules = [node.module] if node.module != "core" else [f"core.{a.name}" for a in node.names]
+        else:
+            continue
+        for module in modules:
+            parts = module.split(".")
+            if parts[0] == "core" and len(parts) > 1:
+                names.add(".".join(parts[1:3]) if parts[1] in WINGS else parts[1])
     return names
 
 
-def test_core_module_scan_sees_submodules():
-    assert core_modules_imported("from core.sources import open_source\nimport core.client") == {
-        "sources",
-        "client",
-    }
-    assert core_modules_imported("from core import server") == {"server"}
+def test_core_part_scan_sees_wings_and_modules():
+    source = "from core.media.sources import open_source\nimport core.remote.client\nfrom core import engine"
+    assert core_parts_imported(source) == {"media.sources", "remote.client", "engine"}
+    assert core_parts_imported("from core.media import reconnect") == {"media"}
 
 
-def test_the_engine_imports_neither_media_nor_remote():
-    modules = {path.stem for path in (ROOT / "core").glob("*.py")}
-    assert MEDIA | REMOTE <= modules, "a listed media or remote module no longer exists: update the lists"
+def test_the_engine_imports_neither_wing_and_remote_only_reconnect_of_media():
+    assert all((ROOT / "core" / wing / "__init__.py").is_file() for wing in WINGS)
     bad = []
-    for path in sorted((ROOT / "core").glob("*.py")):
-        imported = core_modules_imported(path.read_text())
-        if path.stem in MEDIA:
-            wrong = imported & REMOTE
-        elif path.stem in REMOTE:
-            wrong = imported & (MEDIA - {"reconnect"})  # a client reconnects like a live source
-        elif path.stem in ASSEMBLY:
-            wrong = set()
-        else:
-            wrong = imported & (MEDIA | REMOTE)
-        bad += [f"core/{path.name} imports core.{name}" for name in sorted(wrong)]
+    for path in sorted((ROOT / "core").rglob("*.py")):
+        where = path.relative_to(ROOT / "core").parts
+        imported = core_parts_imported(path.read_text())
+        wings = {name for name in imported if name.split(".")[0] in WINGS}
+        if len(where) == 1:  # the engine, or an assembly point
+            wrong = set() if path.stem in ASSEMBLY else wings
+        elif where[0] == "media":
+            wrong = {name for name in wings if name.startswith("remote")}
+        else:  # remote
+            wrong = {name for name in wings if name.startswith("media") and name != "media.reconnect"}
+        bad += [f"core/{'/'.join(where)} imports core.{name}" for name in sorted(wrong)]
     assert not bad, "; ".join(bad)

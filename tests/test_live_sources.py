@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from core.errors import SourceError
-from core.reconnect import Backoff, SourceState
-from core.sources import (
+from core.media.reconnect import Backoff, SourceState
+from core.media.sources import (
     CameraSource,
     FileSource,
     RtspSource,

@@ -250,7 +250,7 @@ def test_the_client_takes_its_token_from_streamvlm_token(tiny_model, monkeypatch
     from conftest import SMALL_STREAM
     from core.__main__ import main as core_main
     from core.engine import StreamingEngine
-    from core.server import InferenceServer, ServerThread
+    from core.remote.server import InferenceServer, ServerThread
     from test_cli import CLIP
 
     server = InferenceServer(StreamingEngine(tiny_model, stream=SMALL_STREAM), token="s3cret")

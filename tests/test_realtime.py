@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from core.config import StreamConfig
-from core.realtime import RealtimeRunner
-from core.sources import FileSource, Source
+from core.media.realtime import RealtimeRunner
+from core.media.sources import FileSource, Source
 from core.types import Commentary, Frame
 from livehelpers import Display, RtspServer
 from test_cli import run_cli
@@ -176,7 +176,7 @@ def test_a_session_slower_than_the_budget_comments_on_the_newest_chunks(caplog):
     """Every chunk misses a 1-s budget when one takes 1.5 s: the newest is still worth commenting on."""
     session = SlowSession(1.5)
     runner = RealtimeRunner(FileSource(CLIP, fps=2.0, realtime=True), session, StreamConfig(), budget=1.0)
-    with caplog.at_level("WARNING", logger="core.realtime"):
+    with caplog.at_level("WARNING", logger="core.media.realtime"):
         reports = list(runner.run())
     assert len(reports) >= 3  # not only the first chunk (an estimate over the budget used to skip the rest)
     assert runner.skipped >= 2 and len(session.pushed) == len(reports)

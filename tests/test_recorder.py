@@ -15,8 +15,8 @@ import pytest
 import srt
 
 from core.errors import StreamVLMError
-from core.overlay import Overlay, OverlayStyle
-from core.recorder import Recorder
+from core.media.overlay import Overlay, OverlayStyle
+from core.media.recorder import Recorder
 from core.types import Commentary, Frame
 from test_cli import CLIP, run_cli
 

@@ -3,7 +3,7 @@
 Phones store the sensor's landscape picture and say in a display matrix (the MP4/MOV `tkhd` matrix,
 or Matroska's projection) how players turn it. Test clips here are plain MP4s whose `tkhd` matrix is
 then set by hand, as a phone writes it, so they need no particular PyAV or FFmpeg version to make.
-Every reader of video in the project is checked: the file and stream sources (core.sources), the
+Every reader of video in the project is checked: the file and stream sources (core.media.sources), the
 trainer's clip reader and the evals' frame reader. The picture is asymmetric under every turn and
 mirror (a white top-left quadrant, a grey strip across the top-right), so a wrong orientation shows.
 """
@@ -25,8 +25,8 @@ import av
 import numpy as np
 import pytest
 
-from core.reconnect import Backoff
-from core.sources import FileSource, RtspSource
+from core.media.reconnect import Backoff
+from core.media.sources import FileSource, RtspSource
 from core.synthetic import write_video
 from livehelpers import need
 
@@ -196,7 +196,7 @@ def test_legacy_rotate_tag_turns_clockwise_when_there_is_no_matrix(tmp_path, tag
 
 def test_orientation_is_read_from_the_matrix_as_ffmpeg_reads_it(tmp_path):
     # Each frame carries the matrix; the decision uses its exact entries (mirrors included).
-    from core.sources import display_orientation
+    from core.media.sources import display_orientation
 
     path = rotated_clip(tmp_path / "phone.mp4", 90, hflip=True)
     with av.open(str(path)) as container:

@@ -12,12 +12,12 @@ import pytest
 from websockets.sync.client import connect
 
 from conftest import SMALL_STREAM, random_frames
-from core import protocol as p
-from core.client import RemoteSession
 from core.config import GenerationConfig
 from core.engine import StreamingEngine
 from core.errors import StreamVLMError
-from core.server import InferenceServer, ServerThread
+from core.remote import protocol as p
+from core.remote.client import RemoteSession
+from core.remote.server import InferenceServer, ServerThread
 
 GREEDY = GenerationConfig(temperature=0.0, max_new_tokens=6)
 
@@ -181,7 +181,7 @@ def test_killing_a_client_mid_stream_frees_its_session(server):
     client = textwrap.dedent(
         f"""
         import numpy as np
-        from core.client import RemoteSession
+        from core.remote.client import RemoteSession
         session = RemoteSession({server.url!r}, token="s3cret")
         session.push([np.zeros((56, 56, 3), np.uint8)] * 2, 0, 1)
         print("streaming", flush=True)
@@ -254,7 +254,7 @@ def test_a_dropped_server_is_reconnected_with_the_commentary_so_far_as_previous_
 
 
 def test_a_server_that_stays_away_ends_the_session_with_a_clear_error(tiny_model):
-    from core.reconnect import Backoff
+    from core.media.reconnect import Backoff
 
     running = RunningServer(StreamingEngine(tiny_model, stream=SMALL_STREAM, generation=GREEDY))
     remote = RemoteSession(running.url, reconnect=Backoff(initial=0.1, cap=0.2, give_up_after=1.0))

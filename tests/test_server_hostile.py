@@ -22,12 +22,12 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from conftest import SMALL_STREAM, random_frames
-from core import protocol as p
-from core.client import RemoteSession, ServerLost
 from core.engine import Session, StreamingEngine
 from core.errors import StreamVLMError
-from core.reconnect import Backoff
-from core.server import InferenceServer, ServerThread
+from core.media.reconnect import Backoff
+from core.remote import protocol as p
+from core.remote.client import RemoteSession, ServerLost
+from core.remote.server import InferenceServer, ServerThread
 
 TOKEN = "s3cret"
 QUICK = Backoff(initial=0.05, cap=0.1, give_up_after=5.0)
@@ -343,7 +343,7 @@ def test_a_server_failure_is_retried_once_per_chunk_with_a_reason(counting, monk
 
     monkeypatch.setattr(Session, "push", failing)
     frames = random_frames(np.random.default_rng(0), 56, 56)
-    with caplog.at_level(logging.INFO, logger="core.server"):
+    with caplog.at_level(logging.INFO, logger="core.remote.server"):
         with RemoteSession(counting.url, reconnect=QUICK) as session:
             with pytest.raises(ServerLost, match=r"internal error; see the server log \(code 1011\)"):
                 session.push(frames, 0, 1)
@@ -359,7 +359,7 @@ def test_a_server_failure_is_retried_once_per_chunk_with_a_reason(counting, monk
 
 
 def test_session_open_and_close_are_logged_with_the_reason(server, caplog):
-    with caplog.at_level(logging.INFO, logger="core.server"):
+    with caplog.at_level(logging.INFO, logger="core.remote.server"):
         with RemoteSession(server.url, token=TOKEN) as session:
             number = session.session_id
         assert_closed(close_of(server, chunk(frames=0)), p.CLOSE_MALFORMED)
@@ -376,7 +376,7 @@ def test_session_open_and_close_are_logged_with_the_reason(server, caplog):
         ]
         deadline = time.monotonic() + 10  # the server logs a client's own close once it has seen it
         while time.monotonic() < deadline:
-            lines = [r.getMessage() for r in caplog.records if r.name == "core.server"]
+            lines = [r.getMessage() for r in caplog.records if r.name == "core.remote.server"]
             if all(any(match(line) for line in lines) for match in expected):
                 break
             time.sleep(0.05)

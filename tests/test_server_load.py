@@ -43,7 +43,7 @@ def test_eight_clients_for_sixty_seconds_are_all_served(tiny_dir, tmp_path):
 def test_an_overloaded_server_skips_chunks_instead_of_queueing_them(tiny_model):
     from conftest import SMALL_STREAM
     from core.engine import StreamingEngine
-    from core.server import InferenceServer, ServerThread
+    from core.remote.server import InferenceServer, ServerThread
     from evals.server_load import run_load
 
     # A budget shorter than one chunk's work: whoever waits behind another client's chunk is skipped.
@@ -61,7 +61,7 @@ def test_an_overloaded_server_skips_chunks_instead_of_queueing_them(tiny_model):
 def test_a_server_slower_than_its_budget_still_answers_a_lone_client(tiny_model):
     from conftest import SMALL_STREAM
     from core.engine import StreamingEngine
-    from core.server import InferenceServer, ServerThread
+    from core.remote.server import InferenceServer, ServerThread
     from evals.server_load import run_load
 
     # Every chunk takes longer than 0.001 s: skipping all of them would leave the client with nothing.

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from core.errors import SourceError
-from core.sources import FileSource, Source
+from core.media.sources import FileSource, Source
 from core.synthetic import write_video
 
 LEVEL0, LEVEL_STEP = 16, 4
@@ -197,11 +197,11 @@ def _half(path: Path) -> int:
 def test_truncated_video_yields_what_decodes_then_warns_once(tmp_path, caplog, suffix, muxer_options, where):
     path = write_video(tmp_path / f"clip{suffix}", noise_frames(50), 25, container_options=muxer_options)
     cut(path, where(path))
-    with caplog.at_level(logging.WARNING, logger="core.sources"):
+    with caplog.at_level(logging.WARNING, logger="core.media.sources"):
         frames = list(FileSource(path, fps=10))
     assert 3 <= len(frames) < 20  # the whole clip would give 20
     assert [f.t for f in frames] == [k / 10 for k in range(len(frames))]
-    warnings = [r for r in caplog.records if r.name == "core.sources" and r.levelno == logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "core.media.sources" and r.levelno == logging.WARNING]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     message = warnings[0].getMessage()
     assert "ended early at t=" in message and str(path) in message

@@ -11,9 +11,9 @@ import pytest
 import srt
 import webvtt
 
-from core import subtitles
 from core.errors import StreamVLMError
-from core.subtitles import JsonlWriter, MultiWriter, SrtWriter, VttWriter, open_writers
+from core.media import subtitles
+from core.media.subtitles import JsonlWriter, MultiWriter, SrtWriter, VttWriter, open_writers
 from core.types import Commentary
 
 CUES = [

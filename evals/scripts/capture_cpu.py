@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from core.cli_args import number  # noqa: E402
-from core.sources import FileSource, RtspSource  # noqa: E402
+from core.media.sources import FileSource, RtspSource  # noqa: E402
 from livehelpers import RtspServer  # noqa: E402
 
 

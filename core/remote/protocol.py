@@ -1,4 +1,4 @@
-"""The remote-inference wire protocol (version 1), shared by core/server.py and core/client.py.
+"""The remote-inference wire protocol (version 1), shared by core/remote/server.py and core/remote/client.py.
 
 docs/protocol.md is its description for people; this module is the one place its names, limits
 and codes live in code. Messages are WebSocket text frames holding one JSON object with a

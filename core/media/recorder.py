@@ -4,7 +4,7 @@ The MP4 is fragmented (`empty_moov`, a fragment at every key frame, one key fram
 every packet is flushed to the file as it is written, so a crash, a killed process or a power
 cut leaves a file that players open and decode up to about a second before the end. Cues go to
 `<name>.srt` (core/paths.py `recording_outputs` names both files, so callers can check them before
-recording) through the crash-safe subtitle writer (core/subtitles.py) as they are generated.
+recording) through the crash-safe subtitle writer (core/media/subtitles.py) as they are generated.
 H.264 (libx264) where the PyAV build has it; otherwise MPEG-4 Part 2, which `codec` reports.
 """
 
@@ -20,9 +20,9 @@ import av
 import numpy as np
 
 from core.errors import StreamVLMError
-from core.overlay import Overlay
+from core.media.overlay import Overlay
+from core.media.subtitles import SrtWriter
 from core.paths import check_output, recording_outputs
-from core.subtitles import SrtWriter
 from core.types import Closeable, Commentary, Frame
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ _CODECS = ("libx264", "mpeg4")
 
 def recording_fps(model_fps: float, native_fps: float | None) -> float:
     """The default frame rate of a recording: the source's, at most 30 (10 when it does not say), and
-    never below the `model_fps` frames a second the chunk sampler picks from it."""
+    never below the `model_fps` frames a second the chunker picks from it."""
     return max(model_fps, min(30.0, native_fps or 10.0))
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from core.config import StreamConfig
-from core.sampler import Chunk, chunks
+from core.media.chunker import Chunk, chunks
 from core.types import Frame
 
 

@@ -1,4 +1,4 @@
-"""Remote inference: one model served over WebSocket to many clients (protocol: core/protocol.py).
+"""Remote inference: one model served over WebSocket to many clients (protocol: core/remote/protocol.py).
 
 `python -m core serve --model M` binds to loopback unless told otherwise, and refuses any other
 address without a token; tokens are compared in constant time. Each connection is one session:
@@ -33,10 +33,10 @@ import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from core import protocol as p
 from core.engine import DEFAULT_INSTRUCTION, Session, StreamingEngine
 from core.errors import ConfigError, SourceError, StreamVLMError
 from core.frames import target_size
+from core.remote import protocol as p
 
 log = logging.getLogger(__name__)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

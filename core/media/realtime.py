@@ -1,6 +1,6 @@
 """Real-time pacing: a live source feeds a session without ever waiting for it.
 
-`RealtimeRunner` runs capture (the source and the chunk sampler) in a thread of its own and
+`RealtimeRunner` runs capture (the source and the chunker) in a thread of its own and
 inference in the caller's thread; between them is a queue of at most `queue_chunks` chunks.
 Capture never blocks: when the queue is full the oldest waiting chunk is dropped. Inference
 skips a chunk whose commentary would come later than `budget` seconds after the chunk was
@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from core.config import StreamConfig
-from core.sampler import Chunk, chunks
-from core.sources import Source
+from core.media.chunker import Chunk, chunks
+from core.media.sources import Source
 from core.types import Commentary, CommentarySession, Frame
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ close it (or use it as a context manager) when done. `FileSource` decodes any fi
 reads; `RtspSource` reads network streams (RTSP, RTMP, HTTP(S), UDP, SRT) by presentation time;
 `CameraSource` (OpenCV) and `ScreenSource` (mss) sample on the monotonic clock. `open_source`
 turns a user's `--source` text into one of them, and `list_cameras` / `list_monitors` say what
-this machine has. Live sources that drop reconnect with backoff (core/reconnect.py); their times
+this machine has. Live sources that drop reconnect with backoff (core/media/reconnect.py); their times
 keep increasing across the gap, and sample times inside a gap yield no frame.
 
 The frame yielded for sample time t_k = k / fps is the one on screen at t_k: the latest
@@ -41,7 +41,7 @@ import av
 import numpy as np
 
 from core.errors import SourceError
-from core.reconnect import Backoff, Reconnector, SourceState, StateCallback
+from core.media.reconnect import Backoff, Reconnector, SourceState, StateCallback
 from core.types import Closeable, Frame
 
 logger = logging.getLogger(__name__)

@@ -1,5 +1,5 @@
 """`RemoteSession`: the `Session` interface over WebSocket, so the CLI and the GUI need not know
-where the model runs (protocol: core/protocol.py; server: core/server.py).
+where the model runs (protocol: core/remote/protocol.py; server: core/remote/server.py).
 
 A connection that drops (the server restarts, the network blips, the server stops answering)
 is opened again with backoff, as a new session whose previous text is the old one's plus all
@@ -20,9 +20,9 @@ import numpy as np
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
-from core import protocol as p
 from core.errors import StreamVLMError
-from core.reconnect import Backoff, Reconnector, StateCallback
+from core.media.reconnect import Backoff, Reconnector, StateCallback
+from core.remote import protocol as p
 from core.types import Closeable, Commentary, Frame
 
 DEFAULT = "<the engine's default instruction>"
