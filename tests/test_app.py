@@ -19,9 +19,9 @@ pytest.importorskip("PySide6")
 from PySide6.QtCore import QSettings, Qt  # noqa: E402
 
 from app.window import MainWindow  # noqa: E402
+from clihelpers import CLIP  # noqa: E402
 from conftest import TEST_HOME  # noqa: E402
 from livehelpers import app_env, user_files  # noqa: E402
-from test_cli import CLIP  # noqa: E402
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from clihelpers import CLIP
 from livehelpers import Display, app_env
-from test_cli import CLIP
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTEFACTS = ROOT / "runs" / "screenshots"

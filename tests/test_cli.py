@@ -4,31 +4,14 @@ from __future__ import annotations
 
 import html
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import srt
 import webvtt
 
+from clihelpers import CLIP, run_cli
 from core.synthetic import synthetic_frames, write_video
-
-ROOT = Path(__file__).resolve().parents[1]
-CLIP = ROOT / "assets" / "demo_clip.mp4"
-
-
-def run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "core", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=ROOT,
-    )
 
 
 def vtt_seconds(stamp: str) -> float:

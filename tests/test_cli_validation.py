@@ -17,31 +17,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from clihelpers import CLIP, ROOT, assert_one_error_line, run_main
 from core.__main__ import build_parser as core_parser
 from core.__main__ import main as core_main
 from core.config import CachePolicy, GenerationConfig, StreamConfig
 
 if TYPE_CHECKING:
     from core.config import Range
-
-ROOT = Path(__file__).resolve().parents[1]
-CLIP = ROOT / "assets" / "demo_clip.mp4"
-
-
-def run_main(main, argv: list[str], capsys) -> tuple[int, list[str]]:
-    """Exit status and stderr lines of a CLI's main(argv), in process."""
-    try:
-        status = main(argv)
-    except SystemExit as exc:
-        status = exc.code
-    return status, capsys.readouterr().err.splitlines()
-
-
-def assert_one_error_line(status: int, lines: list[str], *words: str) -> None:
-    assert status == 2, lines
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    for word in words:
-        assert word in lines[0], lines
 
 
 def actions(parser: argparse.ArgumentParser, path: str = ""):

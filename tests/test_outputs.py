@@ -10,11 +10,10 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import pytest  # noqa: E402
-from test_cli_validation import assert_one_error_line, run_main  # noqa: E402
 
+from clihelpers import CLIP, assert_one_error_line, run_main  # noqa: E402
 from core.__main__ import main as core_main  # noqa: E402
 from core.errors import ConfigError  # noqa: E402
-from test_cli import CLIP  # noqa: E402
 
 
 def digest(path: Path) -> str:

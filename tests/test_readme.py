@@ -247,11 +247,11 @@ def test_the_token_paragraph_matches_the_clis():
 
 def test_the_client_takes_its_token_from_streamvlm_token(tiny_model, monkeypatch, capsys):
     """What the README tells a user to do: the token in STREAMVLM_TOKEN, none on the command line."""
+    from clihelpers import CLIP
     from conftest import SMALL_STREAM
     from core.__main__ import main as core_main
     from core.engine import StreamingEngine
     from core.remote.server import InferenceServer, ServerThread
-    from test_cli import CLIP
 
     server = InferenceServer(StreamingEngine(tiny_model, stream=SMALL_STREAM), token="s3cret")
     running = ServerThread(server)

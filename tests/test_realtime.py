@@ -6,19 +6,15 @@ from __future__ import annotations
 import re
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
+from clihelpers import CLIP, run_cli
 from core.config import StreamConfig
 from core.media.realtime import RealtimeRunner
 from core.media.sources import FileSource, Source
 from core.types import Commentary, Frame
 from livehelpers import Display, RtspServer
-from test_cli import run_cli
-
-ROOT = Path(__file__).resolve().parents[1]
-CLIP = ROOT / "assets" / "demo_clip.mp4"  # 8 s
 
 
 class SlowSession:

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import srt
 
+from clihelpers import CLIP, run_cli
 from core.errors import StreamVLMError
 from core.media.overlay import Overlay, OverlayStyle
 from core.media.recorder import Recorder
 from core.types import Commentary, Frame
-from test_cli import CLIP, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 

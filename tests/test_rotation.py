@@ -277,7 +277,7 @@ def test_evals_frame_reader_returns_upright_frames_after_a_seek(tmp_path):
 
 
 def test_run_records_a_rotated_phone_clip_in_portrait(tmp_path):
-    from test_cli import run_cli
+    from clihelpers import run_cli
 
     # An iPhone's portrait clip, large enough that the burned-in commentary leaves the top clear.
     clip = rotated_clip(tmp_path / "phone.mp4", -90, seconds=2.0, scale=5)

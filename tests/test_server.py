@@ -12,29 +12,12 @@ import pytest
 from websockets.sync.client import connect
 
 from conftest import SMALL_STREAM, random_frames
-from core.config import GenerationConfig
 from core.engine import StreamingEngine
 from core.errors import StreamVLMError
 from core.remote import protocol as p
 from core.remote.client import RemoteSession
-from core.remote.server import InferenceServer, ServerThread
-
-GREEDY = GenerationConfig(temperature=0.0, max_new_tokens=6)
-
-
-class RunningServer(ServerThread):
-    def __init__(self, engine, port: int = 0, **options) -> None:
-        self.server = InferenceServer(engine, **options)
-        super().__init__(self.server, port)
-
-
-def no_sessions_left(server, timeout: float = 10.0) -> bool:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while server.server.sessions and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return server.server.sessions == 0
+from core.remote.server import InferenceServer
+from serverhelpers import GREEDY, RunningServer, no_sessions_left
 
 
 @pytest.fixture
@@ -118,8 +101,8 @@ def test_cli_serve_and_run_against_it(tiny_dir, tmp_path):
     import sys
     from pathlib import Path
 
+    from clihelpers import CLIP, run_cli
     from livehelpers import free_port
-    from test_cli import CLIP, run_cli
 
     root = Path(__file__).resolve().parents[1]
     (tmp_path / "token").write_text("abc123\n")

@@ -17,7 +17,6 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image
-from test_server import GREEDY, RunningServer, no_sessions_left
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -28,6 +27,7 @@ from core.media.reconnect import Backoff
 from core.remote import protocol as p
 from core.remote.client import RemoteSession, ServerLost
 from core.remote.server import InferenceServer, ServerThread
+from serverhelpers import GREEDY, RunningServer, no_sessions_left
 
 TOKEN = "s3cret"
 QUICK = Backoff(initial=0.05, cap=0.1, give_up_after=5.0)

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_trainer_loop import _records  # the metrics file read per step, as the loop tests read it
+from trainerhelpers import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "trainer" / "configs" / "tiny.yaml"
@@ -79,7 +79,7 @@ def runs(fixture_dir, tiny_dir, tmp_path_factory):
 
 def test_two_processes_give_the_same_losses_and_weights_as_one(runs):
     one, two = runs
-    a, b = _records(one), _records(two)
+    a, b = read_metrics(one), read_metrics(two)
     assert sorted(a) == sorted(b) == [1, 2, 3]
     for step in a:
         assert a[step]["samples"] == b[step]["samples"]
@@ -101,7 +101,7 @@ def test_a_two_process_checkpoint_resumes_in_one_process(runs, fixture_dir, tiny
     out = tmp_path / "resumed"
     shutil.copytree(two / "checkpoints" / "step_000002", out / "checkpoints" / "step_000002")
     assert main(_args(fixture_dir, tiny_dir, out, "run.export=false")) == 0
-    resumed, reference = _records(out), _records(two)
+    resumed, reference = read_metrics(out), read_metrics(two)
     assert sorted(resumed) == [3]  # it started after step 2
     assert resumed[3]["samples"] == reference[3]["samples"]
     assert resumed[3]["loss"] == pytest.approx(reference[3]["loss"], rel=1e-5)

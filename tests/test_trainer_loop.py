@@ -28,6 +28,7 @@ from trainer.config import Decay, ScheduleSettings, load_train_config
 from trainer.data.errors import SampleError
 from trainer.data.sample import IGNORE_INDEX, TrainSample
 from trainer.loss import chunked_cross_entropy, shift_targets
+from trainerhelpers import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "trainer" / "configs"
@@ -345,15 +346,6 @@ def fixture_dir(tmp_path_factory):
     return path
 
 
-def _records(out: Path) -> dict[int, dict]:
-    """The last record of each step (a resumed run rewrites the steps after its checkpoint)."""
-    records = {}
-    for line in (out / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        records[record["step"]] = record
-    return records
-
-
 def _args(fixture_dir: Path, tiny_dir: Path, out: Path) -> list[str]:
     return ["--config", str(TINY), f"data.dir={fixture_dir}", f"model.path={tiny_dir}", f"run.out={out}"]
 
@@ -365,7 +357,7 @@ def test_tiny_recipe_learns_resumes_after_sigkill_and_exports_for_core(fixture_d
     # An uninterrupted run, in this process.
     whole = tmp_path / "whole"
     assert main(_args(fixture_dir, tiny_dir, whole)) == 0
-    records = _records(whole)
+    records = read_metrics(whole)
     steps = sorted(records)
     assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 20
     losses = [records[s]["loss"] for s in steps]
@@ -404,7 +396,7 @@ def test_tiny_recipe_learns_resumes_after_sigkill_and_exports_for_core(fixture_d
 
     # Rerunning the same command resumes from the checkpoint: same samples, same losses after it.
     assert main(_args(fixture_dir, tiny_dir, killed)) == 0
-    again = _records(killed)
+    again = read_metrics(killed)
     assert sorted(again) == steps
     for s in steps[resumed_from:]:
         assert again[s]["samples"] == records[s]["samples"]
