@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 from core.cli_args import ArgumentParser
+from core.config import resolve_config
+from core.errors import StreamVLMError
 from core.paths import folder_problem
 
 
@@ -20,6 +22,10 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--smoke", action="store_true", help="offline smoke mode on the tiny random model")
     parser.add_argument("--start", action="store_true", help="start streaming as soon as the window opens")
     parser.add_argument("--record", metavar="FOLDER", help="record into this folder (recording switched on)")
+    parser.add_argument(
+        "--config",
+        help="TOML or YAML engine settings ([stream], [cache], [generation], [model], [acceleration]) for every run",
+    )
     return parser
 
 
@@ -29,13 +35,20 @@ def main(argv: list[str] | None = None) -> int:
     problem = folder_problem(Path(args.record).expanduser()) if args.record else None
     if problem:  # a usage error, before Qt and the window load
         parser.error(f"argument --record: {problem}")
+    try:
+        config = resolve_config(args.config)
+    except StreamVLMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from PySide6.QtWidgets import QApplication
 
     from app.window import MainWindow
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
-    window = MainWindow(model="tiny" if args.smoke else args.model, source=args.source, smoke=args.smoke)
+    window = MainWindow(
+        model="tiny" if args.smoke else args.model, source=args.source, smoke=args.smoke, config=config
+    )
     if args.record:
         window.record_check.setChecked(True)
         window.output_edit.setText(args.record)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
-from core.config import StreamConfig
+from core.config import EngineConfig
 
 
 @dataclass(frozen=True)
@@ -17,14 +17,20 @@ class RunRequest:
     previous_text: str
     record_to: str | None = None  # an .mp4 path, or None
     audio_device: int | None = None  # record sound from this input device (with record_to)
-    device: str = "auto"
-    stream: StreamConfig = StreamConfig()
+    # Every engine setting (stream, cache, generation, model device/dtype/attention, acceleration), from
+    # the app's --config file; `engine_config` puts the window's model into it.
+    config: EngineConfig = field(default_factory=EngineConfig)
     latency_budget: float = 2.0
     token: str | None = None  # the remote server's token
 
     @property
     def remote(self) -> bool:
         return is_server_url(self.model)
+
+    @property
+    def engine_config(self) -> EngineConfig:
+        """The config a local engine is built from: the request's, with the window's model."""
+        return replace(self.config, model=replace(self.config.model, path=self.model))
 
 
 def is_server_url(model: str) -> bool:

@@ -34,6 +34,7 @@ from PySide6.QtWidgets import (
 
 from app.state import RunRequest, is_server_url
 from app.worker import StreamWorker
+from core.config import EngineConfig
 from core.errors import StreamVLMError
 from core.media.overlay import Overlay, OverlayStyle
 from core.paths import check_outputs, folder_problem, recording_outputs, source_file
@@ -51,8 +52,11 @@ class MainWindow(QMainWindow):
         source: str | None = None,
         smoke: bool = False,
         settings: QSettings | None = None,
+        config: EngineConfig | None = None,
     ) -> None:
+        """`config`: the engine settings of every run (the app's --config file), defaults otherwise."""
         super().__init__()
+        self.config = config or EngineConfig()
         self.settings = settings or QSettings("streamvlm", "streamvlm")
         self.smoke = smoke or model == "tiny"
         self.setWindowTitle(TITLE + (SMOKE_TITLE if self.smoke else ""))
@@ -263,6 +267,7 @@ class MainWindow(QMainWindow):
             record_to=record_to,
             audio_device=self.audio_box.currentData() if record_to and self.audio_check.isChecked() else None,
             token=self.token_edit.text().strip() or None,
+            config=self.config,
         )
         self.request = request
         self.worker = StreamWorker(request)

@@ -29,12 +29,13 @@ class StreamWorker(QObject):
     failed = Signal(str)  # a user-facing reason; the run is over
     finished = Signal()
 
-    _models: dict[tuple[str, str], object] = {}  # (model, device) -> StreamModel, kept across runs
+    _models: dict[object, object] = {}  # core.config.ModelConfig -> StreamModel, kept across runs
 
     def __init__(self, request: RunRequest) -> None:
         super().__init__()
         self.request = request
         self._runner = None
+        self.engine = None  # the local engine of this run, once built (core.engine.StreamingEngine)
         self._remote = None  # a RemoteSession, closed by `stop` so a reconnection does not hold it up
         self._stopped = threading.Event()
         self._last_frame = 0.0
@@ -67,21 +68,23 @@ class StreamWorker(QObject):
             self._remote.close()
 
     def _run(self) -> None:
-        from core.engine import StreamingEngine
+        from core.loading import open_engine
         from core.media.realtime import RealtimeRunner
         from core.media.recorder import Recorder, recording_fps
         from core.media.sources import FileSource, open_source
 
         request = self.request
         self.status.emit(f"opening {request.source}")
-        source = open_source(request.source, request.stream.fps, realtime=True, on_state=self._on_state)
+        source = open_source(
+            request.source, request.config.stream.fps, realtime=True, on_state=self._on_state
+        )
         try:
             model = None if request.remote else self._model()
             if self._stopped.is_set():
                 return
-            record_fps = request.stream.fps
+            record_fps = request.config.stream.fps
             if request.record_to:
-                record_fps = recording_fps(request.stream.fps, source.native_fps)
+                record_fps = recording_fps(request.config.stream.fps, source.native_fps)
                 with_audio = request.audio_device is not None
                 self.recorder = Recorder(
                     request.record_to, record_fps, audio_rate=48_000 if with_audio else None
@@ -96,13 +99,14 @@ class StreamWorker(QObject):
                 session = self._remote_session()
                 where = f"on {request.model}"
             else:
-                engine = StreamingEngine(model, stream=request.stream)
+                engine = open_engine(request.engine_config, model)
+                self.engine = engine
                 session = engine.start(
                     instruction=request.instruction or None, previous_text=request.previous_text
                 )
                 where = f"on {model.device}"
             self._runner = RealtimeRunner(
-                source, session, request.stream, budget=request.latency_budget, on_frame=self._on_frame
+                source, session, request.config.stream, budget=request.latency_budget, on_frame=self._on_frame
             )
             if self._stopped.is_set():
                 return
@@ -119,12 +123,13 @@ class StreamWorker(QObject):
             source.close()
 
     def _model(self):
-        from core.loading import load_model
+        from core.loading import model_from_config
 
-        key = (self.request.model, self.request.device)
+        config = self.request.engine_config
+        key = config.model  # path, device, dtype and attention: the same model is kept across runs
         if key not in self._models:
             self.status.emit(f"loading model {self.request.model}")
-            self._models[key] = load_model(self.request.model, device=self.request.device)
+            self._models[key] = model_from_config(config)
         return self._models[key]
 
     def _remote_session(self):

@@ -18,40 +18,15 @@ import logging
 import os
 import socket
 import sys
-from dataclasses import fields, replace
 from pathlib import Path
 
-from core.cli_args import PORT, SECONDS, ArgumentParser, number, setting
-from core.config import (
-    CachePolicy,
-    EngineConfig,
-    EvictionMode,
-    GenerationConfig,
-    StreamConfig,
-    config_from_mapping,
-    load_config_file,
-)
+from core.cli_args import PORT, SECONDS, ArgumentParser, add_engine_arguments, config_from_args, number
+from core.config import EngineConfig
 from core.errors import ConfigError, StreamVLMError
 from core.paths import check_outputs, recording_outputs, source_file
 from core.types import CommentarySession
 
 log = logging.getLogger("streamvlm")
-
-# CLI flag -> (config section, field). Flags left unset keep the file's (or the default) value.
-_SECTIONS = {"stream": StreamConfig, "cache": CachePolicy, "generation": GenerationConfig}
-_OVERRIDES = {
-    "fps": ("stream", "fps"),
-    "max_pixels": ("stream", "max_pixels"),
-    "cache_mode": ("cache", "mode"),
-    "max_new_tokens": ("generation", "max_new_tokens"),
-    "min_new_tokens": ("generation", "min_new_tokens"),
-    "temperature": ("generation", "temperature"),
-    "top_p": ("generation", "top_p"),
-    "top_k": ("generation", "top_k"),
-    "repetition_penalty": ("generation", "repetition_penalty"),
-    "seed": ("generation", "seed"),
-}
-
 
 LATENCY_BUDGET = number(0, 3600, low_open=True)
 MAX_RECORD_FPS = 120.0  # high-refresh screens; the encoder's time base is exact up to here
@@ -79,7 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--srt", type=Path, help="write SRT subtitles here, one cue per line of commentary")
     run.add_argument("--vtt", type=Path, help="write WebVTT subtitles here")
     run.add_argument("--jsonl", type=Path, help="write {start, end, text} JSON lines here")
-    run.add_argument("--config", type=Path, help="TOML or YAML file with [stream], [cache], [generation]")
     run.add_argument("--realtime", action="store_true", help="pace the file at real time, like a live feed")
     run.add_argument(
         "--record",
@@ -103,22 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=2.0,
         help="live sources: skip a chunk whose commentary would come more than this many seconds after it",
     )
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    run.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
-    run.add_argument("--attn", default="auto", help="attention backend: auto, sdpa, eager, flash_attention_2")
-    run.add_argument(
-        "--no-compile",
-        action="store_true",
-        help="do not fuse kernels with torch.compile (on by default on a GPU)",
-    )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
-    group = run.add_argument_group("overrides of the config file")
-    for flag, (section, name) in _OVERRIDES.items():
-        option = "--" + flag.replace("_", "-")
-        if flag == "cache_mode":
-            group.add_argument(option, choices=[m.value for m in EvictionMode])
-        else:  # held to the config field's own range, the rule a config file's key meets
-            group.add_argument(option, type=setting(_SECTIONS[section], name), help=f"[{section}] {name}")
+    add_engine_arguments(run)
 
     sub.add_parser("sources", help="list the cameras that open and the monitors of this display")
 
@@ -138,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--idle-timeout", type=SECONDS, default=60.0, help="seconds before an idle session is closed"
     )
     srv.add_argument("--latency-budget", type=LATENCY_BUDGET, default=2.0)
-    srv.add_argument("--device", default="auto")
+    add_engine_arguments(srv)
 
     tiny = sub.add_parser("build-tiny", help="write the tiny random-weight model (for tests and smoke runs)")
     tiny.add_argument("path", type=Path)
@@ -146,28 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def engine_config(args: argparse.Namespace) -> EngineConfig:
-    """The config file (or defaults) with the CLI's overrides applied."""
-    base = load_config_file(args.config) if args.config else EngineConfig()
-    sections = _SECTIONS
-    changes: dict[str, dict] = {name: {} for name in sections}
-    for flag, (section, name) in _OVERRIDES.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            changes[section][name] = value
-    parts = {}
-    for name, cls in sections.items():
-        current = getattr(base, name)
-        values = {f.name: getattr(current, f.name) for f in fields(cls)}
-        parts[name] = (
-            config_from_mapping(cls, {**values, **changes[name]}, name) if changes[name] else current
-        )
-    return replace(base, **parts)
-
-
 def check_run(args: argparse.Namespace) -> EngineConfig:
     """Everything about a run that can be checked without torch: the config and every output path."""
-    config = engine_config(args)
+    config = config_from_args(args)
     if args.record_fps is not None and args.record_fps < config.stream.fps:
         raise ConfigError(
             f"--record-fps {args.record_fps:g} must be at least the model's {config.stream.fps:g} FPS (--fps)"
@@ -221,28 +162,11 @@ def _run(args: argparse.Namespace, config: EngineConfig, source) -> int:
             session = RemoteSession(args.server, token=token, previous_text=args.previous_text, **instruction)
             return _stream(args, config, console, source, live, recorder, session)
         _quiet_transformers()
-        from core.acceleration import AccelerationConfig
-        from core.engine import DEFAULT_INSTRUCTION, StreamingEngine
-        from core.loading import load_model
+        from core.engine import DEFAULT_INSTRUCTION
+        from core.loading import open_engine
 
         with console.status(f"loading model {args.model}"):
-            model = load_model(
-                args.model,
-                device=args.device,
-                dtype=args.dtype,
-                attn=args.attn,
-                acceleration=AccelerationConfig(compile=False if args.no_compile else None),
-            )
-        log.info(
-            "model %s on %s (%s, attention %s)",
-            model.name,
-            model.device,
-            model.dtype,
-            model.attention_backend,
-        )
-        engine = StreamingEngine(
-            model, stream=config.stream, cache=config.cache, generation=config.generation
-        )
+            engine = open_engine(config)
         instruction = args.instruction if args.instruction is not None else DEFAULT_INSTRUCTION
         session = engine.start(instruction=instruction, previous_text=args.previous_text)
         return _stream(args, config, console, source, live, recorder, session)
@@ -321,6 +245,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
     import ssl
 
+    config = config_from_args(args)  # checked before anything heavy loads
     token = None
     if args.token_file:
         try:
@@ -340,13 +265,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ConfigError(f"cannot load the TLS certificate or key ({exc})") from None
     check_listen(args.host, args.port)  # before the model loads, which can take minutes
     _quiet_transformers()
-    from core.engine import StreamingEngine
-    from core.loading import load_model
+    from core.loading import open_engine
     from core.remote.server import InferenceServer
 
-    model = load_model(args.model, device=args.device)
+    engine = open_engine(config)
+    model = engine.model
     server = InferenceServer(
-        StreamingEngine(model),
+        engine,
         token=token,
         max_sessions=args.max_sessions,
         idle_timeout=args.idle_timeout,

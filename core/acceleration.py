@@ -1,7 +1,7 @@
 """Which speed-ups an engine runs, decided once at start and logged in one line.
 
-Each option is asked for as on, off or `None` (auto: on where it pays and works). `decide` turns
-the request into what will run on the model's device and says why anything is off; the model
+Each option is asked for (`core.config.AccelerationConfig`, the `[acceleration]` section) as on,
+off or auto (on where it pays and works). `decide` turns the request into what will run on the model's device and says why anything is off; the model
 (compile, vision graphs, Triton) and the engine (static decode step, its attention, overlap) read
 the decision and nothing else, so no module keeps a switch of its own.
 
@@ -23,32 +23,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from core.config import AccelerationConfig
 from core.errors import ConfigError
-
-# The static step's attention for one query row against the whole masked cache: "matmul" is two
-# batched matmuls around a float32 softmax; the others pick a PyTorch SDPA backend ("auto": PyTorch's
-# choice through core.attention). On an H100 with a 12k-token cache (docs/performance.md): auto
-# (cuDNN, shared key heads) 8.5 ms per token, matmul 9.2 ms, the stock per-head-repeated path 15.5 ms.
-DECODE_ATTENTIONS = ("auto", "matmul", "math", "efficient", "cudnn")
-
-
-@dataclass(frozen=True)
-class AccelerationConfig:
-    """What a user asks for; `None` means auto."""
-
-    compile: bool | None = None
-    cuda_graphs: bool | None = None
-    static_decode: bool | None = None
-    decode_attention: str = "auto"
-    overlap: bool | None = None
-    triton: bool | None = None
-
-    def __post_init__(self) -> None:
-        if self.decode_attention not in DECODE_ATTENTIONS:
-            raise ConfigError(
-                f"acceleration.decode_attention must be one of {', '.join(DECODE_ATTENTIONS)} "
-                f"(got {self.decode_attention!r})"
-            )
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from core.acceleration import AccelerationConfig
+from core.config import AccelerationConfig
 from core.errors import ConfigError
 from core.loading import resolve_attention, resolve_device, resolve_dtype
 from core.model import StreamModel

@@ -52,3 +52,95 @@ def setting(cls: type, name: str) -> Callable[[str], int | float]:
 PORT = number(0, 65535, integer=True)  # 0: any free port, the one taken is printed
 SECONDS = number(0, 86_400, low_open=True)  # a duration, timeout or budget: positive, at most a day
 COUNT = number(1, 1_000_000, integer=True)  # how many of something: at least one
+
+
+# -- the engine's settings as flags --------------------------------------------------------------------
+
+# Flag dest -> (config section, setting). A flag left unset keeps the config file's value (or the
+# default): `config_from_args` applies `core.config.resolve_config`, the one precedence rule.
+ENGINE_FLAGS: dict[str, tuple[str, str]] = {
+    "model": ("model", "path"),
+    "device": ("model", "device"),
+    "dtype": ("model", "dtype"),
+    "attn": ("model", "attn"),
+    "fps": ("stream", "fps"),
+    "max_pixels": ("stream", "max_pixels"),
+    "cache_mode": ("cache", "mode"),
+    "max_new_tokens": ("generation", "max_new_tokens"),
+    "min_new_tokens": ("generation", "min_new_tokens"),
+    "temperature": ("generation", "temperature"),
+    "top_p": ("generation", "top_p"),
+    "top_k": ("generation", "top_k"),
+    "repetition_penalty": ("generation", "repetition_penalty"),
+    "seed": ("generation", "seed"),
+}
+# Flags whose presence turns one setting off.
+ENGINE_SWITCHES: dict[str, tuple[str, str]] = {"no_compile": ("acceleration", "compile")}
+_RUNTIME = ("device", "dtype", "attn")
+_HELP = {
+    "device": "auto, cpu, cuda or cuda:N",
+    "dtype": "auto, bfloat16, float16 or float32",
+    "attn": "attention backend: auto, sdpa, eager, flash_attention_2",
+}
+
+
+def add_engine_arguments(
+    parser: argparse.ArgumentParser, flags: tuple[str, ...] | None = None, *, switches: bool = True
+) -> None:
+    """`--config`, the runtime flags (`--device`, `--dtype`, `--attn`, `--no-compile`) and the
+    overrides of config settings (`flags`: a subset of ENGINE_FLAGS' dests, default all but `model`),
+    each held to its setting's own rule. `--model` is the caller's: it is required or not by command."""
+    from core.config import SECTIONS, EvictionMode
+
+    parser.add_argument(
+        "--config",
+        type=_path,
+        help="TOML or YAML file with [stream], [cache], [generation], [model], [acceleration] "
+        "(assets/config.example.toml); flags given here win over it",
+    )
+    chosen = [f for f in (flags or ENGINE_FLAGS) if f != "model"]
+    for dest in chosen:
+        if dest in _RUNTIME:
+            parser.add_argument("--" + dest, help=_HELP[dest] + " (default: auto, or the config file's)")
+    if switches:
+        parser.add_argument(
+            "--no-compile",
+            action="store_true",
+            help="do not fuse kernels with torch.compile (on by default on a GPU)",
+        )
+    group = parser.add_argument_group("overrides of the config file")
+    for dest in chosen:
+        if dest in _RUNTIME:
+            continue
+        section, name = ENGINE_FLAGS[dest]
+        option = "--" + dest.replace("_", "-")
+        if dest == "cache_mode":
+            group.add_argument(option, choices=[m.value for m in EvictionMode], help=f"[{section}] {name}")
+        else:
+            group.add_argument(option, type=setting(SECTIONS[section], name), help=f"[{section}] {name}")
+
+
+def engine_overrides(args: argparse.Namespace) -> dict[str, dict]:
+    """The settings the flags that were given set, by section."""
+    changes: dict[str, dict] = {}
+    for dest, (section, name) in ENGINE_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            changes.setdefault(section, {})[name] = value
+    for dest, (section, name) in ENGINE_SWITCHES.items():
+        if getattr(args, dest, False):
+            changes.setdefault(section, {})[name] = False
+    return changes
+
+
+def config_from_args(args: argparse.Namespace):
+    """The engine config of a command: its `--config` file with the given flags applied."""
+    from core.config import resolve_config
+
+    return resolve_config(getattr(args, "config", None), engine_overrides(args))
+
+
+def _path(text: str):
+    from pathlib import Path
+
+    return Path(text)

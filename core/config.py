@@ -1,7 +1,9 @@
-"""Configuration: what a stream looks like, what the cache keeps, how replies are sampled.
+"""Configuration: what a stream looks like, what the cache keeps, how replies are sampled, which
+model runs where, and which speed-ups it may use.
 
-Three frozen dataclasses, validated on construction, with the published StreamingVLM values as
-defaults. One type serves Python callers, CLI flags and TOML/YAML files (`load_config_file`).
+Frozen dataclasses, one per section, validated on construction, with the published StreamingVLM
+values as defaults, gathered in `EngineConfig`. One type serves Python callers, CLI flags and
+TOML/YAML files; `resolve_config` is the one precedence rule (defaults < file < flags).
 Every numeric field carries its allowed `Range` (field metadata): the dataclass checks it, and the
 CLIs turn the same `Range` into an argparse type (core/cli_args.py), so a flag and a file key are
 held to one rule. This module imports nothing heavy, so usage errors come before torch loads.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -251,16 +254,98 @@ class GenerationConfig:
         return self.temperature == 0
 
 
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which checkpoint, and on what it runs (core/loading.py resolves "auto")."""
+
+    path: str = ""  # a local folder, a hub id, or "tiny"; the CLIs' --model sets it
+    device: str = "auto"  # auto, cpu, cuda or cuda:N
+    dtype: str = "auto"  # auto: bfloat16 on a GPU that has it, float32 on a CPU
+    attn: str = "auto"  # the language model's attention implementation
+
+    def __post_init__(self) -> None:
+        coerce_fields(self, "model")
+        problems = []
+        if not _DEVICE.match(self.device):
+            problems.append(f"device must be auto, cpu, cuda or cuda:N (got {self.device!r})")
+        if self.dtype not in DTYPE_NAMES:
+            problems.append(f"dtype must be one of {', '.join(DTYPE_NAMES)} (got {self.dtype!r})")
+        if self.attn not in ATTENTION_BACKENDS:
+            problems.append(f"attn must be one of {', '.join(ATTENTION_BACKENDS)} (got {self.attn!r})")
+        raise_if(problems, "model")
+
+
+# The static decode step's attention for one query row against the whole masked cache: "matmul" is two
+# batched matmuls around a float32 softmax; the others pick a PyTorch SDPA backend ("auto": PyTorch's
+# choice through core.attention). On an H100 with a 12k-token cache (docs/performance.md): auto
+# (cuDNN, shared key heads) 8.5 ms per token, matmul 9.2 ms, the stock per-head-repeated path 15.5 ms.
+DECODE_ATTENTIONS = ("auto", "matmul", "math", "efficient", "cudnn")
+
+
+@dataclass(frozen=True)
+class AccelerationConfig:
+    """Which speed-ups to run, each true, false or auto (`None`, or "auto" in a file): on where it
+    pays and works. core/acceleration.py decides what runs on the device, once per engine."""
+
+    compile: bool | None = None  # torch.compile of the norms, MLPs and vision blocks
+    cuda_graphs: bool | None = None  # the vision tower and decode steps replayed as CUDA graphs
+    static_decode: bool | None = None  # decode over fixed-shape buffers (what the graphs replay)
+    decode_attention: str = "auto"  # the static step's attention: auto, matmul, math, efficient, cudnn
+    overlap: bool | None = None  # queue the next decode step before the sampled token is read
+    triton: bool | None = None  # the fused rotation kernel of eviction
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if getattr(self, f.name) == "auto" and f.name != "decode_attention":
+                object.__setattr__(self, f.name, None)
+        coerce_fields(self, "acceleration")
+        if self.decode_attention not in DECODE_ATTENTIONS:
+            raise ConfigError(
+                f"acceleration.decode_attention must be one of {', '.join(DECODE_ATTENTIONS)} "
+                f"(got {self.decode_attention!r})"
+            )
+
+
 @dataclass(frozen=True)
 class EngineConfig:
-    """The three configs together, as read from one file."""
+    """Everything an engine is built from: one object, from a file, CLI flags or Python
+    (`resolve_config` applies the one precedence rule: defaults, then the file, then overrides)."""
 
     stream: StreamConfig = field(default_factory=StreamConfig)
     cache: CachePolicy = field(default_factory=CachePolicy)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    acceleration: AccelerationConfig = field(default_factory=AccelerationConfig)
 
 
-_SECTIONS = {"stream": StreamConfig, "cache": CachePolicy, "generation": GenerationConfig}
+SECTIONS = {
+    "stream": StreamConfig,
+    "cache": CachePolicy,
+    "generation": GenerationConfig,
+    "model": ModelConfig,
+    "acceleration": AccelerationConfig,
+}
+
+
+def resolve_config(
+    path: str | Path | None = None, overrides: dict[str, dict[str, Any]] | None = None
+) -> EngineConfig:
+    """The one precedence rule: the defaults, then the file at `path` (if any), then `overrides`
+    ({section: {setting: value}}, e.g. CLI flags that were given); every value checked on the way."""
+    base = load_config_file(path) if path else EngineConfig()
+    parts = {}
+    for name, cls in SECTIONS.items():
+        changes = (overrides or {}).get(name) or {}
+        current = getattr(base, name)
+        if changes:
+            values = {f.name: getattr(current, f.name) for f in dataclasses.fields(cls)}
+            current = config_from_mapping(cls, {**values, **changes}, name)
+        parts[name] = current
+    return EngineConfig(**parts)
 
 
 def config_from_mapping(cls: type, values: Any, where: str) -> Any:
@@ -288,7 +373,8 @@ def coerce_fields(config: Any, section: str) -> None:
 
 
 def load_config_file(path: str | Path) -> EngineConfig:
-    """Read [stream], [cache] and [generation] sections from a TOML or YAML file."""
+    """Read the sections of `EngineConfig` ([stream], [cache], [generation], [model], [acceleration])
+    from a TOML or YAML file; sections left out keep their defaults."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file '{path}' not found; pass an existing .toml or .yaml file")
@@ -301,16 +387,14 @@ def load_config_file(path: str | Path) -> EngineConfig:
         ) from None
     data = data or {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file '{path}' must hold a mapping of sections ({', '.join(_SECTIONS)})")
-    unknown = sorted(str(key) for key in data if key not in _SECTIONS)
+        raise ConfigError(f"config file '{path}' must hold a mapping of sections ({', '.join(SECTIONS)})")
+    unknown = sorted(str(key) for key in data if key not in SECTIONS)
     if unknown:
         raise ConfigError(
-            f"unknown section(s) {', '.join(unknown)} in '{path}'; known: {', '.join(_SECTIONS)}"
+            f"unknown section(s) {', '.join(unknown)} in '{path}'; known: {', '.join(SECTIONS)}"
         )
     try:
-        parts = {
-            name: config_from_mapping(cls, data.get(name) or {}, name) for name, cls in _SECTIONS.items()
-        }
+        parts = {name: config_from_mapping(cls, data.get(name) or {}, name) for name, cls in SECTIONS.items()}
     except ConfigError as exc:
         raise ConfigError(f"config file '{path}': {exc}") from None
     return EngineConfig(**parts)

@@ -28,9 +28,8 @@ import numpy as np
 import torch
 from torch.profiler import record_function
 
-from core.acceleration import AccelerationConfig
 from core.cache import PREFIX_ROUND, StreamCache
-from core.config import CachePolicy, EvictionMode, GenerationConfig, StreamConfig
+from core.config import AccelerationConfig, CachePolicy, EvictionMode, GenerationConfig, StreamConfig
 from core.conversation import MARKER, Conversation, Part, Piece
 from core.decode_step import StaticDecodeStep
 from core.frames import VideoInput, video_input

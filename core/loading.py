@@ -10,17 +10,20 @@ import logging
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from core.acceleration import AccelerationConfig
-from core.config import ATTENTION_BACKENDS
+from core.config import ATTENTION_BACKENDS, DTYPE_NAMES, AccelerationConfig, EngineConfig
 from core.errors import ConfigError, ModelNotFoundError
 from core.model import StreamModel
 
+if TYPE_CHECKING:
+    from core.engine import StreamingEngine
+
 log = logging.getLogger(__name__)
 
-DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = dict(zip(DTYPE_NAMES, (None, torch.float32, torch.bfloat16, torch.float16), strict=True))
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -116,3 +119,29 @@ def load_model(
             "check the id, your network and HF_TOKEN, or pass a local folder"
         ) from None
     return StreamModel(model, tokenizer, name=name, processor=processor, acceleration=acceleration)
+
+
+def model_from_config(config: EngineConfig) -> StreamModel:
+    """The model of `config.model` (path, device, dtype, attention), asking for `config.acceleration`."""
+    m = config.model
+    if not m.path:
+        raise ConfigError("no model given; pass --model (a checkpoint folder, a hub id or 'tiny')")
+    return load_model(m.path, device=m.device, dtype=m.dtype, attn=m.attn, acceleration=config.acceleration)
+
+
+def open_engine(config: EngineConfig, model: StreamModel | None = None) -> StreamingEngine:
+    """The engine `config` describes, the one way every command builds one: its model loaded (or
+    `model`, one kept across runs), its stream, cache, generation and acceleration settings applied."""
+    from core.engine import StreamingEngine
+
+    model = model or model_from_config(config)
+    log.info(
+        "model %s on %s (%s, attention %s)", model.name, model.device, model.dtype, model.attention_backend
+    )
+    return StreamingEngine(
+        model,
+        stream=config.stream,
+        cache=config.cache,
+        generation=config.generation,
+        acceleration=config.acceleration,
+    )

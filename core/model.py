@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.acceleration import Acceleration, AccelerationConfig
+from core.acceleration import Acceleration
+from core.config import AccelerationConfig
 from core.spec import ModelSpec, SpecialTokens, TextSpec, VisionSpec
 
 log = logging.getLogger(__name__)

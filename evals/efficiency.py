@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from core.cli_args import number, setting
-from core.config import CachePolicy, EvictionMode, GenerationConfig, StreamConfig, load_config_file
+from core.cli_args import add_engine_arguments, engine_overrides, number, setting
+from core.config import EvictionMode, GenerationConfig, StreamConfig, resolve_config
 from core.errors import ConfigError
 from core.provenance import git_revision, package_version
 
@@ -70,18 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=2,
         help="first chunks left out of the summary",
     )
-    parser.add_argument(
-        "--config", type=Path, help="TOML/YAML with [cache] window sizes (modes come from --policies)"
-    )
     parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/efficiency-TIME)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--attn", default="auto")
-    parser.add_argument(
-        "--no-compile",
-        action="store_true",
-        help="run the stock modules uncompiled (compiled by default on a GPU)",
-    )
+    # --config's [cache] sets the window sizes (each policy sets the mode), --fps and --tokens win over it.
+    add_engine_arguments(parser, ("device", "dtype", "attn"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,16 +81,22 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"unknown policies {', '.join(unknown)}; use {', '.join(POLICIES)}")
     width, height = _resolution(args.resolution)
-    windows = load_config_file(args.config).cache if args.config else CachePolicy()  # checked before torch
+    config = resolve_config(  # checked before torch loads
+        args.config,
+        {
+            **engine_overrides(args),
+            "stream": {"fps": args.fps},
+            "generation": {"max_new_tokens": args.tokens, "min_new_tokens": args.tokens, "seed": 0},
+        },
+    )
 
     import torch
     from rich.console import Console
     from rich.progress import Progress
 
-    from core.acceleration import AccelerationConfig
     from core.builders import build_random_model
     from core.engine import StreamingEngine
-    from core.loading import load_model
+    from core.loading import model_from_config
     from evals.stock import StockStream, probe_out_of_memory
 
     out = args.out or Path("runs") / f"efficiency-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -107,23 +104,16 @@ def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
 
     started = time.perf_counter()
-    acceleration = AccelerationConfig(compile=False if args.no_compile else None)
     if args.random_weights:
+        m = config.model
         model = build_random_model(
-            args.random_weights,
-            device=args.device,
-            dtype=args.dtype,
-            attn=args.attn,
-            acceleration=acceleration,
+            args.random_weights, device=m.device, dtype=m.dtype, attn=m.attn, acceleration=config.acceleration
         )
     else:
-        model = load_model(
-            args.model, device=args.device, dtype=args.dtype, attn=args.attn, acceleration=acceleration
-        )
-    decided = model.accelerate(acceleration)  # what every engine below runs with
+        model = model_from_config(config)
+    decided = model.accelerate(config.acceleration)  # what every engine below runs with
     load_s = time.perf_counter() - started
-    stream = StreamConfig(fps=args.fps)
-    generation = GenerationConfig(max_new_tokens=args.tokens, min_new_tokens=args.tokens, seed=0)
+    stream, generation = config.stream, config.generation
     frames = _frame_source(args, stream, width, height)
 
     meta = {
@@ -153,8 +143,10 @@ def run(args: argparse.Namespace) -> int:
             if policy == STOCK:
                 session = StockStream(model, stream, generation, previous_text="")
             else:
-                cache = dataclasses.replace(windows, mode=EvictionMode(policy))
-                engine = StreamingEngine(model, stream=stream, cache=cache, generation=generation)
+                cache = dataclasses.replace(config.cache, mode=EvictionMode(policy))
+                engine = StreamingEngine(
+                    model, stream=stream, cache=cache, generation=generation, acceleration=config.acceleration
+                )
                 session = engine.start(previous_text="")
             task = progress.add_task(policy, total=args.seconds)
             status[policy] = "ok"

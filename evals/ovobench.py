@@ -186,9 +186,10 @@ def run(args: argparse.Namespace) -> int:
     by_key = {q.key: q for q in qs}
     todo = runner.pending(store, list(by_key))
     if todo:
-        from core.loading import load_model
+        from core.loading import model_from_config
 
-        model = load_model(runner.require_model(args), device=args.device, dtype=args.dtype, attn=args.attn)
+        runner.require_model(args)
+        model = model_from_config(runner.engine_config(args))
         qa = OfflineQA(model, FrameBudget.capped(args.max_pixels))
         for n, key in enumerate(todo, 1):
             q = by_key[key]

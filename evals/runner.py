@@ -12,8 +12,7 @@ import json
 import logging
 from pathlib import Path
 
-from core.cli_args import COUNT, SECONDS, number, setting
-from core.config import GenerationConfig, StreamConfig
+from core.cli_args import COUNT, SECONDS, add_engine_arguments, config_from_args, number
 from core.errors import ConfigError, SourceError, StreamVLMError
 from evals.judge import ChatClient, ChatSettings
 from evals.results import ResultFile, Shard, parse_shard
@@ -89,18 +88,8 @@ def add_common_arguments(
         "--shard", help="i/n: run the i-th of n shares of the items (default: RANK/WORLD_SIZE)"
     )
     parser.add_argument("--limit", type=COUNT, help="use only the first N items (smoke runs)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--attn", default="auto")
-    parser.add_argument("--config", type=Path, help="TOML/YAML with [stream], [cache], [generation]")
-    parser.add_argument(
-        "--max-pixels", type=setting(StreamConfig, "max_pixels"), help="frame area cap (override of [stream])"
-    )
-    parser.add_argument(
-        "--temperature", type=setting(GenerationConfig, "temperature"), help="override of [generation]"
-    )
-    parser.add_argument(
-        "--max-new-tokens", type=setting(GenerationConfig, "max_new_tokens"), help="override of [generation]"
+    add_engine_arguments(
+        parser, ("device", "dtype", "attn", "max_pixels", "temperature", "max_new_tokens"), switches=False
     )
     if judge:
         group = parser.add_argument_group("judge (any OpenAI-compatible endpoint)")
@@ -185,22 +174,19 @@ def require_model(args: argparse.Namespace) -> str:
 
 def load_engine(args: argparse.Namespace):
     """The streaming engine over `--model`, with the config file and flags applied."""
-    from core.engine import StreamingEngine
-    from core.loading import load_model
+    from core.loading import open_engine
 
-    config = engine_config(args)
-    model = load_model(require_model(args), device=args.device, dtype=args.dtype, attn=args.attn)
-    return StreamingEngine(model, stream=config.stream, cache=config.cache, generation=config.generation)
+    require_model(args)
+    return open_engine(engine_config(args))
 
 
 def engine_config(args: argparse.Namespace):
-    """core's config file + flag overrides; `--max-pixels` below the default minimum lowers the minimum too."""
+    """The engine config of a benchmark run (core's one route: the file, then the flags); a
+    `--max-pixels` below the default minimum lowers the minimum too, so small smoke frames work."""
     from dataclasses import replace
 
-    from core.__main__ import engine_config as core_engine_config
-
+    config = config_from_args(argparse.Namespace(**{**vars(args), "max_pixels": None}))
     cap = getattr(args, "max_pixels", None)
-    config = core_engine_config(argparse.Namespace(**{**vars(args), "max_pixels": None}))
     if cap:
         stream = replace(config.stream, min_pixels=min(config.stream.min_pixels, cap), max_pixels=cap)
         config = replace(config, stream=stream)

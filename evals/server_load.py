@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.cli_args import COUNT, SECONDS, number, setting
-from core.config import GenerationConfig, StreamConfig
+from core.cli_args import COUNT, SECONDS, add_engine_arguments, engine_overrides, number, setting
+from core.config import StreamConfig, resolve_config
 from core.errors import ConfigError, StreamVLMError
 
 log = logging.getLogger(__name__)
@@ -192,7 +192,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--min-served", type=number(0, 1), default=0.9, help="starvation threshold per client (a fraction)"
     )
-    parser.add_argument("--device", default="auto")
+    add_engine_arguments(parser, ("device", "dtype", "attn"))  # the served engine's (with --model)
     parser.add_argument(
         "--out", type=Path, default=None, help="output folder (default runs/server-load-TIME)"
     )
@@ -208,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
         width, height = (int(x) for x in args.resolution.lower().split("x"))
     except ValueError:
         raise ConfigError(f"--resolution must look like 112x112, not {args.resolution!r}") from None
+    config = resolve_config(args.config, {**engine_overrides(args), "stream": {"fps": args.fps}})
     out = args.out or Path("runs") / time.strftime("server-load-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True)
@@ -215,14 +216,12 @@ def run(args: argparse.Namespace) -> int:
     server_thread = None
     url, token, model_name = args.url, args.token, None
     if args.model:
-        from core.engine import StreamingEngine
-        from core.loading import load_model
+        from core.loading import open_engine
         from core.remote.server import InferenceServer, ServerThread
 
         with console.status(f"loading model {args.model}"):
-            model = load_model(args.model, device=args.device)
-        model_name = model.name
-        engine = StreamingEngine(model, stream=StreamConfig(fps=args.fps), generation=GenerationConfig())
+            engine = open_engine(config)
+        model_name = engine.model.name
         server = InferenceServer(engine, max_sessions=args.clients, budget=args.latency_budget)
         server_thread = ServerThread(server)
         url, token = server_thread.url, None

@@ -137,10 +137,11 @@ def run(args: argparse.Namespace) -> int:
     store = ResultFile(args.out, "answers", runner.shard_of(args))
     todo = runner.pending(store, list(by_key))
     if todo:
-        from core.loading import load_model
+        from core.loading import model_from_config
         from evals.offline_qa import FrameBudget
 
-        model = load_model(runner.require_model(args), device=args.device, dtype=args.dtype, attn=args.attn)
+        runner.require_model(args)
+        model = model_from_config(runner.engine_config(args))
         adapter = vlmevalkit.VideoQAAdapter(model, FrameBudget.capped(args.max_pixels), args.max_frames)
         rule = BENCHMARKS[args.benchmark]
         for n, key in enumerate(todo, 1):
@@ -173,7 +174,8 @@ def _run_vlmevalkit(args: argparse.Namespace) -> int:
         raise ConfigError(
             "with VLMEvalKit, shard with torchrun (it reads RANK/WORLD_SIZE itself), not --shard"
         )
-    load = {"device": args.device, "dtype": args.dtype, "attn": args.attn, "max_pixels": args.max_pixels}
+    m = runner.engine_config(args).model  # the one config route: file, then flags
+    load = {"device": m.device, "dtype": m.dtype, "attn": m.attn, "max_pixels": args.max_pixels}
     rating = vlmevalkit.run(args.benchmark, runner.require_model(args), args.out / "vlmevalkit", **load)
     meta = run_meta("vqa", {**vars(args), "backend": "vlmevalkit", **BENCHMARKS[args.benchmark]})
     results = {"meta": meta, "benchmark": args.benchmark, "vlmevalkit_rating": rating}

@@ -7,7 +7,8 @@ import logging
 import pytest
 import torch
 
-from core.acceleration import Acceleration, AccelerationConfig
+from core.acceleration import Acceleration
+from core.config import AccelerationConfig
 from core.engine import StreamingEngine
 from core.errors import ConfigError
 

@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from conftest import SMALL_STREAM, random_frames
-from core.acceleration import AccelerationConfig
-from core.config import CachePolicy, GenerationConfig
+from core.config import AccelerationConfig, CachePolicy, GenerationConfig
 from core.engine import StreamingEngine
 from core.loading import load_model
 

@@ -17,8 +17,7 @@ import torch
 import core.cache
 import core.positions
 from conftest import SMALL_STREAM, random_frames
-from core.acceleration import AccelerationConfig
-from core.config import CachePolicy, EvictionMode, GenerationConfig, StreamConfig
+from core.config import AccelerationConfig, CachePolicy, EvictionMode, GenerationConfig, StreamConfig
 from core.conversation import Part
 from core.engine import StreamingEngine
 from reference import stock_forward

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import enum
 import functools
 import hmac
 import io
@@ -63,6 +65,13 @@ class InferenceServer:
         # the model's chunks run on. One per session slot: a session decodes one frame at a time, so
         # no session's frame waits behind another session's slow one.
         self._decoder = ThreadPoolExecutor(max(1, max_sessions), thread_name_prefix="frame-decoder")
+        # What every session here runs with, told to clients in "ready" (a client must send `fps` frames
+        # a second), as plain JSON values.
+        self._settings = {
+            "stream": _plain(engine.stream),
+            "cache": _plain(engine.cache_policy),
+            "generation": _plain(engine.generation),
+        }
 
     async def serve(self, host: str = "127.0.0.1", port: int = 8765, ssl=None) -> Server:
         if host not in LOOPBACK and not self.token:
@@ -85,7 +94,11 @@ class InferenceServer:
                     name = f"session {number} ({_peer(ws)})"
                     await ws.send(
                         p.encode(
-                            "ready", version=p.VERSION, session=number, max_image_bytes=p.MAX_IMAGE_BYTES
+                            "ready",
+                            version=p.VERSION,
+                            session=number,
+                            max_image_bytes=p.MAX_IMAGE_BYTES,
+                            config=self._settings,
                         )
                     )
                     log.info("%s opened", name)
@@ -278,3 +291,11 @@ def decode_frame(data: bytes, check: Callable[[int, int], None] | None = None) -
 def _peer(ws: ServerConnection) -> str:
     address = ws.remote_address
     return f"{address[0]}:{address[1]}" if isinstance(address, tuple) and len(address) >= 2 else str(address)
+
+
+def _plain(config: object) -> dict:
+    """A config dataclass as JSON values (enums as their values)."""
+    return {
+        name: value.value if isinstance(value, enum.Enum) else value
+        for name, value in dataclasses.asdict(config).items()
+    }

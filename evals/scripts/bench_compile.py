@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from core.acceleration import AccelerationConfig
 from core.builders import build_random_model
 from core.cli_args import number
+from core.config import AccelerationConfig
 from core.decode_step import StaticDecodeStep
 from core.engine import StreamingEngine
 from core.frames import video_input

@@ -10,8 +10,8 @@ import time
 import numpy as np
 import torch
 
-from core.acceleration import AccelerationConfig
 from core.builders import build_random_model
+from core.config import AccelerationConfig
 from evals.offline_qa import OVO_ANSWERS, OVO_PREFIX, FrameBudget, OfflineQA
 
 RULES = {
