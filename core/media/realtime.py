@@ -4,10 +4,10 @@
 inference in the caller's thread; between them is a queue of at most `queue_chunks` chunks.
 Capture never blocks: when the queue is full the oldest waiting chunk is dropped. Inference
 skips a chunk whose commentary would come later than `budget` seconds after the chunk was
-captured (its wait so far plus the slowest recent time per chunk, with 10% to spare), so latency
-stays bounded however slow the model is: a slow model comments on fewer chunks, never on old
-ones. A model slower than the budget itself comments on the newest chunk each time (one
-chunk-time late, with a warning), rather than on none. A skipped span shows in
+captured (`core.latency.LatencyBudget`, the policy the server uses too), so latency stays bounded
+however slow the model is: a slow model comments on fewer chunks, never on old ones. A model
+slower than the budget itself comments on the newest chunk each time (one chunk-time late, with a
+warning), rather than on none. A skipped span shows in
 the time label of the next chunk that is processed (it starts where the stream is, not where the
 last label ended), and every report counts the chunks skipped so far.
 
@@ -22,11 +22,11 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from core.config import StreamConfig
+from core.latency import LatencyBudget
 from core.media.chunker import Chunk, chunks
 from core.media.sources import Source
 from core.types import Commentary, CommentarySession, Frame
@@ -63,22 +63,17 @@ class RealtimeRunner:
     ) -> None:
         """`session` is local or remote (any `CommentarySession`);
         `on_frame` sees every captured frame in the capture thread (a recorder), and must keep up."""
-        if budget <= 0:
-            raise ValueError(f"the latency budget must be positive (got {budget})")
         if queue_chunks < 1:
             raise ValueError(f"the queue must hold at least one chunk (got {queue_chunks})")
         self.source, self.session, self.stream = source, session, stream
         self.on_frame = on_frame
-        self.budget = budget
+        self.latency = LatencyBudget(budget)  # the late-chunk policy, shared with the server
         self.queue: queue.Queue = queue.Queue(maxsize=queue_chunks)
         self.skipped = 0
         self.max_queue_depth = 0  # the most chunks ever waiting (never above queue_chunks)
-        self.seconds_per_chunk = 0.0  # what the next chunk is expected to take: the slowest recent one, +10%
-        self._recent: deque[float] = deque(maxlen=8)
         self._stop = threading.Event()
         self._lock = threading.Lock()  # guards `skipped` between capture and inference
         self._capture_error: BaseException | None = None
-        self._warned_slow = False
         self._last_t_end: float | None = None
         self._thread = threading.Thread(target=self._capture, name="capture", daemon=True)
 
@@ -95,7 +90,7 @@ class RealtimeRunner:
                     break
                 chunk, captured = item
                 waited = time.monotonic() - captured
-                if waited + self.seconds_per_chunk > self.budget and not self._best_left(waited):
+                if not self.latency.allows(waited, newest=self.queue.empty()):
                     self._skip(chunk, "it would be late")
                     continue
                 report = self._process(chunk, captured)
@@ -142,22 +137,6 @@ class RealtimeRunner:
                     if self._stop.is_set():
                         break
 
-    def _best_left(self, waited: float) -> bool:
-        """A model slower than the budget misses it on every chunk: then the newest chunk is the best
-        left (commentary every few seconds, one chunk-time late), not a reason to skip them all."""
-        if self.seconds_per_chunk <= self.budget or not self.queue.empty():
-            return False
-        if not self._warned_slow:
-            self._warned_slow = True
-            log.warning(
-                "a chunk takes about %.1f s, more than the %.1f s latency budget: commenting on the newest "
-                "chunk each time, about %.1f s late; raise the budget or use a faster device",
-                self.seconds_per_chunk,
-                self.budget,
-                self.seconds_per_chunk + waited,
-            )
-        return True
-
     def _process(self, chunk: Chunk, captured: float) -> ChunkReport:
         span = None
         if self._last_t_end is not None and chunk.t_start > self._last_t_end + 1e-6:
@@ -165,10 +144,7 @@ class RealtimeRunner:
         started = time.monotonic()
         events = self.session.push(chunk.frames, chunk.t_start, chunk.t_end)
         done = time.monotonic()
-        took = done - started
-        self._recent.append(took)
-        # Erring long: a chunk predicted to fit the budget must not overrun it by a little jitter.
-        self.seconds_per_chunk = 1.1 * max(self._recent)
+        self.latency.record(done - started)
         self._last_t_end = chunk.t_end
         with self._lock:
             skipped = self.skipped

@@ -38,6 +38,7 @@ from websockets.exceptions import ConnectionClosed
 from core.engine import DEFAULT_INSTRUCTION, Session, StreamingEngine
 from core.errors import ConfigError, SourceError, StreamVLMError
 from core.frames import target_size
+from core.latency import LatencyBudget
 from core.remote import protocol as p
 
 log = logging.getLogger(__name__)
@@ -55,12 +56,11 @@ class InferenceServer:
         budget: float = 2.0,
     ) -> None:
         self.engine, self.token = engine, token
-        self.max_sessions, self.idle_timeout, self.budget = max_sessions, idle_timeout, budget
+        self.max_sessions, self.idle_timeout = max_sessions, idle_timeout
         self.sessions = 0  # slots held: sessions starting or open
         self._ids = itertools.count(1)
         self._model_lock = asyncio.Lock()  # one chunk on the model at a time, sessions take turns
-        self._seconds_per_chunk = 0.0
-        self._warned_slow = False
+        self.latency = LatencyBudget(budget)  # the late-chunk policy, shared with the real-time runner
         # Frames are decoded on threads of their own, never on the event loop, and not on the threads
         # the model's chunks run on. One per session slot: a session decodes one frame at a time, so
         # no session's frame waits behind another session's slow one.
@@ -185,18 +185,9 @@ class InferenceServer:
         arrived = time.monotonic()
         async with self._model_lock:
             waited = time.monotonic() - arrived
-            predicted = self._seconds_per_chunk
-            # A model slower than the budget misses it on every chunk; a chunk that waited behind at
-            # most one other is then still answered (about two chunk-times late), not skipped forever.
-            slower_than_budget = predicted > self.budget and waited < predicted
-            if slower_than_budget and not self._warned_slow:
-                self._warned_slow = True
-                log.warning(
-                    "a chunk takes about %.2f s, more than the %.2f s latency budget; raise --latency-budget",
-                    predicted,
-                    self.budget,
-                )
-            if waited + predicted > self.budget and not slower_than_budget:
+            # A session sends its next chunk only after this one is done, so each chunk is its stream's
+            # newest; one that waited behind at most one other session's chunk still counts as fresh.
+            if not self.latency.allows(waited, newest=waited < self.latency.seconds_per_chunk):
                 await ws.send(
                     p.encode("chunk_done", t_start=t_start, t_end=t_end, skipped=True, latency=waited)
                 )
@@ -208,10 +199,7 @@ class InferenceServer:
                 raise p.ProtocolError(p.CLOSE_MALFORMED, str(exc)) from None
             except StreamVLMError as exc:  # frames the model cannot take
                 raise p.ProtocolError(p.CLOSE_UNSUPPORTED, str(exc)) from None
-            took = time.monotonic() - started
-            self._seconds_per_chunk = (
-                took if not self._seconds_per_chunk else 0.7 * self._seconds_per_chunk + 0.3 * took
-            )
+            self.latency.record(time.monotonic() - started)
         for event in events:
             await ws.send(p.encode("commentary", start=event.start, end=event.end, text=event.text))
         await ws.send(
