@@ -1,10 +1,10 @@
-"""The stream worker: model, source, runner and recorder, in a thread of their own.
+"""The stream worker: model, source, pipeline and recorder, in a thread of their own.
 
-`StreamWorker` lives in a `QThread`. Its `run` loads the model (once per model name; kept for
-the next run), opens the source, and runs `core.media.realtime.RealtimeRunner`; everything it learns
-goes to the window through signals, never by touching widgets. `stop` may be called from the
-GUI thread at any time: it stops the runner, which closes the source and returns after the
-chunk in progress.
+`StreamWorker` lives in a `QThread`. Its `run` loads the model (once per model settings; kept for
+the next run), builds the engine from the request's config (`core.loading.open_engine`), opens the
+source, and runs `core.pipeline.Pipeline` paced like a live feed; everything it learns goes to the
+window through signals, never by touching widgets. `stop` may be called from the GUI thread at any
+time: it stops the pipeline, which closes the source and returns after the chunk in progress.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class StreamWorker(QObject):
     def __init__(self, request: RunRequest) -> None:
         super().__init__()
         self.request = request
-        self._runner = None
+        self._pipeline = None  # core.pipeline.Pipeline, once built
         self.engine = None  # the local engine of this run, once built (core.engine.StreamingEngine)
         self._remote = None  # a RemoteSession, closed by `stop` so a reconnection does not hold it up
         self._stopped = threading.Event()
@@ -61,63 +61,60 @@ class StreamWorker(QObject):
 
     def stop(self) -> None:
         self._stopped.set()
-        runner = self._runner
-        if runner is not None:
-            runner.stop()
+        pipeline = self._pipeline
+        if pipeline is not None:
+            pipeline.stop()
         if self._remote is not None:
             self._remote.close()
 
     def _run(self) -> None:
         from core.loading import open_engine
-        from core.media.realtime import RealtimeRunner
-        from core.media.recorder import Recorder, recording_fps
         from core.media.sources import FileSource, open_source
+        from core.pipeline import Pipeline, open_recording
 
         request = self.request
+        stream = request.config.stream
         self.status.emit(f"opening {request.source}")
-        source = open_source(
-            request.source, request.config.stream.fps, realtime=True, on_state=self._on_state
-        )
+        source = open_source(request.source, stream.fps, realtime=True, on_state=self._on_state)
         try:
             model = None if request.remote else self._model()
             if self._stopped.is_set():
                 return
-            record_fps = request.config.stream.fps
             if request.record_to:
-                record_fps = recording_fps(request.config.stream.fps, source.native_fps)
                 with_audio = request.audio_device is not None
-                self.recorder = Recorder(
-                    request.record_to, record_fps, audio_rate=48_000 if with_audio else None
+                self.recorder = open_recording(
+                    request.record_to, source, stream, audio_rate=48_000 if with_audio else None
                 )
                 if with_audio:
                     from core.media.audio import AudioCapture
 
                     self.audio = AudioCapture(request.audio_device, self._on_audio)
                     self.audio.start()
-            source.fps = record_fps
             if model is None:
                 session = self._remote_session()
                 where = f"on {request.model}"
             else:
-                engine = open_engine(request.engine_config, model)
-                self.engine = engine
-                session = engine.start(
+                self.engine = open_engine(request.engine_config, model)
+                session = self.engine.start(
                     instruction=request.instruction or None, previous_text=request.previous_text
                 )
                 where = f"on {model.device}"
-            self._runner = RealtimeRunner(
-                source, session, request.config.stream, budget=request.latency_budget, on_frame=self._on_frame
+            self._pipeline = Pipeline(
+                source,
+                session,
+                stream,
+                live=True,  # the app always paces a file like a live feed
+                budget=request.latency_budget,
+                recorder=self.recorder,
+                sinks=(self.commentary.emit,),
+                on_frame=self._on_frame,
             )
             if self._stopped.is_set():
                 return
             kind = "file" if isinstance(source, FileSource) else "live"
             self.status.emit(f"streaming ({kind}) {where}")
-            with session:
-                for report in self._runner.run():
-                    for line in report.commentary:
-                        if self.recorder is not None:
-                            self.recorder.add(line)
-                        self.commentary.emit(line)
+            with session, self._pipeline:
+                for report in self._pipeline.run():
                     self.report.emit(report)
         finally:
             source.close()
@@ -146,12 +143,11 @@ class StreamWorker(QObject):
         return self._remote
 
     def _on_frame(self, frame: Frame) -> None:
-        """Capture thread: record every frame; hand the view the newest, at most 15 a second."""
+        """Capture thread (after the pipeline's recorder has the frame): hand the view the newest, at most
+        15 a second."""
         self.frames_in += 1
         if self._clock_offset is None:
             self._clock_offset = time.monotonic() - frame.t
-        if self.recorder is not None:
-            self.recorder.write(frame)
         now = time.monotonic()
         if now - self._last_frame >= FRAME_INTERVAL:
             self._last_frame = now

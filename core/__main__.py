@@ -133,25 +133,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, config: EngineConfig, source) -> int:
     from rich.console import Console
 
-    from core.media.recorder import Recorder, recording_fps
     from core.media.sources import FileSource
+    from core.pipeline import open_recording
 
     console = Console(stderr=False, highlight=False)
     live = args.realtime or not isinstance(source, FileSource)
-    recorder = None
-    if args.record:
-        # The recording keeps the source's frame rate; the model still sees `fps` frames a second,
-        # picked from the faster feed by the chunker.
-        record_fps = args.record_fps or recording_fps(config.stream.fps, source.native_fps)
-        source.fps = record_fps  # sources sample at `fps` when iterated
-        recorder = Recorder(args.record, record_fps)
-        log.info(
-            "recording to %s (%s, %g FPS) and %s",
-            args.record,
-            recorder.codec,
-            record_fps,
-            recorder.subtitles.path,
-        )
+    # The recording keeps the source's frame rate; the model still sees `fps` frames a second.
+    recorder = (
+        open_recording(args.record, source, config.stream, fps=args.record_fps) if args.record else None
+    )
     with recorder or contextlib.nullcontext():
         if args.server:
             from core.remote.client import RemoteSession
@@ -173,12 +163,11 @@ def _run(args: argparse.Namespace, config: EngineConfig, source) -> int:
 
 
 def _stream(args, config, console, source, live: bool, recorder, session: CommentarySession) -> int:
-    """Chunks to the session (local or remote), commentary to the console, subtitle files and recording."""
+    """The pipeline, shown: commentary to the console and the subtitle files, a progress bar."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from core.media.chunker import chunks
-    from core.media.realtime import RealtimeRunner, tee
     from core.media.subtitles import open_writers
+    from core.pipeline import Pipeline
 
     total = source.duration / config.stream.chunk_seconds if source.duration else None
     progress = Progress(
@@ -189,55 +178,30 @@ def _stream(args, config, console, source, live: bool, recorder, session: Commen
         console=console,
         disable=args.quiet or not console.is_terminal,
     )
-    with (
-        source,
-        session,
-        open_writers(srt=args.srt, vtt=args.vtt, jsonl=args.jsonl) as writers,
-        progress,
-        recorder or contextlib.nullcontext(),
-    ):
+    with session, open_writers(srt=args.srt, vtt=args.vtt, jsonl=args.jsonl) as writers, progress:
         task = progress.add_task("streaming", total=total)
 
-        def show(events, t_end: float) -> None:
-            for event in events:
-                writers.write(event)
-                if recorder is not None:
-                    recorder.add(event)
-                progress.console.print(f"[{_clock(event.start)} - {_clock(event.end)}] {event.text}")
-            progress.update(task, completed=t_end)
+        def show(line) -> None:
+            progress.console.print(f"[{_clock(line.start)} - {_clock(line.end)}] {line.text}")
 
-        end = args.duration if args.duration is not None else float("inf")
-        write_frame = recorder.write if recorder is not None else None
-        if not live:
-            for chunk in chunks(tee(source, write_frame), config.stream):
-                if chunk.t_start >= end:
-                    break
-                show(session.push(chunk.frames, chunk.t_start, chunk.t_end), chunk.t_end)
-            return 0
-        runner = RealtimeRunner(
-            source, session, config.stream, budget=args.latency_budget, on_frame=write_frame
+        pipeline = Pipeline(
+            source,
+            session,
+            config.stream,
+            live=live,
+            budget=args.latency_budget,
+            duration=args.duration,
+            recorder=recorder,
+            sinks=(writers.write, show),
         )
-        latencies = []
-        try:
-            for report in runner.run():
+        with pipeline:
+            for report in pipeline.run():
                 if report.skipped_span:
                     a, b = report.skipped_span
                     progress.console.print(f"[{_clock(a)} - {_clock(b)}] (skipped: the model fell behind)")
-                latencies.append(report.latency)
-                show(report.commentary, report.t_end)
-                if report.t_end >= end:
-                    break
-        finally:
-            runner.stop()
-            if latencies:
-                latencies.sort()
-                log.info(
-                    "%d chunks commented, %d skipped; capture-to-commentary latency median %.2f s, max %.2f s",
-                    len(latencies),
-                    runner.skipped,
-                    latencies[len(latencies) // 2],
-                    latencies[-1],
-                )
+                progress.update(task, completed=report.t_end)
+        if live and pipeline.summary():
+            log.info("%s", pipeline.summary())
     return 0
 
 

@@ -19,7 +19,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.media.chunker import chunks
+from core.types import Closeable, Commentary
 from evals.runner import DataError
 from evals.video import duration, frames_at, sample_times
 
@@ -52,6 +52,46 @@ def clip_span(path: Path, start: float, end: float | None, *, origin: str, hint:
     return start, length if end is None else min(end, length)
 
 
+class RestartingSession(Closeable):
+    """A session that starts over every `every` seconds of stream (None: never), the protocol for
+    models that cannot stream forever: each new one's previous text is the seed plus all the
+    commentary so far. A `CommentarySession`, so it runs through the one pipeline."""
+
+    def __init__(
+        self,
+        engine: StreamingEngine,
+        *,
+        instruction: str,
+        previous_text: str,
+        every: float | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.engine, self.instruction, self.previous_text = engine, instruction, previous_text
+        self.every, self.seed = every, seed
+        self.lines: list[Commentary] = []
+        self._session = None
+        self._segment_start = 0.0
+
+    def push(self, frames, t_start: float, t_end: float) -> list[Commentary]:
+        if self._session is not None and self.every and t_start >= self._segment_start + self.every - 1e-6:
+            self._session.close()
+            self._session = None
+        if self._session is None:
+            self._segment_start = t_start
+            context = " ".join([self.previous_text, *(line.text for line in self.lines)]).strip()
+            self._session = self.engine.start(
+                instruction=self.instruction, previous_text=context, seed=self.seed
+            )
+        events = self._session.push(frames, t_start, t_end)
+        self.lines += events
+        return events
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+
 def commentate(
     engine: StreamingEngine,
     path: Path,
@@ -66,30 +106,16 @@ def commentate(
     hint: str = "pass a span inside the video",
 ) -> list[dict]:
     """Replies for [start, end) of `path` (end capped at the video's length; see `clip_span`)."""
+    from core.pipeline import Pipeline
+
     start, end = clip_span(path, start, end, origin=origin, hint=hint)
-    times = sample_times(start, end, fps=engine.stream.fps)
-    items: list[dict] = []
-    session = None
-    segment_start = start
-    try:
-        for chunk in chunks(frames_at(path, times), engine.stream):
-            if (
-                session is not None
-                and restart_every
-                and chunk.t_start >= segment_start + restart_every - 1e-6
-            ):
-                session.close()
-                session = None
-            if session is None:
-                segment_start = chunk.t_start
-                context = " ".join([previous_text, *(item["response"] for item in items)]).strip()
-                session = engine.start(instruction=instruction, previous_text=context, seed=seed)
-            for line in session.push(chunk.frames, chunk.t_start, chunk.t_end):
-                items.append({"response": line.text, "start_time": line.start, "end_time": line.end})
-    finally:
-        if session is not None:
-            session.close()
-    return items
+    frames = frames_at(path, sample_times(start, end, fps=engine.stream.fps))
+    with RestartingSession(
+        engine, instruction=instruction, previous_text=previous_text, every=restart_every, seed=seed
+    ) as session:
+        for _ in Pipeline(frames, session, engine.stream, live=False).run():
+            pass
+    return [{"response": line.text, "start_time": line.start, "end_time": line.end} for line in session.lines]
 
 
 def words_before(content: list, t: float) -> str:

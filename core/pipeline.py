@@ -1,0 +1,143 @@
+"""The one pipeline: a source's frames, in one-second chunks, through a session, out to the sinks.
+
+    source -> (recorder, frame callback) -> chunks -> session (local or remote) -> recorder, sinks
+
+`Pipeline` is what the CLI (`python -m core run`), the app's worker and the benchmarks run; each
+adds only its presentation (a progress bar, Qt signals, result rows). A file is processed as fast
+as the model goes, every chunk in order; a live source (or a file paced like one) goes through
+`core.media.realtime.RealtimeRunner`, which skips chunks that would come later than the latency
+budget. The recording keeps the source's own frame rate (`open_recording`), while the model
+sees `stream.fps` frames a second picked from it by the chunker.
+
+This module and core/__main__.py are the assembly points that may import the engine and both wings.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+
+from core.config import StreamConfig
+from core.media.chunker import chunks
+from core.media.realtime import ChunkReport, RealtimeRunner, tee
+from core.media.recorder import Recorder, recording_fps
+from core.types import Closeable, Commentary, CommentarySession, Frame
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[Commentary], None]
+
+
+def open_recording(
+    path: str | Path,
+    source,
+    stream: StreamConfig,
+    *,
+    fps: float | None = None,
+    audio_rate: int | None = None,
+) -> Recorder:
+    """A recorder for `source` at `fps` (default: the source's own rate, `recording_fps`), with the
+    source set to deliver frames at that rate (the chunker still hands the model `stream.fps`)."""
+    fps = fps or recording_fps(stream.fps, getattr(source, "native_fps", None))
+    source.fps = fps  # sources sample at `fps` when iterated
+    recorder = Recorder(path, fps, audio_rate=audio_rate)
+    log.info("recording to %s (%s, %g FPS) and %s", path, recorder.codec, fps, recorder.subtitles.path)
+    return recorder
+
+
+class Pipeline(Closeable):
+    """One stream's run. `run()` yields a `ChunkReport` per processed chunk; `stop()` ends it from any
+    thread; `summary()` says what happened. Closing the pipeline closes the source (not the session,
+    the recorder or the sinks, which belong to the caller)."""
+
+    def __init__(
+        self,
+        source: Iterable[Frame],
+        session: CommentarySession,
+        stream: StreamConfig,
+        *,
+        live: bool,
+        budget: float = 2.0,
+        duration: float | None = None,
+        recorder: Recorder | None = None,
+        sinks: Sequence[Sink] = (),
+        on_frame: Callable[[Frame], None] | None = None,
+    ) -> None:
+        """`live`: pace by the latency `budget` (a live source, or a file paced like one); otherwise
+        every chunk is processed in turn. `duration`: stop after this much stream time. `recorder`
+        gets every frame and every line; `sinks` every line; `on_frame` every frame (capture thread)."""
+        self.source, self.session, self.stream = source, session, stream
+        self.live, self.budget = live, budget
+        self.end = duration if duration is not None else float("inf")
+        self.recorder, self.sinks, self.on_frame = recorder, tuple(sinks), on_frame
+        self.latencies: list[float] = []
+        self.skipped = 0
+        self._runner: RealtimeRunner | None = None
+        self._stopped = threading.Event()
+
+    def run(self) -> Iterator[ChunkReport]:
+        try:
+            reports = self._live() if self.live else self._file()
+            for report in reports:
+                for line in report.commentary:
+                    if self.recorder is not None:
+                        self.recorder.add(line)
+                    for sink in self.sinks:
+                        sink(line)
+                self.latencies.append(report.latency)
+                self.skipped = report.skipped
+                yield report
+                if report.t_end >= self.end or self._stopped.is_set():
+                    break
+        finally:
+            if self._runner is not None:
+                self._runner.stop()
+
+    def stop(self) -> None:
+        """End the run after the chunk in progress (safe from any thread, and twice)."""
+        self._stopped.set()
+        if self._runner is not None:
+            self._runner.stop()
+        self.close()
+
+    def close(self) -> None:
+        close = getattr(self.source, "close", None)
+        if close is not None:
+            close()
+
+    def summary(self) -> str | None:
+        """One line: chunks commented and skipped, and the capture-to-commentary latency."""
+        if not self.latencies:
+            return None
+        return (
+            f"{len(self.latencies)} chunks commented, {self.skipped} skipped; capture-to-commentary latency "
+            f"median {statistics.median(self.latencies):.2f} s, max {max(self.latencies):.2f} s"
+        )
+
+    # -- the two pacings -------------------------------------------------------------------------------
+
+    def _frame(self, frame: Frame) -> None:
+        if self.recorder is not None:
+            self.recorder.write(frame)
+        if self.on_frame is not None:
+            self.on_frame(frame)
+
+    def _file(self) -> Iterator[ChunkReport]:
+        for chunk in chunks(tee(self.source, self._frame), self.stream):
+            if chunk.t_start >= self.end or self._stopped.is_set():
+                return
+            started = time.monotonic()
+            events = self.session.push(chunk.frames, chunk.t_start, chunk.t_end)
+            yield ChunkReport(chunk.t_start, chunk.t_end, events, time.monotonic() - started, 0, None)
+
+    def _live(self) -> Iterator[ChunkReport]:
+        self._runner = RealtimeRunner(
+            self.source, self.session, self.stream, budget=self.budget, on_frame=self._frame
+        )
+        if self._stopped.is_set():  # stopped before it started
+            return iter(())
+        return self._runner.run()
