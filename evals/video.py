@@ -5,7 +5,7 @@ fixed number spread over a clip). `frames_at` seeks once to the first time and d
 yielding for each time the latest decoded frame whose presentation time is at or before it, as
 core.media.sources does for live streams; times are absolute seconds of the file. `sample_times`
 turns a benchmark's rule (fps, a frame cap, or a frame count) into those times. Frames come out
-upright, as players show them (core.media.sources.displayed_rgb honours rotation metadata).
+upright, as players show them (core.media.orientation.displayed_rgb honours rotation metadata).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import av
 import numpy as np
 
 from core.errors import SourceError
-from core.media.sources import displayed_rgb
+from core.media.orientation import displayed_rgb
 from core.types import Frame
 
 _EPS = 1e-6

@@ -196,7 +196,7 @@ def test_legacy_rotate_tag_turns_clockwise_when_there_is_no_matrix(tmp_path, tag
 
 def test_orientation_is_read_from_the_matrix_as_ffmpeg_reads_it(tmp_path):
     # Each frame carries the matrix; the decision uses its exact entries (mirrors included).
-    from core.media.sources import display_orientation
+    from core.media.orientation import display_orientation
 
     path = rotated_clip(tmp_path / "phone.mp4", 90, hflip=True)
     with av.open(str(path)) as container:

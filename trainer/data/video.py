@@ -8,7 +8,7 @@ uses decord's frame timestamps `_frame_pts[:, 1]`, which are frame END times (pt
 we do the same. The clip is then resized once with qwen-vl-utils' `fetch_video` arithmetic: a
 per-frame pixel bound of min(602,112, total_budget / frames * 2), never below 1.05 x 78,400,
 fed to `smart_resize` (sides multiples of 28, area >= 78,400). Frames are decoded upright, as
-players show them (core.media.sources.displayed_rgb honours a phone clip's rotation), so sizes are the
+players show them (core.media.orientation.displayed_rgb honours a phone clip's rotation), so sizes are the
 displayed ones.
 """
 
@@ -109,7 +109,7 @@ def read_clip(path: Path, start: float, end: float, budget: FrameBudget, factor:
     """Decode the frames of [start, end] seconds of `path`, sample and resize them (see the module doc)."""
     import av  # decoding needs PyAV; the arithmetic above does not
 
-    from core.media.sources import displayed_rgb  # upright, as players show it (rotated phone clips)
+    from core.media.orientation import displayed_rgb  # upright, as players show it (rotated phone clips)
 
     if not (math.isfinite(start) and math.isfinite(end)) or start < 0 or end <= start:
         raise VideoError(f"the window {start}-{end} s is not a time range")
