@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device-tool call: the core path on one GPU with full-size random 7B weights.
-# Usage (device machine, repo root): bash evals/scripts/gpu_core_timing.sh SECONDS
+# Usage (on a GPU machine, repo root): bash evals/scripts/gpu_core_timing.sh SECONDS
 # Installs carried wheels (.whl/) if any, then measures the ceilings and the three cache policies
 # at 1280x720, 2 FPS, 20 tokens forced per chunk. Results land in $OUT (or ./runs/gpu).
 set -euo pipefail

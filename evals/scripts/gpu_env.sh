@@ -1,6 +1,6 @@
-# Sourced by the GPU scripts: install the wheels carried in .whl/ (the device image has no
+# Sourced by the GPU scripts: install the wheels carried in .whl/ (for a GPU machine with no
 # internet) into /tmp/site, put them and the repository on PYTHONPATH, make output unbuffered.
-# The image has torch 2.11 and transformers 5.17; fetch what differs here, then carry .whl:
+# If its image has torch 2.11 and transformers 5.17, fetch what differs, then carry .whl:
 #   pip download -d .whl --no-deps --only-binary=:all: --python-version 3.12 \
 #     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #     transformers==5.24.0 huggingface_hub==2.4.0 hf-xet httpx2 httpcore2 truststore \

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device-tool call for the GPU fast path: correctness on the GPU, the phase benchmark with
 # its alternatives, and the efficiency run of the streaming policy.
-# Usage (device machine, repo root): bash evals/scripts/gpu_fast_path.sh SECONDS
+# Usage (on a GPU machine, repo root): bash evals/scripts/gpu_fast_path.sh SECONDS
 set -euo pipefail
 seconds=${1:-150}
 out=${OUT:-runs/gpu}
