@@ -29,12 +29,17 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from core.config import CachePolicy, EvictionMode
 from core.conversation import Part, Piece
+from core.errors import StreamVLMError
 from core.kernels import rotate_into
 from core.positions import piece_positions, rotation
 
 PREFIX_ROUND = -1
 CAPACITY_STEP = 256  # buffer sizes are multiples of this (aligned attention masks, few distinct shapes)
 _ROUND_FRAME = {Part.TURN_OPEN, Part.PROMPT_CLOSE}  # kept while the round keeps vision or text
+
+
+class CacheFullError(StreamVLMError):
+    """A chunk does not fit a cache whose buffers cannot grow (a pool slot)."""
 
 
 @dataclass
@@ -124,13 +129,21 @@ class StreamCache(Cache):
         policy: CachePolicy,
         capacity: int = 4 * CAPACITY_STEP,
         fused_rotation: bool = True,
+        buffers: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
-        """`fused_rotation`: evictions rotate moved keys with the Triton kernel where it runs."""
+        """`fused_rotation`: evictions rotate moved keys with the Triton kernel where it runs.
+        `buffers`: keys and values [layers, 1, kv_heads, tokens, head_dim] to use instead of allocating
+        (a slot of `core.pool.CachePool`); they never grow, and a chunk that does not fit is an error."""
         # All layers in one tensor each for keys and values, so an eviction moves every layer in
         # one gather and one fused rotation; each layer sees its own view [1, kv_heads, capacity, head_dim].
         shape = (num_layers, 1, num_kv_heads, capacity, head_dim)
-        self.key_buffer = torch.zeros(shape, dtype=dtype, device=device)
-        self.value_buffer = torch.zeros(shape, dtype=dtype, device=device)
+        if buffers is None:
+            self.key_buffer = torch.zeros(shape, dtype=dtype, device=device)
+            self.value_buffer = torch.zeros(shape, dtype=dtype, device=device)
+        else:
+            self.key_buffer, self.value_buffer = buffers
+            capacity = self.key_buffer.shape[3]
+        self.fixed = buffers is not None
         layers = [StreamLayer(self.key_buffer[i], self.value_buffer[i]) for i in range(num_layers)]
         super().__init__(layers=layers)
         self.policy = policy
@@ -172,6 +185,11 @@ class StreamCache(Cache):
         need = self.reserved + extra
         if need <= self.capacity:
             return
+        if self.fixed:
+            raise CacheFullError(
+                f"this session's cache slot holds {self.capacity:,} tokens and the next chunk needs {need:,}; "
+                "shorten the instruction or the previous text, or lower max_pixels"
+            )
         capacity = -(-max(need, int(self.capacity * 1.5)) // CAPACITY_STEP) * CAPACITY_STEP
         length = self.length
         for name in ("key_buffer", "value_buffer"):

@@ -34,6 +34,7 @@ from core.conversation import MARKER, Conversation, Part, Piece
 from core.decode_step import StaticDecodeStep
 from core.frames import VideoInput, video_input
 from core.model import StreamModel
+from core.pool import CachePool, slot_tokens, slots_that_fit
 from core.positions import temporal_step
 from core.sampling import TokenSampler
 from core.spec import ModelSpec
@@ -92,9 +93,12 @@ class StreamingEngine:
         cache: CachePolicy | None = None,
         generation: GenerationConfig | None = None,
         acceleration: AccelerationConfig | None = None,
+        sessions: int | str | None = None,
     ) -> None:
         """`acceleration` asks for speed-ups (default: the model's request, else auto); what runs is
-        decided once here (`self.acceleration`) and logged in one line."""
+        decided once here (`self.acceleration`) and logged in one line. `sessions`: preallocate that
+        many session caches in a pool ("auto": as many as the device's free memory holds); opening one
+        more session is then refused with `core.pool.CapacityError`. None: each session allocates its own."""
         self.model = model
         self.acceleration = model.accelerate(acceleration or model.requested_acceleration)
         self.stream = stream or StreamConfig()
@@ -104,6 +108,29 @@ class StreamingEngine:
         self.dt = temporal_step(
             model.vision.tokens_per_second, model.vision.temporal_patch_size, self.stream.fps
         )
+        self.pool = self._pool(sessions) if sessions is not None else None
+
+    def _pool(self, sessions: int | str) -> CachePool:
+        model, text = self.model, self.model.text
+        tokens = slot_tokens(model.spec, self.cache_policy, self.stream, self.generation)
+        if sessions == "auto":
+            sessions = slots_that_fit(tokens * text.kv_bytes_per_token(model.dtype), model.device)
+        pool = CachePool(
+            slots=int(sessions),
+            tokens=tokens,
+            num_layers=text.num_layers,
+            num_kv_heads=text.num_kv_heads,
+            head_dim=text.head_dim,
+            dtype=model.dtype,
+            device=model.device,
+        )
+        log.info(
+            "cache pool: %d sessions of %s tokens each, %.2f GiB",
+            pool.slots,
+            f"{tokens:,}",
+            pool.bytes / 2**30,
+        )
+        return pool
 
     def start(
         self,
@@ -114,8 +141,17 @@ class StreamingEngine:
         seed: int | None = None,
         trace: bool = False,
     ) -> Session:
-        """Open a session for one stream; `previous_text` seeds the context (a title, earlier commentary)."""
-        return Session(self, instruction, previous_text, on_token=on_token, seed=seed, trace=trace)
+        """Open a session for one stream; `previous_text` seeds the context (a title, earlier commentary).
+        With a pool, the session takes a free cache slot (`core.pool.CapacityError` when none is)."""
+        slot = self.pool.acquire() if self.pool is not None else None
+        try:
+            return Session(
+                self, instruction, previous_text, on_token=on_token, seed=seed, trace=trace, slot=slot
+            )
+        except BaseException:
+            if slot is not None:  # a session that could not open gives its slot back
+                self.pool.release(slot)
+            raise
 
 
 class Session(Closeable):
@@ -130,6 +166,7 @@ class Session(Closeable):
         on_token: TokenCallback | None,
         seed: int | None,
         trace: bool,
+        slot: int | None = None,
     ) -> None:
         self.engine = engine
         model, policy = engine.model, engine.cache_policy
@@ -137,6 +174,7 @@ class Session(Closeable):
         self.instruction = instruction
         self.on_token = on_token
         self.trace = Trace() if trace else None
+        self._slot = slot
         self.cache = StreamCache(
             num_layers=model.text.num_layers,
             num_kv_heads=model.text.num_kv_heads,
@@ -146,6 +184,7 @@ class Session(Closeable):
             inv_freq=model.inv_freq,
             policy=policy,
             fused_rotation=engine.acceleration.triton,
+            buffers=engine.pool.buffers(self._slot) if self._slot is not None else None,
         )
         gen = engine.generation
         if seed is not None:
@@ -234,12 +273,15 @@ class Session(Closeable):
         return commentary(model.spec, words, t_start, t_end)
 
     def close(self) -> None:
-        """Free the cache. Safe to call twice."""
+        """Free the cache (or give its pool slot back). Safe to call twice."""
         if not self.closed:
             self.closed = True
             self.cache = None  # type: ignore[assignment]
             self._static_step = None
             self._vision_features.clear()
+            if self._slot is not None:
+                self.engine.pool.release(self._slot)
+                self._slot = None
 
     # -- steps -----------------------------------------------------------------------------------------
 
