@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 from torch.profiler import record_function
 
+from core.batch import DecodeBatcher
 from core.cache import PREFIX_ROUND, StreamCache
 from core.config import AccelerationConfig, CachePolicy, EvictionMode, GenerationConfig, StreamConfig
 from core.conversation import MARKER, Conversation, Part, Piece
@@ -94,11 +96,14 @@ class StreamingEngine:
         generation: GenerationConfig | None = None,
         acceleration: AccelerationConfig | None = None,
         sessions: int | str | None = None,
+        batched: bool = False,
     ) -> None:
         """`acceleration` asks for speed-ups (default: the model's request, else auto); what runs is
         decided once here (`self.acceleration`) and logged in one line. `sessions`: preallocate that
         many session caches in a pool ("auto": as many as the device's free memory holds); opening one
-        more session is then refused with `core.pool.CapacityError`. None: each session allocates its own."""
+        more session is then refused with `core.pool.CapacityError`. None: each session allocates its own.
+        `batched` (with `sessions`): the decode steps of sessions pushed from different threads run as
+        one batched forward (`core.batch.DecodeBatcher`) instead of one forward each."""
         self.model = model
         self.acceleration = model.accelerate(acceleration or model.requested_acceleration)
         self.stream = stream or StreamConfig()
@@ -109,6 +114,9 @@ class StreamingEngine:
             model.vision.tokens_per_second, model.vision.temporal_patch_size, self.stream.fps
         )
         self.pool = self._pool(sessions) if sessions is not None else None
+        self.model_lock = threading.Lock()
+        # Decode steps of concurrent sessions batched into one forward (needs the pool's slots).
+        self.batcher = DecodeBatcher(model, self.pool, self.model_lock) if batched and self.pool else None
 
     def _pool(self, sessions: int | str) -> CachePool:
         model, text = self.model, self.model.text
@@ -211,7 +219,7 @@ class Session(Closeable):
         self._static_step = None
         self._token_reader = _TokenReader(model.device)
         acceleration = engine.acceleration
-        if acceleration.static_decode:
+        if acceleration.static_decode and engine.batcher is None:  # batched steps replace the static one
             self._static_step = StaticDecodeStep(
                 model, self.cache, use_graph=acceleration.cuda_graphs, attention=acceleration.decode_attention
             )
@@ -231,23 +239,25 @@ class Session(Closeable):
         model, cache, device = self.model, self.cache, self.model.device
 
         clock = Stopwatch(device)
-        with record_function("streamvlm.vision"):
-            video = video_input(arrays, self.engine.stream, model.vision, device)
-            features = model.encode_video(video.pixel_values, video.grid_thw)  # [vision tokens, hidden]
-        vision_ms = clock.lap()
-        if self.trace is not None:
-            self.trace.videos.append(video)
-        self._plan_cache(video.num_tokens)
+        # The model runs one thing at a time: vision and prefill here, batched decode steps in between.
+        with self.engine.model_lock:
+            with record_function("streamvlm.vision"):
+                video = video_input(arrays, self.engine.stream, model.vision, device)
+                features = model.encode_video(video.pixel_values, video.grid_thw)  # [vision tokens, hidden]
+            vision_ms = clock.lap()
+            if self.trace is not None:
+                self.trace.videos.append(video)
+            self._plan_cache(video.num_tokens)
 
-        with record_function("streamvlm.evict"):
-            eviction = cache.evict(self.round)
-        evict_ms = clock.lap()
-        if cache.policy.mode is EvictionMode.RECOMPUTE:
-            self._vision_features[self.round] = features
-        with record_function("streamvlm.prefill"):
-            embeds, positions = self._prefill_inputs(eviction.refeed, video, features, t_start, t_end)
-            logits = self._forward(embeds, positions)
-        prefill_ms = clock.lap()
+            with record_function("streamvlm.evict"):
+                eviction = cache.evict(self.round)
+            evict_ms = clock.lap()
+            if cache.policy.mode is EvictionMode.RECOMPUTE:
+                self._vision_features[self.round] = features
+            with record_function("streamvlm.prefill"):
+                embeds, positions = self._prefill_inputs(eviction.refeed, video, features, t_start, t_end)
+                logits = self._forward(embeds, positions)
+            prefill_ms = clock.lap()
 
         with record_function("streamvlm.decode"):
             generated = self._decode(logits)
@@ -342,37 +352,53 @@ class Session(Closeable):
         text = _TextStream(model, self.conv.marker, self.on_token) if self.on_token else None
         step_fn = self._static_step
         overlap = step_fn is not None and self.engine.acceleration.overlap
+        batcher = self.engine.batcher
         generated: list[int] = []
-        for step in range(gen.max_new_tokens):
-            token = self.sampler(logits, recent, step)
-            last = step == gen.max_new_tokens - 1
-            if overlap and not last:
-                # Start the next forward before the host knows the token: the GPU runs it while the
-                # host waits for the token, decides whether to stop and keeps the books. After a stop
-                # token that forward is wasted but harmless (it wrote one slot past the cached ones).
-                self._token_reader.start(token)
-                self.cache.ensure_capacity(1)
-                logits = step_fn.launch(token, self.cache.cursor)
-                token_id = self._token_reader.result()
-            else:
-                token_id = int(token.item())  # the one host sync per token: do we stop?
-            generated.append(token_id)
-            if text is not None:
-                text.push(token_id)
-            if token_id in stop or last:
-                break
-            recent = torch.cat([recent, token.view(1)])
-            if step_fn is not None:
-                position = self.cache.append_token(Part.REPLY, self.round, token_id)
-                if overlap:
-                    step_fn.commit()
+        if batcher is not None:
+            batcher.join()  # its batches wait for this session's steps until it leaves
+        try:
+            for step in range(gen.max_new_tokens):
+                token = self.sampler(logits, recent, step)
+                last = step == gen.max_new_tokens - 1
+                if overlap and not last:
+                    # Start the next forward before the host knows the token: the GPU runs it while the
+                    # host waits for the token, decides whether to stop and keeps the books. After a stop
+                    # token that forward is wasted but harmless (it wrote one slot past the cached ones).
+                    self._token_reader.start(token)
+                    self.cache.ensure_capacity(1)
+                    logits = step_fn.launch(token, self.cache.cursor)
+                    token_id = self._token_reader.result()
                 else:
-                    logits = step_fn(token, position)
-                if self.trace is not None:
-                    self.trace.logits.append((self.cache.length, logits[None].detach().cpu()))
-            else:
-                positions = self.cache.reserve([Piece(Part.REPLY, (token_id,))], self.round, device=device)
-                logits = self._forward(model.embed(token.view(1)), positions)
+                    token_id = int(token.item())  # the one host sync per token: do we stop?
+                generated.append(token_id)
+                if text is not None:
+                    text.push(token_id)
+                if token_id in stop or last:
+                    break
+                recent = torch.cat([recent, token.view(1)])
+                if batcher is not None:
+                    write_at = self.cache.length
+                    position = self.cache.append_token(Part.REPLY, self.round, token_id)
+                    logits = batcher.step(self._slot, token, position, write_at)
+                    self.cache.advance(1)
+                    if self.trace is not None:
+                        self.trace.logits.append((self.cache.length, logits[None].detach().cpu()))
+                elif step_fn is not None:
+                    position = self.cache.append_token(Part.REPLY, self.round, token_id)
+                    if overlap:
+                        step_fn.commit()
+                    else:
+                        logits = step_fn(token, position)
+                    if self.trace is not None:
+                        self.trace.logits.append((self.cache.length, logits[None].detach().cpu()))
+                else:
+                    positions = self.cache.reserve(
+                        [Piece(Part.REPLY, (token_id,))], self.round, device=device
+                    )
+                    logits = self._forward(model.embed(token.view(1)), positions)
+        finally:
+            if batcher is not None:
+                batcher.leave()
         if text is not None:
             text.finish()
         return generated

@@ -198,6 +198,22 @@ class StreamModel:
         hidden = hidden if all_logits else hidden[-1]
         return self.model.lm_head(hidden).float()
 
+    @torch.inference_mode()
+    def forward_rows(
+        self, embeds: torch.Tensor, positions: torch.Tensor, cache: Any, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """One new token for each of B streams: embeds [B, hidden] at positions [3, B], each row attending
+        by its own bool mask [B, 1, 1, keys] to what `cache` returns for it; float32 logits [B, vocab]."""
+        with self._stance(2 if embeds.shape[0] > 1 else 1):  # a new batch size: the modules' originals
+            out = self.model.model.language_model(
+                inputs_embeds=embeds.unsqueeze(1),
+                position_ids=positions.unsqueeze(2),
+                attention_mask=attention_mask,
+                use_cache=True,
+                **{self._cache_kwarg: cache},
+            )
+        return self.model.lm_head(out.last_hidden_state[:, -1]).float()
+
 
 def _compile_works(device: torch.device) -> bool:
     """Compile and run one small function first: torch.compile needs Triton and a C compiler."""

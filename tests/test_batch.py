@@ -1,0 +1,141 @@
+"""Decode steps of concurrent sessions batched into one forward (core/batch.py): every session gets
+exactly the tokens it gets alone."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from conftest import SMALL_STREAM, random_frames
+from core.config import CachePolicy, GenerationConfig
+from core.engine import StreamingEngine
+
+POLICY = CachePolicy(sink_tokens=6, text_window_tokens=10, vision_window_chunks=2, text_window_replies=3)
+# Sampled hot with a seed per session, so replies stop early and late, and greedy ones.
+STREAMS = [
+    # (previous text, frame size, first chunk, chunks, generation)
+    ("Blue against red.", (56, 84), 0, 9, GenerationConfig(temperature=0.0, max_new_tokens=8)),
+    (
+        "A long afternoon at the stadium, second half, rain.",
+        (112, 112),
+        2,
+        7,
+        GenerationConfig(temperature=1.5, max_new_tokens=10, seed=7),
+    ),
+    ("", (84, 56), 0, 4, GenerationConfig(temperature=1.5, max_new_tokens=5, seed=3)),
+    (
+        "Cup final.",
+        (56, 56),
+        4,
+        6,
+        GenerationConfig(temperature=0.0, max_new_tokens=12, repetition_penalty=1.2),
+    ),
+]
+
+
+def run_stream(engine: StreamingEngine, index: int) -> list:
+    previous, size, first, chunks, generation = STREAMS[index]
+    engine.generation = generation  # read by the session when it starts (a test's way to vary it per stream)
+    session = engine.start(previous_text=previous, seed=generation.seed)
+    rng = np.random.default_rng(index)
+    out = []
+    try:
+        for k in range(first, first + chunks):
+            lines = session.push(random_frames(rng, *size), k, k + 1)
+            out.append(
+                (session.cache.token_ids()[-40:], [c.text for c in lines], session.last_stats.new_tokens)
+            )
+    finally:
+        session.close()
+    return out
+
+
+def alone(model) -> list:
+    results = []
+    for index in range(len(STREAMS)):
+        engine = StreamingEngine(model, stream=SMALL_STREAM, cache=POLICY, sessions=1)
+        results.append(run_stream(engine, index))
+    return results
+
+
+def together(model, batched: bool = True) -> tuple[list, StreamingEngine]:
+    """All streams at once from threads of their own; each session's generation is set before it starts."""
+    engine = StreamingEngine(model, stream=SMALL_STREAM, cache=POLICY, sessions=len(STREAMS), batched=batched)
+    results: list = [None] * len(STREAMS)
+    start_lock = threading.Lock()  # engine.generation is read at start: one start at a time
+    errors = []
+
+    def worker(index: int) -> None:
+        try:
+            previous, size, first, chunks, generation = STREAMS[index]
+            with start_lock:
+                engine.generation = generation
+                session = engine.start(previous_text=previous, seed=generation.seed)
+            rng = np.random.default_rng(index)
+            out = []
+            with session:
+                for k in range(first, first + chunks):
+                    lines = session.push(random_frames(rng, *size), k, k + 1)
+                    out.append(
+                        (
+                            session.cache.token_ids()[-40:],
+                            [c.text for c in lines],
+                            session.last_stats.new_tokens,
+                        )
+                    )
+            results[index] = out
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(STREAMS))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert not errors, errors
+    return results, engine
+
+
+@pytest.fixture(scope="module")
+def solo(tiny_model):
+    return alone(tiny_model)
+
+
+def test_concurrent_sessions_get_their_solo_tokens_from_batched_steps(tiny_model, solo):
+    batched, engine = together(tiny_model)
+    assert batched == solo
+    assert engine.batcher.batches > 0 and engine.batcher.rows > engine.batcher.batches  # really batched
+    lengths = {n for stream in solo for _, _, n in stream}
+    assert min(lengths) < max(lengths)  # replies that stop early and ones that run to their limit
+    assert engine.pool.in_use == 0  # every slot back
+
+
+def test_a_row_that_writes_into_another_sessions_slot_is_caught(tiny_model, solo, monkeypatch):
+    import core.batch
+
+    real = core.batch._PoolRows.update
+
+    def crossed(self, key_states, value_states, *args, **kwargs):
+        if len(self.slots) > 1:
+            self.slots = self.slots.flip(0)  # row b writes and reads another session's cache
+        return real(self, key_states, value_states, *args, **kwargs)
+
+    monkeypatch.setattr(core.batch._PoolRows, "update", crossed)
+    batched, engine = together(tiny_model)
+    assert engine.batcher.rows > engine.batcher.batches
+    assert batched != solo
+
+
+def test_a_position_off_by_one_in_the_batched_path_is_caught(tiny_model, solo, monkeypatch):
+    import core.batch
+
+    real = core.batch.DecodeBatcher.step
+    monkeypatch.setattr(
+        core.batch.DecodeBatcher,
+        "step",
+        lambda self, slot, token, position, write_at: real(self, slot, token, position + 1, write_at),
+    )
+    batched, _ = together(tiny_model)
+    assert batched != solo
