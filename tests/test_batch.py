@@ -139,3 +139,19 @@ def test_a_position_off_by_one_in_the_batched_path_is_caught(tiny_model, solo, m
     )
     batched, _ = together(tiny_model)
     assert batched != solo
+
+
+@pytest.mark.gpu
+def test_batched_steps_on_the_gpu_give_the_solo_tokens(tiny_dir):
+    """The same check on a GPU (tiny model, float32): solo sessions run the captured static step,
+    batched ones the batched forward; the tokens must agree."""
+    import torch
+
+    from core.loading import load_model
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    gpu = load_model(tiny_dir, device="cuda", dtype="float32")
+    batched, engine = together(gpu)
+    assert engine.batcher.rows > engine.batcher.batches
+    assert batched == alone(gpu)

@@ -1,0 +1,140 @@
+"""Many sessions on one GPU: batched decode steps against one session at a time, random 7B weights.
+
+    python evals/scripts/bench_batch.py --sessions 1,4,8,16 --chunks 10 --out DIR
+
+For each N, N sessions (each its own thread, own HD noise frames, 20 tokens forced per chunk) push
+`--chunks` one-second chunks as fast as they can through one engine with a pool of N cache slots
+and batched decode steps; N = 1 also runs the single-session static-graph path for reference.
+Reports per-chunk engine time (median over sessions and chunks after the first), the batched
+forwards' average rows, and stream-seconds of video per second of wall time. Then checks that
+batched and solo sessions agree on their greedy tokens for the first 5 chunks (bf16).
+Writes DIR/batch.json and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.builders import build_random_model
+from core.config import CachePolicy, GenerationConfig, StreamConfig
+from core.engine import StreamingEngine
+
+FORCED = GenerationConfig(max_new_tokens=20, min_new_tokens=20, seed=0)
+GREEDY = GenerationConfig(temperature=0.0, max_new_tokens=20)
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+SIZE = (720, 1280)  # height, width
+
+
+def frames(seed: int, chunks: int) -> list[list[np.ndarray]]:
+    size = SIZE
+    rng = np.random.default_rng(seed)
+    return [[rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(2)] for _ in range(chunks)]
+
+
+def run(model, sessions: int, chunks: int, batched: bool, generation=FORCED, first: int = 0) -> dict:
+    """Streams first .. first+sessions-1 (each one's frames and previous text follow its number)."""
+    engine = StreamingEngine(
+        model,
+        stream=StreamConfig(),
+        cache=CachePolicy(),
+        generation=generation,
+        sessions=sessions,
+        batched=batched,
+    )
+    inputs = [frames(first + s, chunks) for s in range(sessions)]
+    times: list[list[float]] = [[] for _ in range(sessions)]
+    tokens: list[list[list[int]]] = [[] for _ in range(sessions)]
+
+    def worker(s: int) -> None:
+        with engine.start(previous_text=f"Stream {first + s}.", seed=first + s) as session:
+            for k, chunk in enumerate(inputs[s]):
+                started = time.perf_counter()
+                session.push(chunk, float(k), float(k + 1))
+                times[s].append(time.perf_counter() - started)
+                tokens[s].append(session.cache.token_ids()[-20:])
+
+    _sync()
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(sessions)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    _sync()
+    wall = time.perf_counter() - started
+    after_first = [t for per in times for t in per[1:]]
+    batcher = engine.batcher
+    return {
+        "sessions": sessions,
+        "batched": batched,
+        "chunk_ms_median": round(1000 * statistics.median(after_first), 1),
+        "chunk_ms_p90": round(1000 * float(np.percentile(after_first, 90)), 1),
+        "rows_per_batch": round(batcher.rows / batcher.batches, 2) if batcher and batcher.batches else 1.0,
+        "stream_s_per_s": round(sessions * chunks / wall, 2),
+        "wall_s": round(wall, 1),
+        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        if torch.cuda.is_available()
+        else None,
+        "tokens": tokens,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", default="1,4,8,16")
+    parser.add_argument("--chunks", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-batch"))
+    parser.add_argument("--preset", default="7b", help="random weights: 7b, or tiny for a CPU smoke run")
+    parser.add_argument("--size", default="1280x720", help="frame size WxH")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    model = build_random_model(args.preset, dtype="bfloat16" if torch.cuda.is_available() else "float32")
+    global SIZE
+    SIZE = tuple(int(x) for x in reversed(args.size.split("x")))
+    run(model, 1, 3, batched=False)  # warm-up: compilation and graph capture
+    rows = [run(model, 1, args.chunks, batched=False)]
+    for n in (int(x) for x in args.sessions.split(",")):
+        rows.append(run(model, n, args.chunks, batched=True))
+    # Agreement: 4 batched greedy sessions against each alone, first 5 chunks.
+    together = run(model, 4, 5, batched=True, generation=GREEDY)["tokens"]
+    solo = [run(model, 1, 5, batched=False, generation=GREEDY, first=s)["tokens"][0] for s in range(4)]
+    agree = {
+        f"session{s}": sum(a == b for a, b in zip(together[s], solo[s], strict=True)) for s in range(4)
+    }  # how many of the first 5 chunks end with the same 20 cached tokens
+    for row in rows:
+        row.pop("tokens")
+    result = {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "rows": rows,
+        "agreement": agree,
+    }
+    (args.out / "batch.json").write_text(json.dumps(result, indent=1))
+    print("| sessions | path | chunk ms (median) | p90 | rows per batch | stream-s per s | peak GiB |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        path = "batched" if r["batched"] else "single (static graph)"
+        print(
+            f"| {r['sessions']} | {path} | {r['chunk_ms_median']} | {r['chunk_ms_p90']} | {r['rows_per_batch']} "
+            f"| {r['stream_s_per_s']} | {r['peak_gib']} |"
+        )
+    print(json.dumps(agree))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
