@@ -46,6 +46,10 @@ class ServerLost(StreamVLMError):
 class RemoteSession(Closeable):
     """One stream on a remote server: `push(frames, t_start, t_end)` returns that chunk's commentary.
 
+    Frames are sent as JPEG (quality 90) unless `image_format="png"` (lossless, but an HD PNG is
+    megabytes); `push_images` sends frames already encoded. After each chunk, `last_latency` is the
+    server's arrival-to-done time (seconds) and `last_timing` its split (`chunk_done`'s `timing`, ms).
+
     `reconnect` is the backoff for reopening a dropped connection (None: a drop ends the session);
     `on_state` hears "reconnecting" and "connected" as a live source's reconnector reports them.
     The first connection is not retried: a wrong URL fails at once with its reason.
@@ -59,7 +63,7 @@ class RemoteSession(Closeable):
         instruction: str | None = DEFAULT,
         previous_text: str = "",
         seed: int | None = None,
-        image_format: str = "png",
+        image_format: str = "jpeg",
         timeout: float = 30.0,
         reconnect: Backoff | None = DEFAULT_BACKOFF,
         on_state: StateCallback | None = None,
@@ -68,6 +72,7 @@ class RemoteSession(Closeable):
             raise ValueError(f"image_format must be png or jpeg (got {image_format!r})")
         self.url, self.image_format, self.timeout = url, image_format, timeout
         self.last_latency: float | None = None
+        self.last_timing: dict[str, float] | None = None  # the last chunk's `timing` from the server (ms)
         self.skipped = 0
         self.reconnects = 0
         self.commentary: list[Commentary] = []  # everything received, the resumed session's context
@@ -85,13 +90,26 @@ class RemoteSession(Closeable):
         self._ws = self._open(previous_text)
 
     def push(self, frames: Sequence[np.ndarray | Frame], t_start: float, t_end: float) -> list[Commentary]:
-        fields = {"t_start": float(t_start), "t_end": float(t_end), "frames": len(frames)}
+        images = [_encode_image(f.rgb if isinstance(f, Frame) else f, self.image_format) for f in frames]
+        return self.push_images(images, t_start, t_end)
+
+    def push_images(self, images: Sequence[bytes], t_start: float, t_end: float) -> list[Commentary]:
+        """`push` for frames already encoded (PNG or JPEG bytes, one per frame), sent as they are."""
+        fields = {"t_start": float(t_start), "t_end": float(t_end), "frames": len(images)}
         try:  # the server's rule, checked here too: a chunk it would refuse is not sent at all
             p.chunk_header({"type": "chunk", **fields})
         except p.ProtocolError as exc:
             raise ValueError(exc.reason) from None
+        for image in images:
+            if not isinstance(image, bytes | bytearray | memoryview):
+                raise TypeError(f"push_images takes encoded frames (bytes), not {type(image).__name__}")
+            if len(image) > self.max_image_bytes:  # the server would close the session (1009)
+                raise StreamVLMError(
+                    f"an encoded frame of {len(image):,} bytes is over the server's limit of "
+                    f"{self.max_image_bytes:,}; send JPEG or a smaller frame"
+                )
         header = p.encode("chunk", **fields)
-        images = [_encode_image(f.rgb if isinstance(f, Frame) else f, self.image_format) for f in frames]
+        images = [bytes(image) for image in images]
         failures = 0
         for attempt in range(3):
             try:
@@ -140,6 +158,8 @@ class RemoteSession(Closeable):
             stack.close()
             raise
         self.session_id = ready["session"]
+        limit = ready.get("max_image_bytes")
+        self.max_image_bytes = limit if type(limit) is int and limit > 0 else p.MAX_IMAGE_BYTES
         self._stack = stack
         return ws
 
@@ -181,6 +201,7 @@ class RemoteSession(Closeable):
                 events.append(Commentary(message["start"], message["end"], message["text"]))
                 continue
             self.last_latency = message["latency"]
+            self.last_timing = _timing(message.get("timing"))  # left out by older servers
             self.skipped += bool(message["skipped"])
             return events
 
@@ -216,6 +237,17 @@ def _shorten(text: str, chars: int) -> str:
     keep = max(0, chars - len(ELLIPSIS))
     head = keep * RESUME_HEAD_CHARS // (RESUME_HEAD_CHARS + RESUME_TAIL_CHARS)
     return text[:head] + ELLIPSIS + text[len(text) - (keep - head) :] if keep else ""
+
+
+def _timing(timing: object) -> dict[str, float] | None:
+    """A `chunk_done`'s `timing`: its numeric fields (milliseconds) by name; anything else is ignored."""
+    if not isinstance(timing, dict):
+        return None
+    return {
+        str(name): float(value)
+        for name, value in timing.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
 
 
 def _encode_image(rgb: np.ndarray, image_format: str) -> bytes:

@@ -26,6 +26,10 @@ MAX_STREAM_SECONDS = 366 * 24 * 3600.0
 # so no frame can make Pillow hand its bytes to an external program (Ghostscript for EPS).
 FRAME_FORMATS = ("PNG", "JPEG")
 
+# The model's stages a `chunk_done`'s `timing` splits a chunk into (milliseconds, `core.engine.ChunkStats`'s
+# names), between its `queue_ms` (arrival to the model starting on it) and `total_ms` (arrival to done).
+TIMING_STAGES = ("vision_ms", "evict_ms", "prefill_ms", "decode_ms")
+
 # Close codes (RFC 6455 ones where they fit, 4000-4999 for the application).
 CLOSE_UNSUPPORTED = 1003  # a message of the wrong kind (binary where text was due, ...) or an unusable frame
 CLOSE_POLICY = 1008  # missing or wrong token

@@ -3,7 +3,8 @@
 `python -m core serve --model M` binds to loopback unless told otherwise, and refuses any other
 address without a token; tokens are compared in constant time. Each connection is one session:
 `hello` (version, token, instruction, previous text, seed) -> `ready`, then per chunk a `chunk`
-message and its frames as binary PNG/JPEG messages -> `commentary` events and `chunk_done`.
+message and its frames as binary PNG/JPEG messages -> `commentary` events and `chunk_done` (with
+the chunk's `timing` on the server: its wait for the model and where the model's time went).
 Chunks from all sessions take turns on the model (one at a time); a chunk that waited longer
 than the latency budget is skipped and reported as such (unless the model alone is slower than
 the budget: then a chunk that waited behind at most one other is still answered). A message
@@ -35,7 +36,7 @@ import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from core.engine import DEFAULT_INSTRUCTION, Session, StreamingEngine
+from core.engine import DEFAULT_INSTRUCTION, ChunkStats, Session, StreamingEngine
 from core.errors import ConfigError, SourceError, StreamVLMError
 from core.frames import target_size
 from core.latency import LatencyBudget
@@ -184,15 +185,23 @@ class InferenceServer:
         frames = [await self._frame(await self._recv(ws)) for _ in range(count)]
         arrived = time.monotonic()
         async with self._model_lock:
-            waited = time.monotonic() - arrived
+            started = time.monotonic()
+            waited = started - arrived
             # A session sends its next chunk only after this one is done, so each chunk is its stream's
             # newest; one that waited behind at most one other session's chunk still counts as fresh.
             if not self.latency.allows(waited, newest=waited < self.latency.seconds_per_chunk):
+                done = time.monotonic()
                 await ws.send(
-                    p.encode("chunk_done", t_start=t_start, t_end=t_end, skipped=True, latency=waited)
+                    p.encode(
+                        "chunk_done",
+                        t_start=t_start,
+                        t_end=t_end,
+                        skipped=True,
+                        latency=done - arrived,
+                        timing=chunk_timing(waited, done - arrived),
+                    )
                 )
                 return
-            started = time.monotonic()
             try:
                 events = await asyncio.to_thread(session.push, frames, t_start, t_end)
             except ValueError as exc:  # times that go back before the previous chunk's
@@ -200,11 +209,18 @@ class InferenceServer:
             except StreamVLMError as exc:  # frames the model cannot take
                 raise p.ProtocolError(p.CLOSE_UNSUPPORTED, str(exc)) from None
             self.latency.record(time.monotonic() - started)
+            stats = getattr(session, "last_stats", None)
         for event in events:
             await ws.send(p.encode("commentary", start=event.start, end=event.end, text=event.text))
+        done = time.monotonic()
         await ws.send(
             p.encode(
-                "chunk_done", t_start=t_start, t_end=t_end, skipped=False, latency=time.monotonic() - arrived
+                "chunk_done",
+                t_start=t_start,
+                t_end=t_end,
+                skipped=False,
+                latency=done - arrived,
+                timing=chunk_timing(waited, done - arrived, stats),
             )
         )
 
@@ -274,6 +290,14 @@ def decode_frame(data: bytes, check: Callable[[int, int], None] | None = None) -
         raise p.ProtocolError(p.CLOSE_UNSUPPORTED, "a frame is not a PNG or JPEG image") from None
     except Exception as exc:  # the decoder's only input is the client's bytes: a corrupt or truncated image
         raise p.ProtocolError(p.CLOSE_UNSUPPORTED, f"a frame could not be decoded ({exc})") from None
+
+
+def chunk_timing(queue_s: float, total_s: float, stats: ChunkStats | None = None) -> dict[str, float]:
+    """A `chunk_done`'s `timing`, in milliseconds: the wait for the model and arrival to done, and for a
+    chunk the model ran, the session's split of its time (`ChunkStats`); a skipped chunk has no split."""
+    stages = {name: float(getattr(stats, name)) for name in p.TIMING_STAGES} if stats is not None else {}
+    timing = {"queue_ms": queue_s * 1000, **stages, "total_ms": total_s * 1000}
+    return {name: round(max(0.0, value), 3) for name, value in timing.items()}
 
 
 def _peer(ws: ServerConnection) -> str:
