@@ -91,17 +91,40 @@ class _PoolBatch(Cache):
         super().__init__(layers=layers)
 
 
-class DecodeBatcher:
-    """Runs the decode steps of an engine's sessions together; see the module docstring."""
+class _Bucket:
+    """Fixed-shape inputs of a batched step of `size` rows, and its CUDA graph once captured."""
 
-    def __init__(self, model: StreamModel, pool: CachePool, lock: threading.Lock) -> None:
-        self.model, self.pool, self.lock = model, pool, lock
+    def __init__(self, size: int, device: torch.device) -> None:
+        self.size = size
+        self.tokens = torch.zeros(size, dtype=torch.long, device=device)
+        self.positions = torch.zeros(size, dtype=torch.float32, device=device)
+        self.slots = torch.zeros(size, dtype=torch.long, device=device)
+        self.write_at = torch.zeros(size, dtype=torch.long, device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.logits: torch.Tensor | None = None  # the graph's output buffer
+
+
+class DecodeBatcher:
+    """Runs the decode steps of an engine's sessions together; see the module docstring.
+
+    With `use_graphs` (a CUDA device), a batch of B rows is padded to the next power of two with rows
+    that write into the pool's scratch slot, and each padded size is captured once as a CUDA graph and
+    replayed after: a batched step then costs the GPU's time, not Python's launches."""
+
+    def __init__(
+        self, model: StreamModel, pool: CachePool, lock: threading.Lock, use_graphs: bool = False
+    ) -> None:
+        self.model, self.pool, self.lock, self.use_graphs = model, pool, lock, use_graphs
+        self.pad = use_graphs  # pad to a power of two (graphs need it; tests turn it on without them)
+        self._buckets: dict[int, _Bucket] = {}
+        self._span = torch.arange(pool.tokens, device=model.device)
         self._cond = threading.Condition()
         self._decoding = 0  # sessions between `join` and `leave`
         self._waiting: list[_Request] = []
         self._running = False  # a batch is being computed (by one of the waiting threads)
         self.batches = 0  # forwards run, and the rows they carried (for tests and reports)
         self.rows = 0
+        self.padded = 0  # scratch rows added to fill batches to their padded size
 
     def join(self) -> None:
         """A session starts decoding a reply."""
@@ -145,18 +168,16 @@ class DecodeBatcher:
         return request.logits
 
     def _run(self, batch: list[_Request]) -> None:
-        model, device = self.model, self.model.device
         try:
-            slots = torch.tensor([r.slot for r in batch], device=device)
-            write_at = torch.tensor([r.write_at for r in batch], device=device)
-            tokens = torch.cat([r.token.view(1) for r in batch])
-            positions = torch.tensor([r.position for r in batch], dtype=torch.float32, device=device)
-            span = torch.arange(self.pool.tokens, device=device)
-            mask = (span[None, :] <= write_at[:, None]).view(len(batch), 1, 1, -1)  # each row: its own length
+            bucket = self._fill(batch)
             with self.lock:
-                logits = model.forward_rows(
-                    model.embed(tokens), positions.expand(3, -1), _PoolBatch(self.pool, slots, write_at), mask
-                )
+                if not self.use_graphs:
+                    logits = self._forward(bucket)
+                else:
+                    if bucket.graph is None:
+                        self._capture(bucket)
+                    bucket.graph.replay()
+                    logits = bucket.logits[: len(batch)].clone()  # the next replay overwrites the buffer
             self.batches += 1
             self.rows += len(batch)
             for row, request in enumerate(batch):
@@ -167,3 +188,43 @@ class DecodeBatcher:
         finally:
             for request in batch:
                 request.done.set()
+
+    def _fill(self, batch: list[_Request]) -> _Bucket:
+        """The batch's rows in fixed-shape inputs: exactly its size eagerly, the next power of two with
+        graphs (padding rows write at index 0 of the scratch slot, and their logits are ignored)."""
+        n = len(batch)
+        size = 1 << (n - 1).bit_length() if self.pad else n
+        bucket = self._buckets.get(size)
+        if bucket is None:
+            bucket = self._buckets[size] = _Bucket(size, self.model.device)
+        bucket.tokens[:n].copy_(torch.cat([r.token.view(1) for r in batch]))
+        rows = torch.tensor(
+            [[r.position, r.slot, r.write_at] for r in batch] + [[0.0, self.pool.scratch, 0]] * (size - n),
+            dtype=torch.float64,
+        )
+        bucket.positions.copy_(rows[:, 0])
+        bucket.slots.copy_(rows[:, 1].long())
+        bucket.write_at.copy_(rows[:, 2].long())
+        bucket.tokens[n:].zero_()
+        self.padded += size - n
+        return bucket
+
+    def _forward(self, bucket: _Bucket) -> torch.Tensor:
+        model = self.model
+        mask = (self._span[None, :] <= bucket.write_at[:, None]).view(bucket.size, 1, 1, -1)  # its own length
+        cache = _PoolBatch(self.pool, bucket.slots, bucket.write_at)
+        return model.forward_rows(model.embed(bucket.tokens), bucket.positions.expand(3, -1), cache, mask)
+
+    def _capture(self, bucket: _Bucket) -> None:
+        """Run the step twice on a side stream (lazy initialisation happens outside the graph; the rows
+        write the same keys and values each time), then capture it."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._forward(bucket)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            bucket.logits = self._forward(bucket)
+        bucket.graph = graph

@@ -116,7 +116,11 @@ class StreamingEngine:
         self.pool = self._pool(sessions) if sessions is not None else None
         self.model_lock = threading.Lock()
         # Decode steps of concurrent sessions batched into one forward (needs the pool's slots).
-        self.batcher = DecodeBatcher(model, self.pool, self.model_lock) if batched and self.pool else None
+        self.batcher = (
+            DecodeBatcher(model, self.pool, self.model_lock, use_graphs=self.acceleration.cuda_graphs)
+            if batched and self.pool
+            else None
+        )
 
     def _pool(self, sessions: int | str) -> CachePool:
         model, text = self.model, self.model.text

@@ -90,10 +90,12 @@ class CachePool:
     ) -> None:
         if slots < 1:
             raise ValueError(f"a pool needs at least one slot (got {slots})")
-        shape = (slots, num_layers, 1, num_kv_heads, tokens, head_dim)
+        # One slot more than is handed out: the scratch slot, where padding rows of a batched step write.
+        shape = (slots + 1, num_layers, 1, num_kv_heads, tokens, head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.slots, self.tokens = slots, tokens
+        self.scratch = slots  # never handed out
         self._free = list(range(slots - 1, -1, -1))  # popped from the end: slot 0 first
         self._lock = threading.Lock()
 

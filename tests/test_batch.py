@@ -60,9 +60,12 @@ def alone(model) -> list:
     return results
 
 
-def together(model, batched: bool = True) -> tuple[list, StreamingEngine]:
-    """All streams at once from threads of their own; each session's generation is set before it starts."""
+def together(model, batched: bool = True, pad: bool | None = None) -> tuple[list, StreamingEngine]:
+    """All streams at once from threads of their own; each session's generation is set before it starts.
+    `pad`: pad batches to a power of two with scratch rows (as the CUDA-graph path does)."""
     engine = StreamingEngine(model, stream=SMALL_STREAM, cache=POLICY, sessions=len(STREAMS), batched=batched)
+    if pad is not None:
+        engine.batcher.pad = pad
     results: list = [None] * len(STREAMS)
     start_lock = threading.Lock()  # engine.generation is read at start: one start at a time
     errors = []
@@ -110,6 +113,15 @@ def test_concurrent_sessions_get_their_solo_tokens_from_batched_steps(tiny_model
     lengths = {n for stream in solo for _, _, n in stream}
     assert min(lengths) < max(lengths)  # replies that stop early and ones that run to their limit
     assert engine.pool.in_use == 0  # every slot back
+
+
+def test_padding_rows_in_the_scratch_slot_change_nothing(tiny_model, solo):
+    """Batches padded to a power of two (the graph path's shapes) with rows that write into the pool's
+    scratch slot: the real rows' tokens are unchanged."""
+    batched, engine = together(tiny_model, pad=True)
+    assert batched == solo
+    assert engine.batcher.padded > 0  # some batches really carried scratch rows
+    assert all(size & (size - 1) == 0 for size in engine.batcher._buckets)  # only powers of two
 
 
 def test_a_row_that_writes_into_another_sessions_slot_is_caught(tiny_model, solo, monkeypatch):
