@@ -115,6 +115,7 @@ def client_process(conn: Connection, plan: ClientPlan) -> None:
         result = stream_client(plan, conn, result)
     except BaseException as exc:  # reported, not raised: the parent reads the result
         result.error = result.error or f"{type(exc).__name__}: {exc}"
+        result.failed = plan.seconds - result.chunks
     finally:
         try:
             conn.send(("result", asdict(result)))
