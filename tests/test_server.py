@@ -34,7 +34,10 @@ def test_remote_commentary_equals_the_local_sessions(server, tiny_model):
     )
     rng = np.random.default_rng(3)
     chunks = [random_frames(rng, 56, 84) for _ in range(6)]
-    with RemoteSession(server.url, token="s3cret", previous_text="Final, second half", seed=0) as remote:
+    # PNG: frames travel losslessly, so the remote session sees the local one's pixels (JPEG is the default).
+    with RemoteSession(
+        server.url, token="s3cret", previous_text="Final, second half", seed=0, image_format="png"
+    ) as remote:
         for k, frames in enumerate(chunks):
             assert remote.push(frames, k, k + 1) == local.push(frames, k, k + 1)
             assert remote.last_latency is not None and remote.skipped == 0
@@ -208,7 +211,11 @@ def test_a_dropped_server_is_reconnected_with_the_commentary_so_far_as_previous_
     chunks = [random_frames(rng, 56, 84) for _ in range(5)]
     states = []
     remote = RemoteSession(
-        first.url, previous_text="Cup final", seed=0, on_state=lambda s, m: states.append(s.value)
+        first.url,
+        previous_text="Cup final",
+        seed=0,
+        image_format="png",  # lossless, so the resumed session's replies can equal a local session's
+        on_state=lambda s, m: states.append(s.value),
     )
     said = [remote.push(chunks[k], k, k + 1) for k in range(3)]
     assert any(said), "the tiny model said nothing; the resumed previous text would not be tested"
