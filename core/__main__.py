@@ -29,6 +29,22 @@ from core.types import CommentarySession
 log = logging.getLogger("streamvlm")
 
 LATENCY_BUDGET = number(0, 3600, low_open=True)
+_SESSION_COUNT = number(1, 10_000, integer=True)
+
+
+def _sessions(text: str) -> int | str:
+    """`--max-sessions`: a count, or auto."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return _SESSION_COUNT(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, or auto") from None
+
+
+_sessions.range = _SESSION_COUNT.range  # type: ignore[attr-defined]  # the count's rule, for the flag tests
+
+
 MAX_RECORD_FPS = 120.0  # high-refresh screens; the encoder's time base is exact up to here
 
 
@@ -93,7 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--tls-cert", type=Path, help="TLS certificate (PEM); with --tls-key, clients use wss://"
     )
     srv.add_argument("--tls-key", type=Path)
-    srv.add_argument("--max-sessions", type=number(1, 10_000, integer=True), default=4)
+    srv.add_argument(
+        "--max-sessions",
+        type=_sessions,
+        default="auto",
+        help="streams served at once, each with a cache preallocated at start (default auto: as many as "
+        "90%% of the GPU's free memory holds); their decode steps run batched",
+    )
     srv.add_argument(
         "--idle-timeout", type=SECONDS, default=60.0, help="seconds before an idle session is closed"
     )
@@ -232,7 +254,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from core.loading import open_engine
     from core.remote.server import InferenceServer
 
-    engine = open_engine(config)
+    engine = open_engine(config, sessions=args.max_sessions, batched=True)
     model = engine.model
     server = InferenceServer(
         engine,

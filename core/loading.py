@@ -129,9 +129,16 @@ def model_from_config(config: EngineConfig) -> StreamModel:
     return load_model(m.path, device=m.device, dtype=m.dtype, attn=m.attn, acceleration=config.acceleration)
 
 
-def open_engine(config: EngineConfig, model: StreamModel | None = None) -> StreamingEngine:
+def open_engine(
+    config: EngineConfig,
+    model: StreamModel | None = None,
+    *,
+    sessions: int | str | None = None,
+    batched: bool = False,
+) -> StreamingEngine:
     """The engine `config` describes, the one way every command builds one: its model loaded (or
-    `model`, one kept across runs), its stream, cache, generation and acceleration settings applied."""
+    `model`, one kept across runs), its stream, cache, generation and acceleration settings applied.
+    `sessions` and `batched`: a pool of session caches and batched decode steps (the server's)."""
     from core.engine import StreamingEngine
 
     model = model or model_from_config(config)
@@ -144,4 +151,6 @@ def open_engine(config: EngineConfig, model: StreamModel | None = None) -> Strea
         cache=config.cache,
         generation=config.generation,
         acceleration=config.acceleration,
+        sessions=sessions,
+        batched=batched,
     )

@@ -432,6 +432,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_engine_arguments(parser, ("device", "dtype", "attn"))  # the served engine's (with --model)
     parser.add_argument(
+        "--serial",
+        action="store_true",
+        help="with --model: serve one chunk at a time (no cache pool, no batched decode), for comparison",
+    )
+    parser.add_argument(
         "--out", type=Path, default=None, help="output folder (default runs/server-load-TIME)"
     )
 
@@ -461,7 +466,11 @@ def run(args: argparse.Namespace) -> int:
         from core.remote.server import InferenceServer, ServerThread
 
         with console.status(f"loading model {args.model}"):
-            engine = open_engine(config)
+            # The server's engine: a cache slot per client of the largest level, decode steps batched
+            # (or, with --serial, one chunk on the model at a time: the server before batching).
+            engine = open_engine(
+                config, sessions=None if args.serial else max(levels), batched=not args.serial
+            )
         model_name = engine.model.name
         server = InferenceServer(engine, max_sessions=max(levels), budget=args.latency_budget)
         server_thread = ServerThread(server)

@@ -84,7 +84,7 @@ def test_malformed_and_oversized_messages_close_only_their_connection(server):
 def test_more_clients_than_max_sessions_get_a_clear_refusal(server):
     first = RemoteSession(server.url, token="s3cret")
     second = RemoteSession(server.url, token="s3cret")
-    with pytest.raises(StreamVLMError, match=r"the server is full \(2 sessions\).*code 4002"):
+    with pytest.raises(StreamVLMError, match=r"the server is full: it has room for 2 sessions.*code 4002"):
         RemoteSession(server.url, token="s3cret")
     first.close()
     second.close()

@@ -40,6 +40,7 @@ from core.engine import DEFAULT_INSTRUCTION, ChunkStats, Session, StreamingEngin
 from core.errors import ConfigError, SourceError, StreamVLMError
 from core.frames import target_size
 from core.latency import LatencyBudget
+from core.pool import CapacityError
 from core.remote import protocol as p
 
 log = logging.getLogger(__name__)
@@ -57,15 +58,22 @@ class InferenceServer:
         budget: float = 2.0,
     ) -> None:
         self.engine, self.token = engine, token
-        self.max_sessions, self.idle_timeout = max_sessions, idle_timeout
+        # An engine with a cache pool carries as many sessions as it has slots (its memory decides).
+        self.max_sessions = engine.pool.slots if engine.pool is not None else max_sessions
+        self.idle_timeout = idle_timeout
         self.sessions = 0  # slots held: sessions starting or open
         self._ids = itertools.count(1)
-        self._model_lock = asyncio.Lock()  # one chunk on the model at a time, sessions take turns
+        # Without batched decode steps, one chunk is on the model at a time and sessions take turns;
+        # with them (`StreamingEngine(batched=True)`), chunks of all sessions run at once, each in a
+        # thread of its own, and the engine batches their decode steps.
+        self.batched = engine.batcher is not None
+        self._model_lock = asyncio.Lock() if not self.batched else contextlib.nullcontext()
+        self._pushers = ThreadPoolExecutor(max(1, self.max_sessions), thread_name_prefix="session")
         self.latency = LatencyBudget(budget)  # the late-chunk policy, shared with the real-time runner
         # Frames are decoded on threads of their own, never on the event loop, and not on the threads
         # the model's chunks run on. One per session slot: a session decodes one frame at a time, so
         # no session's frame waits behind another session's slow one.
-        self._decoder = ThreadPoolExecutor(max(1, max_sessions), thread_name_prefix="frame-decoder")
+        self._decoder = ThreadPoolExecutor(max(1, self.max_sessions), thread_name_prefix="frame-decoder")
         # What every session here runs with, told to clients in "ready" (a client must send `fps` frames
         # a second), as plain JSON values.
         self._settings = {
@@ -139,7 +147,17 @@ class InferenceServer:
         if self.sessions >= self.max_sessions:
             raise p.ProtocolError(
                 p.CLOSE_TOO_MANY_SESSIONS,
-                f"the server is full ({self.max_sessions} sessions); try again later",
+                f"the server is full: it has room for {self.max_sessions} sessions; try again later, "
+                "or use another server",
+            )
+        # Batched, a chunk's measured time grows with the load; once it passes the budget, one more
+        # stream would only make every stream late.
+        busy = self.latency.seconds_per_chunk
+        if self.batched and self.sessions and busy > self.latency.budget:
+            raise p.ProtocolError(
+                p.CLOSE_TOO_MANY_SESSIONS,
+                f"the server is at capacity: with {self.sessions} streams a chunk takes {busy:.1f} s against "
+                f"its {self.latency.budget:g} s latency budget; try again later, or use another server",
             )
         self.sessions += 1
         try:
@@ -157,9 +175,15 @@ class InferenceServer:
             # On a thread, and between chunks: a session tokenizes its previous text and allocates on
             # the model's device, which must neither stall the loop nor overlap a chunk on the model.
             async with self._model_lock:
-                return await asyncio.to_thread(functools.partial(self.engine.start, **options))
+                return await self._in_thread(functools.partial(self.engine.start, **options))
+        except CapacityError as exc:  # every cache slot is taken
+            raise p.ProtocolError(p.CLOSE_TOO_MANY_SESSIONS, f"the server is full: {exc}") from None
         except (ValueError, OverflowError, StreamVLMError) as exc:  # e.g. a seed the generator cannot take
             raise p.ProtocolError(p.CLOSE_MALFORMED, f"the hello was refused: {exc}") from None
+
+    async def _in_thread(self, call, *args):
+        """Model work on a thread of the sessions' pool (one per session slot), never on the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._pushers, functools.partial(call, *args))
 
     async def _recv(self, ws: ServerConnection) -> str | bytes:
         try:
@@ -203,7 +227,7 @@ class InferenceServer:
                 )
                 return
             try:
-                events = await asyncio.to_thread(session.push, frames, t_start, t_end)
+                events = await self._in_thread(session.push, frames, t_start, t_end)
             except ValueError as exc:  # times that go back before the previous chunk's
                 raise p.ProtocolError(p.CLOSE_MALFORMED, str(exc)) from None
             except StreamVLMError as exc:  # frames the model cannot take
