@@ -62,6 +62,12 @@ class ClientResult:
     records: list[dict] = field(default_factory=list)  # per chunk: sent, latency, skipped, lines, timing
     late: float = 0.0  # the most a chunk was sent after its due time, seconds
     error: str | None = None
+    warmup: int = 0  # first chunks left out of the latency figures (compilation, graph capture)
+
+    @property
+    def timed(self) -> list[float]:
+        """The latencies after warm-up, which the figures are made of."""
+        return self.latencies[self.warmup :]
 
     @property
     def served_share(self) -> float:
@@ -70,7 +76,7 @@ class ClientResult:
         return self.served / answered if answered else 0.0
 
     def percentile(self, q: float) -> float:
-        return float(np.percentile(self.latencies, q)) if self.latencies else float("nan")
+        return float(np.percentile(self.timed, q)) if self.timed else float("nan")
 
 
 @dataclass(frozen=True)
@@ -286,7 +292,7 @@ def client_rows(results: list[ClientResult]) -> list[dict]:
             "p50_ms": _ms(r.percentile(50)),
             "p90_ms": _ms(r.percentile(90)),
             "p99_ms": _ms(r.percentile(99)),
-            "max_ms": _ms(max(r.latencies, default=float("nan"))),
+            "max_ms": _ms(max(r.timed, default=float("nan"))),
             "late_ms": _ms(r.late),
             "error": r.error,
         }
@@ -297,7 +303,7 @@ def client_rows(results: list[ClientResult]) -> list[dict]:
 def level_summary(results: list[ClientResult]) -> dict:
     """One level in numbers: latency over every chunk of every client, the server's median split over
     the answered chunks, and throughput over the level's wall time (common start to last chunk_done)."""
-    latencies = [x for r in results for x in r.latencies]
+    latencies = [x for r in results for x in r.timed]
     records = [c for r in results for c in r.records]
     answered = [c for c in records if not c["skipped"]]
     chunks, skipped = len(records), sum(c["skipped"] for c in records)
@@ -347,7 +353,7 @@ def markdown(levels: list[dict], header: str) -> str:
         )
     lines += [
         "",
-        "Latency: client side, send to `chunk_done`, every chunk. Queue, vision, prefill, decode: the "
+        "Latency: client side, send to `chunk_done`, every chunk after each client's `--warmup` chunks. Queue, vision, prefill, decode: the "
         "server's medians over the answered chunks. Stream-s per s: seconds of video answered per second "
         "of wall time (common start to the last `chunk_done`); model busy: the share of it the model ran.",
     ]
@@ -430,6 +436,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--min-served", type=number(0, 1), default=0.9, help="starvation threshold per client (a fraction)"
     )
+    parser.add_argument(
+        "--warmup",
+        type=number(0, 10**6, integer=True),
+        default=2,
+        help="each client's first chunks left out of the latency figures (compilation, graph capture)",
+    )
     add_engine_arguments(parser, ("device", "dtype", "attn"))  # the served engine's (with --model)
     parser.add_argument(
         "--serial",
@@ -494,6 +506,8 @@ def run(args: argparse.Namespace) -> int:
                     content=args.content,
                     on_chunk=functools.partial(progress.advance, task),
                 )
+            for r in results:
+                r.warmup = args.warmup
             starved = [r.client for r in results if r.served_share < args.min_served or r.error]
             report_levels.append(
                 {
