@@ -32,7 +32,8 @@ ROUND_TEXT_TOKENS = 64
 PREFIX_TOKENS = 64  # the system turn and the previous-text header and footer, besides its content
 MEMORY_SHARE = 0.9  # of the free device memory the pool may take (the rest: activations, graphs)
 HOST_MEMORY_SHARE = 0.25  # of the free host memory, on a CPU (which the rest of the process shares)
-MAX_AUTO_SLOTS = 256  # more streams than one device can compute for in real time, whatever their caches
+MAX_AUTO_SLOTS = 256  # more streams than one GPU can compute for in real time, whatever their caches
+MAX_AUTO_SLOTS_CPU = 8  # a CPU keeps up with a handful of streams at most
 
 
 class CapacityError(StreamVLMError):
@@ -63,15 +64,16 @@ def slot_tokens(
 
 
 def slots_that_fit(bytes_per_slot: int, device: torch.device) -> int:
-    """How many slots of `bytes_per_slot` a share of the device's free memory holds (1 to MAX_AUTO_SLOTS)."""
+    """How many slots of `bytes_per_slot` a share of the device's free memory holds (at least one, at most
+    what the device can compute for)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        share = MEMORY_SHARE
+        share, most = MEMORY_SHARE, MAX_AUTO_SLOTS
     else:
         import psutil
 
-        free, share = psutil.virtual_memory().available, HOST_MEMORY_SHARE
-    return max(1, min(MAX_AUTO_SLOTS, int(free * share) // bytes_per_slot))
+        free, share, most = psutil.virtual_memory().available, HOST_MEMORY_SHARE, MAX_AUTO_SLOTS_CPU
+    return max(1, min(most, int(free * share) // bytes_per_slot))
 
 
 class CachePool:

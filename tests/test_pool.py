@@ -98,5 +98,5 @@ def test_a_cache_that_never_evicts_cannot_be_pooled(tiny_model):
 
 def test_auto_sizes_the_pool_from_free_memory(tiny_model):
     engine = StreamingEngine(tiny_model, stream=SMALL_STREAM, cache=POLICY, sessions="auto")
-    assert 1 <= engine.pool.slots <= 256
+    assert 1 <= engine.pool.slots <= 8  # a CPU: a handful of streams at most
     assert isinstance(engine.pool, CachePool)
