@@ -214,17 +214,7 @@ class InferenceServer:
             # A session sends its next chunk only after this one is done, so each chunk is its stream's
             # newest; one that waited behind at most one other session's chunk still counts as fresh.
             if not self.latency.allows(waited, newest=waited < self.latency.seconds_per_chunk):
-                done = time.monotonic()
-                await ws.send(
-                    p.encode(
-                        "chunk_done",
-                        t_start=t_start,
-                        t_end=t_end,
-                        skipped=True,
-                        latency=done - arrived,
-                        timing=chunk_timing(waited, done - arrived),
-                    )
-                )
+                await self._done(ws, t_start, t_end, arrived, waited, skipped=True)
                 return
             try:
                 events = await self._in_thread(session.push, frames, t_start, t_end)
@@ -236,15 +226,17 @@ class InferenceServer:
             stats = getattr(session, "last_stats", None)
         for event in events:
             await ws.send(p.encode("commentary", start=event.start, end=event.end, text=event.text))
-        done = time.monotonic()
+        await self._done(ws, t_start, t_end, arrived, waited, skipped=False, stats=stats)
+
+    async def _done(
+        self, ws, t_start: float, t_end: float, arrived: float, waited: float, *, skipped: bool, stats=None
+    ) -> None:
+        """The chunk's `chunk_done`, with the latency and the server's `timing` of it."""
+        total = time.monotonic() - arrived
+        timing = chunk_timing(waited, total, stats)
         await ws.send(
             p.encode(
-                "chunk_done",
-                t_start=t_start,
-                t_end=t_end,
-                skipped=False,
-                latency=done - arrived,
-                timing=chunk_timing(waited, done - arrived, stats),
+                "chunk_done", t_start=t_start, t_end=t_end, skipped=skipped, latency=total, timing=timing
             )
         )
 
