@@ -1,6 +1,6 @@
 """`python -m app [--model M] [--source S] [--smoke]`: the desktop app.
 
-`--smoke` (or `--model tiny`) runs the tiny random model offline and says so in the title.
+`--smoke` runs the tiny random model offline on the demo clip, and says so in a banner in the window.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from core.cli_args import ArgumentParser
 from core.config import resolve_config
 from core.errors import StreamVLMError
 from core.paths import folder_problem
+
+APP_NAME = "streamvlm"
 
 
 def build_parser() -> ArgumentParser:
@@ -41,14 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from PySide6.QtWidgets import QApplication
-
+    app = application()
     from app.window import MainWindow
 
-    app = QApplication.instance() or QApplication(sys.argv[:1])
-    window = MainWindow(
-        model="tiny" if args.smoke else args.model, source=args.source, smoke=args.smoke, config=config
-    )
+    model = "tiny" if args.smoke else args.model  # smoke mode is the tiny random model, whatever --model says
+    window = MainWindow(model=model, source=args.source, smoke=args.smoke, config=config)
     if args.record:
         window.record_check.setChecked(True)
         window.output_edit.setText(args.record)
@@ -56,6 +55,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.start:
         window.start()
     return app.exec()
+
+
+def application():
+    """The QApplication, as desktops expect it: named streamvlm (the X11 window class, the Wayland app
+    id, the taskbar's name), with its icon, and rendering at the screen's exact scale."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtGui import QGuiApplication
+    from PySide6.QtWidgets import QApplication
+
+    from app.icon import app_icon
+
+    app = QApplication.instance()
+    if app is None:
+        QGuiApplication.setHighDpiScaleFactorRoundingPolicy(Qt.HighDpiScaleFactorRoundingPolicy.PassThrough)
+        # argv[0] is the X11 instance name: with `python -m app` it would be '__main__.py'.
+        app = QApplication([APP_NAME])
+    app.setApplicationName(APP_NAME)
+    app.setDesktopFileName(APP_NAME)
+    app.setWindowIcon(app_icon())
+    return app
 
 
 if __name__ == "__main__":

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from core.config import EngineConfig
+
+DEMO_SOURCE = "demo clip"  # the source list's name for the bundled clip (assets/demo_clip.mp4)
+_ASSET = Path(__file__).resolve().parents[1] / "assets" / "demo_clip.mp4"
 
 
 @dataclass(frozen=True)
@@ -35,3 +41,24 @@ class RunRequest:
 
 def is_server_url(model: str) -> bool:
     return model.startswith(("ws://", "wss://"))
+
+
+def demo_clip() -> Path:
+    """The demo clip: the repository's, or (an installed package ships no assets) the same clip drawn
+    by `core.synthetic` into the temporary folder, once."""
+    if _ASSET.is_file():
+        return _ASSET
+    drawn = Path(tempfile.gettempdir()) / "streamvlm-demo_clip.mp4"
+    if not drawn.is_file():
+        from core.synthetic import write_clip
+
+        partial = drawn.with_name(f"{drawn.stem}.{os.getpid()}.mp4")  # another app may be drawing it too
+        write_clip(partial)
+        os.replace(partial, drawn)
+    return drawn
+
+
+def resolve_source(spec: str) -> str:
+    """The source spec the worker opens: the demo clip's path for DEMO_SOURCE, any other spec as is."""
+    spec = spec.strip()
+    return str(demo_clip()) if spec.casefold() == DEMO_SOURCE else spec

@@ -3,17 +3,21 @@
 `StreamWorker` lives in a `QThread`. Its `run` loads the model (once per model settings; kept for
 the next run), builds the engine from the request's config (`core.loading.open_engine`), opens the
 source, and runs `core.pipeline.Pipeline` paced like a live feed; everything it learns goes to the
-window through signals, never by touching widgets. `stop` may be called from the GUI thread at any
-time: it stops the pipeline, which closes the source and returns after the chunk in progress.
+window through signals, never by touching widgets: its progress as `app.run_state.Phase`s, a live
+source's or server's drops and returns (`link`), a failure's sentence and details. `stop` may be
+called from the GUI thread at any time: it stops the pipeline, which closes the source and returns
+after the chunk in progress.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+import traceback
 
 from PySide6.QtCore import QObject, Signal
 
+from app.run_state import Phase
 from app.state import RunRequest
 from core.errors import StreamVLMError
 from core.types import Frame
@@ -25,8 +29,9 @@ class StreamWorker(QObject):
     frame = Signal(object)  # core.types.Frame, the newest captured picture
     commentary = Signal(object)  # core.types.Commentary
     report = Signal(object)  # core.media.realtime.ChunkReport
-    status = Signal(str)  # one line for the status bar (loading, connected, reconnecting, ...)
-    failed = Signal(str)  # a user-facing reason; the run is over
+    phase = Signal(object, str)  # app.run_state.Phase the run moved to, and what it is about
+    link = Signal(bool, str)  # a live source or the server: connected again (True) or reconnecting
+    failed = Signal(str, str)  # a user-facing reason, and details; the run is over
     finished = Signal()
 
     _models: dict[object, object] = {}  # core.config.ModelConfig -> StreamModel, kept across runs
@@ -49,9 +54,12 @@ class StreamWorker(QObject):
             self._run()
         except StreamVLMError as exc:
             if not self._stopped.is_set():  # a remote session closed by Stop ends with an error too
-                self.failed.emit(str(exc))
+                self.failed.emit(str(exc), self._context())
         except Exception as exc:  # anything else is a bug, but the window must stay usable
-            self.failed.emit(f"unexpected error: {type(exc).__name__}: {exc}")
+            self.failed.emit(
+                f"Unexpected error ({type(exc).__name__}: {exc}); please report it with the details.",
+                f"{self._context()}\n\n{traceback.format_exc()}",
+            )
         finally:
             if self.audio is not None:
                 self.audio.close()
@@ -74,7 +82,6 @@ class StreamWorker(QObject):
 
         request = self.request
         stream = request.config.stream
-        self.status.emit(f"opening {request.source}")
         source = open_source(request.source, stream.fps, realtime=True, on_state=self._on_state)
         try:
             model = None if request.remote else self._model()
@@ -94,6 +101,7 @@ class StreamWorker(QObject):
                 session = self._remote_session()
                 where = f"on {request.model}"
             else:
+                self.phase.emit(Phase.PREPARING, str(model.device))
                 self.engine = open_engine(request.engine_config, model)
                 session = self.engine.start(
                     instruction=request.instruction or None, previous_text=request.previous_text
@@ -111,8 +119,8 @@ class StreamWorker(QObject):
             )
             if self._stopped.is_set():
                 return
-            kind = "file" if isinstance(source, FileSource) else "live"
-            self.status.emit(f"streaming ({kind}) {where}")
+            kind = "a file" if isinstance(source, FileSource) else "live"
+            self.phase.emit(Phase.STREAMING, f"({kind}) {where}")
             with session, self._pipeline:
                 for report in self._pipeline.run():
                     self.report.emit(report)
@@ -125,20 +133,20 @@ class StreamWorker(QObject):
         config = self.request.engine_config
         key = config.model  # path, device, dtype and attention: the same model is kept across runs
         if key not in self._models:
-            self.status.emit(f"loading model {self.request.model}")
+            self.phase.emit(Phase.LOADING_MODEL, self.request.model)
             self._models[key] = model_from_config(config)
         return self._models[key]
 
     def _remote_session(self):
         from core.remote.client import RemoteSession
 
-        self.status.emit(f"connecting to {self.request.model}")
+        self.phase.emit(Phase.CONNECTING, self.request.model)
         self._remote = RemoteSession(
             self.request.model,
             token=self.request.token,
             instruction=self.request.instruction or None,
             previous_text=self.request.previous_text,
-            on_state=lambda state, message: self.status.emit(f"server {state.value}: {message}"),
+            on_state=self._on_state,
         )
         return self._remote
 
@@ -159,4 +167,15 @@ class StreamWorker(QObject):
             self.recorder.write_audio(samples, started - self._clock_offset)
 
     def _on_state(self, state, message: str) -> None:
-        self.status.emit(f"source {state.value}: {message}")
+        """A live source's or the server's reconnector (core.media.reconnect): a failure that ends the
+        run comes as its exception, so only the drops and returns are passed on."""
+        from core.media.reconnect import SourceState
+
+        if state is not SourceState.FAILED:
+            self.link.emit(state is SourceState.CONNECTED, message)
+
+    def _context(self) -> str:
+        request = self.request
+        return f"source: {request.source}\nmodel: {request.model}" + (
+            f"\nrecording: {request.record_to}" if request.record_to else ""
+        )

@@ -57,16 +57,21 @@ def test_a_file_streams_commentary_into_the_log_and_over_the_video_and_records(
     qtbot.waitUntil(lambda: len(log_lines(window)) >= 3, timeout=60_000)
     assert all(line.startswith("[00:0") for line in log_lines(window))
     frame = window.frame
-    assert frame is not None and not window.view.pixmap().isNull()
+    assert frame is not None and window.view.picture is not None
     assert window.overlay.lines_at(frame.t), "the newest commentary is on the overlay"
     drawn = window.overlay.draw(frame.rgb, frame.t)
     assert (drawn != frame.rgb).any()
+    assert "Recording to" in window.record_note.text() and str(tmp_path) in window.record_note.text()
     # Rates show once a second has passed since the first chunk (a loaded machine may deliver
     # the first lines in one burst, before that).
     qtbot.waitUntil(lambda: "chunks/s" in window.rate_label.text(), timeout=30_000)
     assert "latency" in window.latency_label.text()
+    assert window.rate_label.isEnabled() and window.state_label.text().endswith(", recording")
     qtbot.mouseClick(window.stop_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: window.start_button.isEnabled(), timeout=10_000)
+    # a user stop is "stopped" (not the end of the file, not a failure); the last figures stay, greyed
+    assert window.state_label.text() == "Stopped" and window.message.text() == ""
+    assert "chunks/s" in window.rate_label.text() and not window.rate_label.isEnabled()
 
     (recording,) = tmp_path.glob("streamvlm-*.mp4")
     with av.open(str(recording)) as container:
@@ -75,6 +80,58 @@ def test_a_file_streams_commentary_into_the_log_and_over_the_video_and_records(
     assert frames >= 20 and duration == pytest.approx(frames / 10, abs=0.2)  # the clip's 10 FPS, kept
     cues = list(srt.parse(recording.with_suffix(".srt").read_text()))
     assert cues and all(c.end.total_seconds() <= duration + 1.0 for c in cues)
+
+
+def test_a_file_played_to_its_end_ends_and_its_last_frame_holds_with_the_last_line(
+    qtbot, window, tiny_dir, tmp_path
+):
+    """A 160x90 file to its end: the phases in order, "Ended" (not stopped, not failed), figures greyed,
+    and the held last frame shows the newest line, which came after that frame."""
+    from app.run_state import Phase
+    from app.window import _scaled
+    from core.synthetic import write_clip
+
+    clip = write_clip(tmp_path / "short.mp4", seconds=3.0, width=160, height=90)
+    phases = []
+    show = window._show_state
+    window._show_state = lambda: (phases.append(window.run.phase), show())
+    start(qtbot, window, str(clip), str(tiny_dir))
+    qtbot.waitUntil(lambda: window.run.phase is Phase.ENDED, timeout=60_000)
+    seen = [p for k, p in enumerate(phases) if k == 0 or p is not phases[k - 1]]
+    assert [p for p in seen if p is not Phase.LOADING_MODEL] == [  # the model may be loaded already
+        Phase.STARTING,
+        Phase.PREPARING,
+        Phase.STREAMING,
+        Phase.ENDED,
+    ]
+    assert window.state_label.text().startswith("Ended") and window.message.text() == ""
+    assert window.start_button.isEnabled() and not window.rate_label.isEnabled()
+    lines = [line for line in window.lines if line.text.strip()]
+    assert lines, "the tiny model said something in three seconds"
+    t = window.paint_time()
+    assert window.overlay.lines_at(t)[0][0] == lines[-1].text.strip()
+    if lines[-1].end > window.frame.t:  # the usual case: the last chunk's line came after the last frame
+        assert t == lines[-1].end and lines[-1].text.strip() not in dict(
+            window.overlay.lines_at(window.frame.t)
+        )
+    shown = window.view.picture
+    plain = _scaled(window.frame.rgb, (shown.shape[1], shown.shape[0]))
+    assert (shown[-shown.shape[0] // 4 :] != plain[-shown.shape[0] // 4 :]).any()  # drawn on the held frame
+
+
+def test_a_live_sources_drop_shows_reconnecting_and_then_streaming_again(qtbot, window, tiny_dir):
+    from app.run_state import Phase
+
+    start(qtbot, window, str(CLIP), str(tiny_dir))
+    qtbot.waitUntil(lambda: window.run.phase is Phase.STREAMING, timeout=60_000)
+    streaming = window.state_label.text()
+    window.worker.link.emit(False, "the stream stalled; reconnecting in 0.5 s")
+    assert window.state_label.text() == "Reconnecting: the stream stalled; reconnecting in 0.5 s"
+    window.worker.link.emit(True, "connected")
+    assert window.state_label.text() == streaming
+    window.stop()
+    qtbot.waitUntil(lambda: window.thread is None, timeout=10_000)
+    assert window.state_label.text() == "Stopped"
 
 
 def test_closing_during_inference_returns_promptly_and_leaves_no_thread(qtbot, settings, tiny_dir):
@@ -104,17 +161,35 @@ def _text(tmp_path):
     return path
 
 
+def shown_errors(win) -> list[str]:
+    """Every place an error is on screen now: the window's panel, and any message box."""
+    from PySide6.QtWidgets import QApplication, QMessageBox
+
+    boxes = [w.text() for w in QApplication.topLevelWidgets() if isinstance(w, QMessageBox) and w.isVisible()]
+    return ([win.errors.summary.text()] if win.errors.isVisible() else []) + boxes
+
+
 @pytest.mark.parametrize("case", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
-def test_bad_input_shows_a_specific_message_and_the_app_stays_usable(qtbot, window, tiny_dir, tmp_path, case):
+def test_bad_input_shows_one_specific_error_in_the_window_and_the_app_stays_usable(
+    qtbot, window, tiny_dir, tmp_path, case
+):
+    from app.run_state import Phase
+
     make, words = case
     source, model = make(tmp_path, str(tiny_dir))
     start(qtbot, window, source, model)
-    qtbot.waitUntil(lambda: words in window.message.text(), timeout=30_000)
-    assert window.error_box is not None and words in window.error_box.text()
+    qtbot.waitUntil(lambda: window.run.phase is Phase.FAILED, timeout=30_000)
     qtbot.waitUntil(lambda: window.start_button.isEnabled(), timeout=10_000)
-    # usable: the same window then streams a good source
-    window.error_box.close()
+    (error,) = shown_errors(window)  # said once, inside the window, no dialog over the video
+    assert words in error and error.count(". ") == 0  # one sentence
+    assert window.state_label.text() == "Failed" and words not in window.state_label.text()
+    window.errors.details_button.click()  # the details toggle shows the run's source and model
+    assert window.errors.details.isVisible() and source in window.errors.details.toPlainText()
+    window.errors.details_button.click()
+    assert not window.errors.details.isVisible()
+    # usable: the same window then streams a good source, and the error is gone
     start(qtbot, window, str(CLIP), str(tiny_dir))
+    assert shown_errors(window) == []
     qtbot.waitUntil(lambda: len(log_lines(window)) >= 1, timeout=60_000)
 
 
@@ -126,19 +201,40 @@ def test_an_unwritable_output_folder_is_named_before_anything_starts(qtbot, wind
     assert window.thread is None and window.start_button.isEnabled()
 
 
-def test_smoke_mode_says_so_and_settings_are_kept(qtbot, settings, tiny_dir):
-    win = MainWindow(model="tiny", source=str(CLIP), settings=settings, smoke=True)
+def test_smoke_mode_shows_a_banner_runs_the_demo_clip_and_leaves_the_users_choices(qtbot, settings, tiny_dir):
+    from app.state import DEMO_SOURCE, demo_clip
+
+    settings.setValue("source", "screen:1")
+    settings.setValue("model", "/models/mine")
+    win = MainWindow(model="tiny", settings=settings, smoke=True)
     qtbot.addWidget(win)
-    assert "SMOKE MODE" in win.windowTitle()
-    win.output_edit.setText("/tmp")
-    win.model_edit.setText(str(tiny_dir))
+    win.show()
+    assert win.smoke_banner.isVisible() and "gibberish" in win.smoke_banner.text()
+    assert win.source_box.currentText() == DEMO_SOURCE and win.model_edit.text() == "tiny"
     win.start()
+    assert (
+        win.request.source == str(demo_clip()) and demo_clip().is_file()
+    )  # not a screen: no hall of mirrors
     qtbot.waitUntil(lambda: len(log_lines(win)) >= 1, timeout=60_000)
     win.close()
     again = MainWindow(settings=settings)
     qtbot.addWidget(again)
-    assert again.source_box.currentText() == str(CLIP) and again.model_edit.text() == str(tiny_dir)
-    assert "SMOKE MODE" not in again.windowTitle()
+    again.show()
+    assert again.source_box.currentText() == "screen:1" and again.model_edit.text() == "/models/mine"
+    assert not again.smoke_banner.isVisible() and "smoke" not in again.windowTitle()
+
+
+def test_a_first_start_offers_the_demo_clip_never_a_screen_and_saves_the_choices(qtbot, settings, tiny_dir):
+    from app.state import DEMO_SOURCE
+
+    win = MainWindow(settings=settings)
+    qtbot.addWidget(win)
+    items = [win.source_box.itemText(k) for k in range(win.source_box.count())]
+    assert win.source_box.currentText() == DEMO_SOURCE and items[0] == DEMO_SOURCE
+    start(qtbot, win, DEMO_SOURCE, str(tiny_dir))
+    qtbot.waitUntil(lambda: len(log_lines(win)) >= 1, timeout=60_000)
+    win.close()
+    assert settings.value("source") == DEMO_SOURCE and settings.value("model") == str(tiny_dir)
 
 
 def test_overlay_toggle_shortcut_shows_the_plain_picture(qtbot, window):
@@ -146,10 +242,11 @@ def test_overlay_toggle_shortcut_shows_the_plain_picture(qtbot, window):
 
     window.frame = Frame(np.full((90, 160, 3), 128, np.uint8), 2.0)
     window.on_commentary(Commentary(0.0, 1.0, "Into the box"))
-    shown = window.view.pixmap().toImage()
-    window.toggle_overlay()
-    plain = window.view.pixmap().toImage()
-    assert shown != plain and window.overlay_visible is False
+    shown = window.view.picture.copy()
+    window.overlay_action.trigger()  # View > Commentary overlay, Ctrl+O
+    plain = window.view.picture
+    assert (shown != plain).any() and window.overlay_visible is False
+    assert not window.overlay_action.isChecked()
 
 
 def test_export_writes_the_sessions_commentary_in_each_format(qtbot, window, tmp_path):
@@ -272,7 +369,6 @@ def test_a_remote_server_is_a_model_choice(qtbot, window, tiny_model):
         start(qtbot, window, str(CLIP), running.url)
         qtbot.waitUntil(lambda: "missing or wrong token" in window.message.text(), timeout=30_000)
         qtbot.waitUntil(lambda: window.start_button.isEnabled(), timeout=10_000)
-        window.error_box.close()
 
         window.token_edit.setText("t0ken")
         start(qtbot, window, str(CLIP), running.url)
@@ -281,6 +377,6 @@ def test_a_remote_server_is_a_model_choice(qtbot, window, tiny_model):
         qtbot.mouseClick(window.stop_button, Qt.MouseButton.LeftButton)
         qtbot.waitUntil(lambda: window.start_button.isEnabled(), timeout=10_000)
         qtbot.waitUntil(lambda: server.sessions == 0, timeout=10_000)  # Stop closed the remote session
-        assert window.message.text() == ""  # and stopping is not an error
+        assert window.message.text() == "" and window.state_label.text() == "Stopped"  # not an error
     finally:
         running.stop()

@@ -1,52 +1,113 @@
-"""The real app window on a real X display (Xvfb): a screenshot while commentary is shown.
+"""The real app on a real X display (Xvfb): its window class and icon as a desktop sees them, and
+screenshots of its states.
 
-The screenshot is kept in runs/screenshots/ (a build artefact) for people to look at.
+The screenshots (idle, streaming with overlays, recording, an error shown) are kept in
+runs/screenshots/ (a build artefact) for people to look at; with STREAMVLM_UPDATE_SCREENSHOTS=1 they
+also replace the set in docs/images/ that the README shows.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from clihelpers import CLIP
-from livehelpers import Display, app_env
+from livehelpers import Display, app_env, need
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTEFACTS = ROOT / "runs" / "screenshots"
+IMAGES = ROOT / "docs" / "images"
+SHOTS = ("app_idle.png", "app_streaming.png", "app_recording.png", "app_error.png")
 
 
-def test_screenshot_of_the_window_shows_the_overlay_over_the_video(tiny_dir, tmp_path):
+def test_screenshots_of_idle_streaming_recording_and_an_error(tiny_dir, tmp_path):
     pytest.importorskip("PySide6")
-    display = Display(1280, 720).start()
+    home = tmp_path / "home"  # the default record folder, ~/Videos, is made in a home of this test
+    home.mkdir()
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    for name in SHOTS:
+        (ARTEFACTS / name).unlink(missing_ok=True)
+    display = Display(1280, 800).start()
     try:
-        ARTEFACTS.mkdir(parents=True, exist_ok=True)
-        png, result = ARTEFACTS / "app_window.png", tmp_path / "result.json"
         run = subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "tests" / "live" / "app_screenshot.py"),
-                str(tiny_dir),
-                str(CLIP),
-                str(png),
-                str(result),
-            ],
+            [sys.executable, str(ROOT / "tests" / "live" / "app_screenshot.py"), str(ARTEFACTS)],
             capture_output=True,
             text=True,
-            timeout=180,
-            env=app_env("xcb"),
+            timeout=240,
+            env={**app_env("xcb"), "HOME": str(home)},
             cwd=ROOT,
         )
     finally:
         display.stop()
     assert run.returncode == 0, run.stderr[-3000:]
-    numbers = json.loads(result.read_text())
-    assert numbers["log_lines"] >= 2 and numbers["overlay_lines"] >= 1
-    assert numbers["picture"][2] >= 400  # the video is shown at a useful size
-    # Above the subtitles the screen shows the source frame (scaling aside); the band does not.
-    assert numbers["upper_diff"] < 12
-    assert numbers["subtitle_band_diff"] > 3 * numbers["upper_diff"] + 10
-    assert png.stat().st_size > 20_000
+    result = json.loads((ARTEFACTS / "result.json").read_text())
+    assert result["title"] == "streamvlm (smoke mode)"
+    assert result["idle_state"].startswith("Idle")
+    # streaming: the window shows exactly what it painted; above the subtitles that is the source frame
+    assert result["streaming_state"].startswith("Streaming") and result["figures_live"]
+    assert result["picture"][2] >= 500  # the video is shown at a useful size
+    assert result["painted_diff"] < 1.0
+    assert result["upper_diff"] < 12
+    assert result["subtitle_band_diff"] > 3 * result["upper_diff"] + 10
+    assert result["stopped_state"] == "Stopped" and not result["stopped_figures_live"]
+    # recording: into ~/Videos, which did not exist and was made at Start, the file named beforehand
+    assert not result["record_folder_before"]
+    named = re.search(r"streamvlm-\d{8}-\d{6}\.mp4", result["record_note_before"])
+    assert named and "created at Start" in result["record_note_before"]
+    assert result["record_note"] == f"Recording to ~/Videos/{named.group(0)}" or re.fullmatch(
+        r"Recording to ~/Videos/streamvlm-\d{8}-\d{6}\.mp4", result["record_note"]
+    )
+    assert any(n.endswith(".mp4") for n in result["recordings"]) and any(
+        n.endswith(".srt") for n in result["recordings"]
+    )
+    # an error: in the window, once
+    assert result["error_state"] == "Failed" and "could not be opened" in result["error"]
+    for name in SHOTS:
+        assert (ARTEFACTS / name).stat().st_size > 20_000, name
+    if os.environ.get("STREAMVLM_UPDATE_SCREENSHOTS") == "1":
+        for name in SHOTS:
+            shutil.copyfile(ARTEFACTS / name, IMAGES / name)
+
+
+def test_a_desktop_sees_the_app_as_streamvlm_with_its_icon(tiny_dir, tmp_path):
+    """`python -m app` under X: WM_CLASS is ("streamvlm", "streamvlm"), not '__main__.py', and the
+    window carries an icon (what taskbars show)."""
+    pytest.importorskip("PySide6")
+    need(
+        shutil.which("xprop") is not None and shutil.which("xwininfo") is not None,
+        "apt-get install x11-utils",
+    )
+    display = Display(1024, 768).start()
+    app = subprocess.Popen(
+        [sys.executable, "-m", "app", "--smoke"],
+        env=app_env("xcb"),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "app.log").open("w"),
+    )
+    try:
+        window, deadline = None, time.monotonic() + 90
+        while window is None and time.monotonic() < deadline and app.poll() is None:
+            tree = subprocess.run(["xwininfo", "-root", "-tree"], capture_output=True, text=True).stdout
+            # the main window: titled streamvlm..., with a WM_CLASS (Qt's helper windows have none)
+            found = re.search(r'^\s*(0x[0-9a-f]+) "streamvlm[^"]*": \("', tree, re.MULTILINE)
+            window = found.group(1) if found else None
+            time.sleep(0.2)
+        assert window, (tmp_path / "app.log").read_text()[-3000:]
+        props = subprocess.run(["xprop", "-id", window, "WM_CLASS"], capture_output=True, text=True).stdout
+        props += subprocess.run(  # the icon's first numbers only: its size
+            ["xprop", "-id", window, "-len", "8", "_NET_WM_ICON"], capture_output=True, text=True
+        ).stdout
+    finally:
+        app.terminate()
+        app.wait(timeout=10)
+        display.stop()
+    assert 'WM_CLASS(STRING) = "streamvlm", "streamvlm"' in props, props
+    assert "_NET_WM_ICON(CARDINAL) =" in props, props

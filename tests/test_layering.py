@@ -141,3 +141,33 @@ def test_the_engine_imports_neither_wing_and_remote_only_reconnect_of_media():
             wrong = {name for name in wings if name.startswith("media") and name != "media.reconnect"}
         bad += [f"core/{'/'.join(where)} imports core.{name}" for name in sorted(wrong)]
     assert not bad, "; ".join(bad)
+
+
+# The app's state model (the run's state machine, its log and figures, the run request) is plain
+# Python, tested without a display: it imports no Qt, and of the app only the other Qt-free modules.
+QT_FREE_APP = ("app/__init__.py", "app/state.py", "app/run_state.py")
+
+
+def app_modules_imported(source: str) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        found.update(f"{name.replace('.', '/')}.py" for name in names if name.startswith("app."))
+    return found
+
+
+@pytest.mark.parametrize("path", QT_FREE_APP)
+def test_the_apps_state_model_imports_no_qt(path):
+    source = (ROOT / path).read_text()
+    assert "PySide6" not in imported_roots(source), f"{path} imports PySide6"
+    assert app_modules_imported(source) <= set(QT_FREE_APP), f"{path} imports a Qt module of the app"
+
+
+def test_the_apps_state_model_loads_without_qt():
+    code = "import sys, app.run_state, app.state; print('PySide6' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert result.stdout.strip() == "False"

@@ -1,83 +1,116 @@
-"""Screenshot of the real app window on an X display (run by tests/test_app_screen.py under Xvfb).
+"""Screenshots of the real app window on an X display (run by tests/test_app_screen.py under Xvfb).
 
-    DISPLAY=:N QT_QPA_PLATFORM=xcb python tests/live/app_screenshot.py MODEL SOURCE OUT.png OUT.json
+    DISPLAY=:N QT_QPA_PLATFORM=xcb python tests/live/app_screenshot.py OUT_FOLDER
 
-Opens the main window, streams SOURCE with MODEL until two commentary lines are shown, stops
-(the last picture and its overlay stay on screen), grabs the screen through mss, and compares
-the part showing the video with the source frame it shows: the picture above the subtitles must
-match, the subtitle band must not. Writes the screenshot and the numbers.
+Opens the app in smoke mode (the tiny model on the demo clip) as `python -m app --smoke` does, and
+grabs the screen through mss in four states: idle; streaming with commentary over the video;
+recording into the default folder (created at Start); an error shown. Each picture is checked
+against what the window painted, and the numbers go to OUT_FOLDER/result.json for the test.
 """
 
 import json
 import sys
 import time
+from pathlib import Path
 
 import mss
 import numpy as np
 from PIL import Image
 from PySide6.QtCore import QSettings
-from PySide6.QtWidgets import QApplication
+from PySide6.QtGui import QGuiApplication
 
-from app.window import MainWindow
+from app.__main__ import application
+from app.run_state import Phase
+from app.window import MainWindow, _scaled, default_record_folder
+
+DEADLINE = time.monotonic() + 150
 
 
 def main() -> None:
-    model, source, png, out = sys.argv[1:5]
-    app = QApplication([])
+    out = Path(sys.argv[1])
+    app = application()
     window = MainWindow(
-        model=model, source=source, settings=QSettings(out + ".ini", QSettings.Format.IniFormat)
+        model="tiny", smoke=True, settings=QSettings(str(out / "settings.ini"), QSettings.Format.IniFormat)
     )
     window.move(0, 0)
+    window.resize(1280, 760)
     window.show()
-    window.start()
-    deadline = time.monotonic() + 90
+
+    def wait(done, seconds: float = 0.0) -> None:
+        """Run the event loop until `done()` (and at least `seconds`)."""
+        end = time.monotonic() + seconds
+        while (not done() or time.monotonic() < end) and time.monotonic() < DEADLINE:
+            app.processEvents()
+            time.sleep(0.02)
+        if not done():
+            raise SystemExit(f"timed out in phase {window.run.phase}")
 
     def overlay_text() -> int:
-        """Characters of commentary over the shown picture: the random model's line may be a few
-        characters only, too little for the band check below, so the script waits for a real line."""
-        frame = getattr(window, "frame", None)
-        return sum(len(text.strip()) for text, _ in window.overlay.lines_at(frame.t)) if frame else 0
+        """Characters of commentary on the shown picture (the random model's line may be a few
+        characters only, too little for the band check below, so the script waits for a real line)."""
+        t = window.paint_time()
+        return 0 if t is None else sum(len(text.strip()) for text, _ in window.overlay.lines_at(t))
 
-    while (
-        len(window.log.toPlainText().splitlines()) < 2 or overlay_text() < 12
-    ) and time.monotonic() < deadline:
+    def grab(name: str) -> np.ndarray:
         app.processEvents()
-        time.sleep(0.02)
+        window.repaint()  # the picture the view holds now is the one on screen
+        QGuiApplication.sync()  # and it reached the X server before the grab
+        frame = window.frameGeometry()
+        with mss.MSS() as screen:
+            shot = np.asarray(
+                screen.grab(
+                    {"left": frame.x(), "top": frame.y(), "width": frame.width(), "height": frame.height()}
+                )
+            )[:, :, 2::-1]
+        Image.fromarray(shot).save(out / name)
+        return shot
+
+    result = {"title": window.windowTitle()}
+    wait(lambda: window.isVisible(), 1.0)
+    grab("app_idle.png")
+    result["idle_state"] = window.state_label.text()
+
+    window.start()
+    wait(lambda: window.run.phase is Phase.STREAMING and len(window.lines) >= 2 and overlay_text() >= 12)
+    shot = grab("app_streaming.png")
+    result["streaming_state"] = window.state_label.text()
+    result["figures_live"] = window.rate_label.isEnabled() and bool(window.rate_label.text())
+    # Where the picture is: compare the grabbed pixels with what the view painted, and with the plain
+    # source frame (scaled the same way): the picture above the subtitles is the frame, the band is not.
+    left, top, width, height = window.view.picture_rect()
+    origin = window.view.mapTo(window, window.view.rect().topLeft())
+    shown = shot[origin.y() + top : origin.y() + top + height, origin.x() + left : origin.x() + left + width]
+    painted, plain = window.view.picture.astype(int), _scaled(window.frame.rgb, (width, height)).astype(int)
+    shown = shown.astype(int)
+    result["picture"] = [left, top, width, height]
+    result["painted_diff"] = float(np.abs(shown - painted).mean())
+    result["upper_diff"] = float(np.abs(shown[: height // 3] - plain[: height // 3]).mean())
+    result["subtitle_band_diff"] = float(np.abs(shown[-height // 4 :] - plain[-height // 4 :]).mean())
     window.stop()
-    while window.thread is not None and time.monotonic() < deadline:
-        app.processEvents()
-        time.sleep(0.02)
-    for _ in range(20):
-        app.processEvents()
-        time.sleep(0.02)
+    wait(lambda: window.thread is None)
+    result["stopped_state"] = window.state_label.text()
+    result["stopped_figures_live"] = window.rate_label.isEnabled()
 
-    with mss.MSS() as screen:
-        shot = np.asarray(screen.grab(screen.monitors[1]))[:, :, 2::-1]
-    Image.fromarray(shot).save(png)
+    folder = default_record_folder()
+    result["record_folder_before"] = folder.exists()
+    window.record_check.setChecked(True)
+    result["record_note_before"] = window.record_note.text()
+    window.start()
+    wait(lambda: window.run.phase is Phase.STREAMING and len(window.lines) >= 1 and overlay_text() >= 12)
+    grab("app_recording.png")
+    result["record_note"] = window.record_note.text()
+    window.stop()
+    wait(lambda: window.thread is None)
+    result["recordings"] = sorted(p.name for p in folder.glob("*"))
 
-    # Where the picture is on screen: the pixmap, centred in the view.
-    pixmap = window.view.pixmap()
-    origin = window.view.mapToGlobal(window.view.rect().topLeft())
-    left = origin.x() + (window.view.width() - pixmap.width()) // 2
-    top = origin.y() + (window.view.height() - pixmap.height()) // 2
-    shown = shot[top : top + pixmap.height(), left : left + pixmap.width()].astype(int)
-    frame = window.frame
-    source_frame = np.asarray(
-        Image.fromarray(frame.rgb).resize((pixmap.width(), pixmap.height()), Image.Resampling.BILINEAR)
-    ).astype(int)
-    height = pixmap.height()
-    upper = np.abs(shown[: height // 3] - source_frame[: height // 3]).mean()
-    lower = np.abs(shown[-height // 4 :] - source_frame[-height // 4 :]).mean()
-    result = {
-        "log_lines": len(window.log.toPlainText().splitlines()),
-        "overlay_lines": len(window.overlay.lines_at(frame.t)),
-        "title": window.windowTitle(),
-        "picture": [left, top, pixmap.width(), pixmap.height()],
-        "upper_diff": float(upper),
-        "subtitle_band_diff": float(lower),
-    }
-    with open(out, "w") as f:
-        json.dump(result, f)
+    window.record_check.setChecked(False)
+    window.source_box.setCurrentText("rtsp://127.0.0.1:9/live")
+    window.start()
+    wait(lambda: window.run.phase is Phase.FAILED and window.thread is None, 0.3)
+    grab("app_error.png")
+    result["error_state"] = window.state_label.text()
+    result["error"] = window.errors.summary.text() if window.errors.isVisible() else ""
+    (out / "result.json").write_text(json.dumps(result, indent=1))
     window.close()
 
 

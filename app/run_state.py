@@ -1,0 +1,261 @@
+"""A run's state, log, counters and rates: plain Python, no Qt, so every rule here is tested without a GUI.
+
+`RunState` is the one state machine of a run, and the window shows `label()` in one place:
+
+    idle -> starting -> [loading model] -> preparing (the GPU or CPU) | connecting (a server) -> streaming
+    streaming <-> reconnecting (a live source or a server dropped, and is being reopened)
+    any running phase -> stopping (the user pressed Stop) -> stopped
+    a running phase -> ended (the source ended: a file played to its end) | failed (with its reason)
+
+Events arrive from the worker thread through queued signals, so one may come late (a "streaming"
+after the user already pressed Stop): events that do not fit the current phase are ignored, never
+let through. How a run ends is decided once, when the worker finishes: failed if a failure was
+reported, stopped if the user asked, ended otherwise.
+
+`RunLog` keeps the commentary of the run (the log's lines and what Export writes), the chunk and
+frame counters and the rates, with the clock passed in, so the figures are tested to the digit.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from core.types import Commentary
+
+
+class Phase(enum.Enum):
+    IDLE = "idle"
+    STARTING = "starting"  # opening the source
+    LOADING_MODEL = "loading model"
+    PREPARING = "preparing"  # building the engine on its device (the GPU's caches and graphs)
+    CONNECTING = "connecting"  # to a remote server
+    STREAMING = "streaming"
+    RECONNECTING = "reconnecting"  # a live source or a server dropped; being reopened
+    STOPPING = "stopping"  # Stop pressed, the chunk in progress finishing
+    ENDED = "ended"  # the source ended by itself (a file played to its end)
+    STOPPED = "stopped"  # the user stopped it
+    FAILED = "failed"  # with a reason (`RunState.error`)
+
+
+RUNNING = frozenset(
+    {
+        Phase.STARTING,
+        Phase.LOADING_MODEL,
+        Phase.PREPARING,
+        Phase.CONNECTING,
+        Phase.STREAMING,
+        Phase.RECONNECTING,
+        Phase.STOPPING,
+    }
+)
+FINAL = frozenset({Phase.IDLE, Phase.ENDED, Phase.STOPPED, Phase.FAILED})  # a new run may start
+
+# The worker's progress: from which phases each one may be entered.
+_PROGRESS = {
+    Phase.LOADING_MODEL: {Phase.STARTING},
+    Phase.PREPARING: {Phase.STARTING, Phase.LOADING_MODEL},
+    Phase.CONNECTING: {Phase.STARTING},
+    Phase.STREAMING: {Phase.STARTING, Phase.LOADING_MODEL, Phase.PREPARING, Phase.CONNECTING},
+}
+
+
+@dataclass(frozen=True)
+class ErrorReport:
+    """What went wrong: one sentence for the window, and the details behind a toggle."""
+
+    summary: str
+    details: str = ""
+
+    @classmethod
+    def from_text(cls, text: str, details: str = "") -> ErrorReport:
+        """The first sentence of `text` as the summary (as a sentence: a capital, a full stop); the whole
+        text (if longer) and `details` below. Messages from core are phrases ('cannot open ...')."""
+        text = " ".join(text.split())
+        first = first_sentence(text)
+        summary = (
+            first[:1].upper() + first[1:] + ("" if first.endswith((".", "!", "?")) or not first else ".")
+        )
+        rest = [part for part in (text if text != first else "", details.strip()) if part]
+        return cls(summary, "\n\n".join(rest))
+
+
+def first_sentence(text: str) -> str:
+    """The text up to its first full stop that ends a sentence (not one inside a path or a number)."""
+    match = re.search(r"[.!?](?=\s+[A-Z])", text)
+    return text[: match.end()] if match else text
+
+
+class RunState:
+    """The phase of the current (or last) run, its details and its error."""
+
+    def __init__(self) -> None:
+        self.phase = Phase.IDLE
+        self.detail = ""  # what the phase is about: the device, "file on cpu", a reconnect message
+        self.error: ErrorReport | None = None
+        self.remote = False
+        self._streaming_detail = ""  # kept while reconnecting, shown again once reconnected
+        self._resume: Phase | None = None  # the phase a reconnection returns to
+        self._stop_asked = False
+
+    @property
+    def running(self) -> bool:
+        return self.phase in RUNNING
+
+    @property
+    def live(self) -> bool:
+        """Whether the figures (rates, latency) describe what is happening now."""
+        return self.phase in (Phase.STREAMING, Phase.RECONNECTING)
+
+    def begin(self, *, remote: bool = False) -> None:
+        """Start pressed (and the request was valid)."""
+        if self.running:
+            raise RuntimeError(f"a run is already {self.phase.value}")
+        self.phase, self.detail, self.error, self.remote = Phase.STARTING, "", None, remote
+        self._streaming_detail, self._resume, self._stop_asked = "", None, False
+
+    def refuse(self, error: ErrorReport) -> None:
+        """Start refused before anything ran (a missing source, an unwritable folder): the phase stays."""
+        self.error = error
+
+    def clear_error(self) -> None:
+        self.error = None
+
+    def progress(self, phase: Phase, detail: str = "") -> bool:
+        """The worker moved on (loading, preparing, connecting, streaming). False if it does not fit."""
+        if self.phase not in _PROGRESS.get(phase, ()):
+            return False
+        self.phase, self.detail = phase, detail
+        if phase is Phase.STREAMING:
+            self._streaming_detail = detail
+        return True
+
+    def link(self, connected: bool, message: str) -> bool:
+        """A live source or the server dropped (reconnecting) or answered again (connected)."""
+        if not connected and self.phase in RUNNING - {Phase.STOPPING}:
+            if self.phase is not Phase.RECONNECTING:
+                self._resume = self.phase
+            self.phase, self.detail = Phase.RECONNECTING, message
+            return True
+        if connected and self.phase is Phase.RECONNECTING:
+            self.phase = self._resume or Phase.STREAMING
+            self.detail = self._streaming_detail if self.phase is Phase.STREAMING else ""
+            self._resume = None
+            return True
+        return False
+
+    def stop(self) -> bool:
+        """The user pressed Stop."""
+        if not self.running or self.phase is Phase.STOPPING:
+            return False
+        self._stop_asked = True
+        self.phase, self.detail = Phase.STOPPING, ""
+        return True
+
+    def fail(self, error: ErrorReport) -> bool:
+        """The run failed (the worker is finishing). A failure after the user's Stop is not shown."""
+        if not self.running or self._stop_asked:
+            return False
+        self.phase, self.detail, self.error = Phase.FAILED, "", error
+        return True
+
+    def finish(self) -> Phase:
+        """The worker is done: failed (already set), stopped (asked for) or ended (the source ended)."""
+        if self.running:
+            self.phase = Phase.STOPPED if self._stop_asked else Phase.ENDED
+            self.detail = ""
+        return self.phase
+
+    def label(self) -> str:
+        """The one line the window shows for the state."""
+        phase, detail = self.phase, self.detail
+        if phase is Phase.IDLE:
+            return "Idle: choose a source and press Start"
+        if phase is Phase.STARTING:
+            return "Starting: opening the source"
+        if phase is Phase.LOADING_MODEL:
+            return f"Loading the model {detail}".rstrip()
+        if phase is Phase.PREPARING:
+            what = "the GPU" if detail.startswith("cuda") else f"the engine on {detail or 'its device'}"
+            return f"Preparing {what}"
+        if phase is Phase.CONNECTING:
+            return f"Connecting to {detail}".rstrip()
+        if phase is Phase.STREAMING:
+            return f"Streaming {detail}".rstrip()
+        if phase is Phase.RECONNECTING:
+            return f"Reconnecting: {detail}" if detail else "Reconnecting"
+        if phase is Phase.STOPPING:
+            return "Stopping after the chunk in progress"
+        if phase is Phase.ENDED:
+            return "Ended: the source played to its end"
+        if phase is Phase.STOPPED:
+            return "Stopped"
+        return "Failed"  # the reason is in the window's error panel, said once
+
+
+def recording_name() -> str:
+    """The file a recording started now is written to (in the chosen folder); its .srt is beside it."""
+    return time.strftime("streamvlm-%Y%m%d-%H%M%S.mp4")
+
+
+@dataclass(frozen=True)
+class Figures:
+    """The status figures: rates, latency, and whether they describe the present."""
+
+    rates: str = ""
+    latency: str = ""
+    live: bool = False
+
+
+@dataclass
+class RunLog:
+    """The commentary, counters and rates of one run. `now` values are `time.monotonic()` seconds."""
+
+    lines: list[Commentary] = field(default_factory=list)
+    chunks: int = 0
+    skipped: int = 0
+    latency: float | None = None
+    frames: int = 0  # frames captured so far (the source's count)
+    _first_chunk_at: float | None = None
+    _frames_at_first: int = 0
+    _last_at: float | None = None
+
+    def clear(self) -> None:
+        self.__init__()
+
+    def add(self, line: Commentary) -> str:
+        """Keep a line of commentary; returns its log text, '[mm:ss.s - mm:ss.s] text'."""
+        self.lines.append(line)
+        return f"[{clock(line.start)} - {clock(line.end)}] {line.text}"
+
+    def extend(self, lines: Iterable[Commentary]) -> list[str]:
+        return [self.add(line) for line in lines]
+
+    def chunk(self, *, latency: float, skipped: int, frames: int, now: float) -> None:
+        """A chunk was processed. Rates count from the first chunk (not from model loading)."""
+        self.chunks += 1
+        self.latency, self.skipped, self.frames, self._last_at = latency, skipped, frames, now
+        if self.chunks == 1:
+            self._first_chunk_at, self._frames_at_first = now, frames
+
+    def figures(self, live: bool) -> Figures:
+        """The rates and latency, from the first chunk to the last one."""
+        if self.chunks == 0:
+            return Figures(live=live)
+        elapsed = self._last_at - self._first_chunk_at
+        if elapsed < 1.0:
+            rates = "measuring"
+        else:
+            rates = (
+                f"in {(self.frames - self._frames_at_first) / elapsed:.1f} FPS, "
+                f"{(self.chunks - 1) / elapsed:.2f} chunks/s"
+            )
+        return Figures(f"{rates}, {self.skipped} skipped", f"latency {self.latency:.2f} s", live)
+
+
+def clock(seconds: float) -> str:
+    minutes, secs = divmod(seconds, 60)
+    return f"{int(minutes):02d}:{secs:04.1f}"

@@ -1,0 +1,168 @@
+"""The app's run state machine, error reports, log and figures: plain unit tests, no Qt (and no display)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from app.run_state import ErrorReport, Phase, RunLog, RunState, first_sentence, recording_name
+from app.state import DEMO_SOURCE, demo_clip, resolve_source
+from core.types import Commentary
+
+
+def streaming(remote: bool = False) -> RunState:
+    state = RunState()
+    state.begin(remote=remote)
+    assert state.progress(Phase.LOADING_MODEL, "tiny")
+    assert state.progress(Phase.PREPARING, "cuda:0")
+    assert state.progress(Phase.STREAMING, "(a file) on cuda:0")
+    return state
+
+
+def test_a_file_played_to_its_end_ends():
+    state = streaming()
+    assert state.label() == "Streaming (a file) on cuda:0" and state.live
+    assert state.finish() is Phase.ENDED
+    assert state.label().startswith("Ended") and not state.live and not state.running and state.error is None
+
+
+def test_a_user_stop_is_stopped_not_ended_and_a_late_event_cannot_revive_the_run():
+    state = streaming()
+    assert state.stop() and state.phase is Phase.STOPPING and not state.stop()
+    assert not state.progress(Phase.STREAMING, "late")  # queued before the stop, delivered after
+    assert not state.link(False, "late drop")
+    assert not state.fail(
+        ErrorReport("the session was closed")
+    )  # Stop closing a remote session is no failure
+    assert state.finish() is Phase.STOPPED and state.label() == "Stopped" and state.error is None
+    assert not state.progress(Phase.STREAMING, "later still") and state.phase is Phase.STOPPED
+
+
+def test_an_error_report_is_one_sentence_with_the_rest_behind_details():
+    error = ErrorReport.from_text("cannot open 'x.mp4': not a video")
+    assert error == ErrorReport("Cannot open 'x.mp4': not a video.", "")  # no details repeating the summary
+    error = ErrorReport.from_text("bad token. Ask the server's owner.\nThen retry.", "source: s")
+    assert (
+        error.summary == "Bad token."
+        and error.details == "bad token. Ask the server's owner. Then retry.\n\nsource: s"
+    )
+
+
+def test_a_failure_keeps_its_reason_and_finishing_does_not_turn_it_into_an_end():
+    state = RunState()
+    state.begin()
+    error = ErrorReport.from_text(
+        "The model folder 'x' does not exist. Give a checkpoint folder.", "model: x"
+    )
+    assert state.fail(error)
+    assert state.finish() is Phase.FAILED and state.error is error
+    assert state.label() == "Failed"  # the reason is said once, in the error panel
+    assert error.summary == "The model folder 'x' does not exist."
+    assert "Give a checkpoint folder." in error.details and "model: x" in error.details
+
+
+@pytest.mark.parametrize("remote", [False, True])
+def test_reconnecting_and_back_to_where_it_was(remote):
+    state = RunState()
+    state.begin(remote=remote)
+    if remote:
+        assert state.progress(Phase.CONNECTING, "ws://h:8765")
+        assert state.label() == "Connecting to ws://h:8765"
+    assert state.progress(Phase.STREAMING, "(live) on ws://h:8765")
+    assert state.link(False, "the stream stalled; retrying in 0.5 s")
+    assert state.phase is Phase.RECONNECTING and state.live
+    assert state.label() == "Reconnecting: the stream stalled; retrying in 0.5 s"
+    assert state.link(False, "retrying in 1 s") and state.detail == "retrying in 1 s"
+    assert state.link(True, "connected")
+    assert state.phase is Phase.STREAMING and state.label() == "Streaming (live) on ws://h:8765"
+    assert not state.link(True, "connected")  # already streaming: nothing changes
+
+
+def test_a_drop_while_the_model_loads_returns_to_loading():
+    state = RunState()
+    state.begin()
+    state.progress(Phase.LOADING_MODEL, "m")
+    assert state.link(False, "camera lost") and state.phase is Phase.RECONNECTING
+    assert state.link(True, "ok") and state.phase is Phase.LOADING_MODEL
+    assert state.progress(Phase.PREPARING, "cpu") and state.label() == "Preparing the engine on cpu"
+
+
+def test_progress_out_of_order_is_ignored_and_a_second_start_is_refused():
+    state = RunState()
+    assert not state.progress(Phase.STREAMING, "x") and state.phase is Phase.IDLE  # no run
+    state.begin()
+    assert state.progress(Phase.STREAMING, "(a file) on cpu")
+    assert not state.progress(Phase.LOADING_MODEL, "again") and state.phase is Phase.STREAMING
+    with pytest.raises(RuntimeError, match="already streaming"):
+        state.begin()
+    state.finish()
+    state.begin()  # a new run after the last one is over
+    assert state.phase is Phase.STARTING and state.error is None
+
+
+def test_a_refused_start_shows_its_error_and_the_next_start_clears_it():
+    state = RunState()
+    state.refuse(ErrorReport.from_text("Choose a source."))
+    assert state.phase is Phase.IDLE and state.error.summary == "Choose a source."
+    state.begin()
+    assert state.error is None
+
+
+@pytest.mark.parametrize(
+    "text, summary",
+    [
+        (
+            "cannot open '/x/clip.v2.mp4': not a video. Check the file.",
+            "cannot open '/x/clip.v2.mp4': not a video.",
+        ),
+        ("Version 2.5 is needed! Install it.", "Version 2.5 is needed!"),
+        ("one sentence only", "one sentence only"),
+        ("spaced\n  over\tlines. Next", "spaced over lines."),
+    ],
+)
+def test_first_sentence(text, summary):
+    assert first_sentence(" ".join(text.split())) == summary
+    sentence = summary[0].upper() + summary[1:] + ("" if summary[-1] in ".!?" else ".")
+    assert ErrorReport.from_text(text).summary == sentence  # a phrase from core shown as a sentence
+
+
+def test_the_log_keeps_lines_and_the_figures_count_from_the_first_chunk():
+    log = RunLog()
+    assert log.add(Commentary(61.0, 62.5, "Corner")) == "[01:01.0 - 01:02.5] Corner"
+    assert log.figures(live=True).rates == ""  # nothing measured yet
+    log.chunk(latency=0.4, skipped=0, frames=20, now=100.0)  # model loading before this is not counted
+    assert log.figures(live=True).rates == "measuring, 0 skipped"
+    log.chunk(latency=0.5, skipped=1, frames=40, now=101.0)
+    log.chunk(latency=0.25, skipped=1, frames=60, now=102.0)
+    figures = log.figures(live=True)
+    assert figures.rates == "in 20.0 FPS, 1.00 chunks/s, 1 skipped" and figures.latency == "latency 0.25 s"
+    assert figures.live and not log.figures(live=False).live  # the window greys them
+    assert log.chunks == 3 and [line.text for line in log.lines] == ["Corner"]
+    log.clear()
+    assert log.lines == [] and log.chunks == 0 and log.figures(live=True).rates == ""
+
+
+def test_recording_names_are_timestamped_mp4s():
+    assert re.fullmatch(r"streamvlm-\d{8}-\d{6}\.mp4", recording_name())
+
+
+def test_the_demo_source_is_the_bundled_clip_and_other_specs_pass_through(tmp_path):
+    assert resolve_source(DEMO_SOURCE) == resolve_source(" Demo Clip ") == str(demo_clip())
+    assert demo_clip().is_file() and demo_clip().suffix == ".mp4"
+    for spec in ("screen:0", "camera:1", "rtsp://h/x", str(tmp_path / "a.mp4")):
+        assert resolve_source(spec) == spec
+
+
+def test_an_installed_package_without_assets_draws_the_demo_clip(tmp_path, monkeypatch):
+    import av
+
+    import app.state
+
+    monkeypatch.setattr(app.state, "_ASSET", tmp_path / "missing.mp4")
+    monkeypatch.setattr("tempfile.gettempdir", lambda: str(tmp_path))
+    clip = demo_clip()
+    assert clip == tmp_path / "streamvlm-demo_clip.mp4"
+    with av.open(str(clip)) as container:
+        assert container.streams.video[0].width == 320 and sum(1 for _ in container.decode(video=0)) == 80
+    assert demo_clip() == clip and list(tmp_path.iterdir()) == [clip]  # drawn once, no partial file left
