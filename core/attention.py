@@ -9,6 +9,10 @@ Stock SDPA dispatch is tuned for training-shaped calls; the engine's three shape
 - `matmul_decode_attention` (language model, inside the captured decode step): one query row
   against the whole masked cache as two batched matmuls around a float32 softmax, so every key
   and value is read once at full bandwidth (fused kernels without split-K leave the GPU idle).
+- `ragged_prefill_attention` (language model, the prefills of several sessions in one forward,
+  core/ragged.py): each segment of new tokens attends to its own session's cache, causally among
+  itself; on a GPU all segments go to one FlashAttention varlen call (thread blocks for every
+  session at once), elsewhere one fused call per segment.
 - `batched_varlen_attention` (vision tower): all of a chunk's 112-px windows in one batched call
   instead of one call per window.
 
@@ -17,10 +21,14 @@ Each is checked against stock attention by the equivalence tests.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention.bias import causal_lower_right
+
+from core.ragged import RaggedKV
 
 CAUSAL_PREFILL = "streamvlm_causal"
 MATMUL_DECODE = "streamvlm_decode_matmul"
@@ -39,6 +47,8 @@ def causal_prefill_attention(
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """q [1, Hq, n, D] after a cache: k/v [1, Hkv, S, D], S >= n, the last n being the new tokens."""
+    if isinstance(key, RaggedKV):
+        return ragged_prefill_attention(query, key, value, scaling), None
     n, total = query.shape[2], key.shape[2]
     gqa = query.shape[1] != key.shape[1]
     if attention_mask is not None:  # a caller's own mask wins
@@ -49,6 +59,101 @@ def causal_prefill_attention(
         mask = causal_lower_right(n, total)
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=gqa)
     return out.transpose(1, 2), None
+
+
+def ragged_prefill_attention(
+    query: torch.Tensor, keys: RaggedKV, values: RaggedKV, scaling: float | None
+) -> torch.Tensor:
+    """q [1, Hq, sum(n_i), D]; segment i's n_i queries attend to keys.tensors[i] [1, Hkv, S_i, D] (its
+    cache, the last n_i being its own new tokens) lower-right causally -> [1, sum(n_i), Hq, D]."""
+    if query.is_cuda and _varlen_usable(query):
+        return _packed_varlen(query, keys, values, scaling)
+    gqa = query.shape[1] != keys.tensors[0].shape[1]
+    outs, start = [], 0
+    for k, v, n in zip(keys.tensors, values.tensors, keys.query_lengths, strict=True):
+        mask = causal_lower_right(n, k.shape[2]) if n > 1 else None
+        q = query[:, :, start : start + n]
+        outs.append(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=gqa))
+        start += n
+    return torch.cat(outs, dim=2).transpose(1, 2)
+
+
+def _packed_varlen(
+    query: torch.Tensor, keys: RaggedKV, values: RaggedKV, scaling: float | None
+) -> torch.Tensor:
+    """All segments in one FlashAttention varlen call: queries and caches packed token-major (the caches
+    copied once per layer: a few percent of the prefill's time, for thread blocks that fill the GPU)."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    packing = keys.packing
+    if not packing:  # the same bounds at every layer: built on the host once per forward
+        device = query.device
+        q_bounds = [0, *itertools.accumulate(keys.query_lengths)]
+        k_bounds = [0, *itertools.accumulate(keys.key_lengths)]
+        packing["cu_q"] = torch.tensor(q_bounds, dtype=torch.int32).to(device, non_blocking=True)
+        packing["cu_k"] = torch.tensor(k_bounds, dtype=torch.int32).to(device, non_blocking=True)
+        packing["max_q"], packing["max_k"] = max(keys.query_lengths), max(keys.key_lengths)
+    q = query[0].transpose(0, 1)  # [sum n, Hq, D]
+    k = torch.cat([t[0].transpose(0, 1) for t in keys.tensors])  # [sum S, Hkv, D]
+    v = torch.cat([t[0].transpose(0, 1) for t in values.tensors])
+    out = varlen_attn(
+        q,
+        k,
+        v,
+        packing["cu_q"],
+        packing["cu_k"],
+        packing["max_q"],
+        packing["max_k"],
+        scale=scaling,
+        window_size=(-1, 0),  # causal, aligned to each segment's last key
+        enable_gqa=q.shape[1] != k.shape[1],
+    )
+    return out[None]  # [1, sum n, Hq, D]
+
+
+_VARLEN: dict[torch.device, bool] = {}
+
+
+def _varlen_usable(query: torch.Tensor) -> bool:
+    """FlashAttention varlen with causal windows and shared key heads (PyTorch >= 2.11 on a GPU that runs
+    FlashAttention, half precision), checked once per device against per-segment SDPA on a small case."""
+    device = query.device
+    if query.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    if device not in _VARLEN:
+        _VARLEN[device] = _probe_varlen(device, query.dtype)
+    return _VARLEN[device]
+
+
+def _probe_varlen(device: torch.device, dtype: torch.dtype) -> bool:
+    import inspect
+
+    try:
+        from torch.nn.attention import varlen
+
+        params = inspect.signature(varlen.varlen_attn).parameters
+        if not {"window_size", "enable_gqa"} <= params.keys():
+            return False
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        lengths, cached = [5, 9], [7, 0]
+        q = torch.randn(1, 4, sum(lengths), 64, generator=gen).to(device, dtype)
+        ks = [torch.randn(1, 2, c + n, 64, generator=gen).to(device, dtype) for c, n in zip(cached, lengths)]
+        vs = [torch.randn(1, 2, c + n, 64, generator=gen).to(device, dtype) for c, n in zip(cached, lengths)]
+        keys, values = RaggedKV(ks, lengths), RaggedKV(vs, lengths)
+        fast = _packed_varlen(q, keys, values, None)
+        outs, start = [], 0
+        for k, v, n in zip(ks, vs, lengths):
+            mask = causal_lower_right(n, k.shape[2])
+            outs.append(
+                F.scaled_dot_product_attention(
+                    q[:, :, start : start + n], k, v, attn_mask=mask, enable_gqa=True
+                )
+            )
+            start += n
+        reference = torch.cat(outs, dim=2).transpose(1, 2)
+        return bool(torch.allclose(fast.float(), reference.float(), atol=2e-2, rtol=2e-2))
+    except Exception:  # no FlashAttention build for this GPU, or an older PyTorch: per-segment SDPA
+        return False
 
 
 def matmul_decode_attention(

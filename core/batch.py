@@ -1,13 +1,11 @@
-"""Decode steps of many sessions batched into one forward (continuous batching over the cache pool).
+"""Decode steps of many sessions batched into one forward over the cache pool.
 
 A decode step is memory-bound: it reads all the weights to produce one token. With N streams on
-one GPU, N separate steps read the weights N times; one batched step reads them once for all. The
-`DecodeBatcher` gives an engine's sessions that: each session pushes its chunks from a thread of
-its own, as before, and when its reply is decoded each token's forward is handed to the batcher
-(`step`), which runs one forward for every session that is waiting at that moment and hands each
-its own logits. A session joins the batch when its prefill is done and leaves when its reply ends,
-so a new chunk never waits for another session's whole reply; vision and prefill run under the
-model lock between batched steps.
+one GPU, N separate steps read the weights N times; one batched step reads them once for all.
+`BatchedDecode.run` takes one row per decoding session (its token, position, slot and the slot's
+first free index) and runs them as one forward; the engine's scheduler (`core.scheduler`) decides
+which rows go together (continuous batching: a session joins when its prefill is done and leaves
+when its reply ends).
 
 Each row attends to its own slot of the pool (`core.pool.CachePool`), up to its own length, at its
 own position; nothing else in the session changes, so a session gives the same tokens batched as
@@ -17,8 +15,7 @@ evict at different times).
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
@@ -26,21 +23,15 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from core.model import StreamModel
 from core.pool import CachePool
 
-# How long a batch waits for sessions that are decoding but have not asked for their next step yet
-# (they are sampling or keeping their books, which takes microseconds): waiting a little longer
-# than that lets them join, waiting more would only add latency.
-GATHER_SECONDS = 0.002
-
 
 @dataclass
-class _Request:
+class DecodeRow:
+    """One session's next decode step."""
+
     slot: int
     token: torch.Tensor  # [1] on the model's device
     position: float
     write_at: int  # the slot's first free index: where this token's keys and values go
-    done: threading.Event = field(default_factory=threading.Event)
-    logits: torch.Tensor | None = None
-    error: BaseException | None = None
 
 
 class _PoolRows(CacheLayerMixin):
@@ -104,92 +95,39 @@ class _Bucket:
         self.logits: torch.Tensor | None = None  # the graph's output buffer
 
 
-class DecodeBatcher:
-    """Runs the decode steps of an engine's sessions together; see the module docstring.
+class BatchedDecode:
+    """One forward for the decode steps of many sessions: row b feeds one token into its own slot.
 
-    With `use_graphs` (a CUDA device), a batch of B rows is padded to the next power of two with rows
-    that write into the pool's scratch slot, and each padded size is captured once as a CUDA graph and
-    replayed after: a batched step then costs the GPU's time, not Python's launches."""
+    It holds no threads: the engine's scheduler (`core.scheduler.Scheduler`) gathers the rows and calls
+    `run` from its model thread. With `use_graphs` (a CUDA device), a batch of B rows is padded to the
+    next power of two with rows that write into the pool's scratch slot, and each padded size is
+    captured once as a CUDA graph and replayed after: a batched step then costs the GPU's time, not
+    Python's launches."""
 
-    def __init__(
-        self, model: StreamModel, pool: CachePool, lock: threading.Lock, use_graphs: bool = False
-    ) -> None:
-        self.model, self.pool, self.lock, self.use_graphs = model, pool, lock, use_graphs
+    def __init__(self, model: StreamModel, pool: CachePool, use_graphs: bool = False) -> None:
+        self.model, self.pool, self.use_graphs = model, pool, use_graphs
         self.pad = use_graphs  # pad to a power of two (graphs need it; tests turn it on without them)
         self._buckets: dict[int, _Bucket] = {}
         self._span = torch.arange(pool.tokens, device=model.device)
-        self._cond = threading.Condition()
-        self._decoding = 0  # sessions between `join` and `leave`
-        self._waiting: list[_Request] = []
-        self._running = False  # a batch is being computed (by one of the waiting threads)
         self.batches = 0  # forwards run, and the rows they carried (for tests and reports)
         self.rows = 0
         self.padded = 0  # scratch rows added to fill batches to their padded size
 
-    def join(self) -> None:
-        """A session starts decoding a reply."""
-        with self._cond:
-            self._decoding += 1
+    def run(self, rows: list[DecodeRow]) -> torch.Tensor:
+        """The next logits [len(rows), vocab] (float32) of every row, each written into its own slot."""
+        bucket = self._fill(rows)
+        if not self.use_graphs:
+            logits = self._forward(bucket)
+        else:
+            if bucket.graph is None:
+                self._capture(bucket)
+            bucket.graph.replay()
+            logits = bucket.logits[: len(rows)].clone()  # the next replay overwrites the buffer
+        self.batches += 1
+        self.rows += len(rows)
+        return logits
 
-    def leave(self) -> None:
-        """A session's reply ended (or failed): the batch no longer waits for it."""
-        with self._cond:
-            self._decoding -= 1
-            self._cond.notify_all()
-
-    def step(self, slot: int, token: torch.Tensor, position: float, write_at: int) -> torch.Tensor:
-        """Feed `token` at `position` into `slot` (its keys and values at index `write_at`); return the
-        next logits [vocab] (float32). Blocks until a batch that carries this row has run."""
-        request = _Request(slot, token, position, write_at)
-        with self._cond:
-            self._waiting.append(request)
-            self._cond.notify_all()
-            while not request.done.is_set():
-                if not self._running and self._waiting:
-                    # Lead the next batch: wait briefly for the other decoding sessions to ask.
-                    self._cond.wait_for(
-                        lambda: len(self._waiting) >= self._decoding or request.done.is_set(), GATHER_SECONDS
-                    )
-                    if request.done.is_set() or self._running:
-                        continue
-                    batch, self._waiting = self._waiting, []
-                    self._running = True
-                    self._cond.release()
-                    try:
-                        self._run(batch)
-                    finally:
-                        self._cond.acquire()
-                        self._running = False
-                        self._cond.notify_all()
-                else:
-                    self._cond.wait()
-        if request.error is not None:
-            raise request.error
-        return request.logits
-
-    def _run(self, batch: list[_Request]) -> None:
-        try:
-            bucket = self._fill(batch)
-            with self.lock:
-                if not self.use_graphs:
-                    logits = self._forward(bucket)
-                else:
-                    if bucket.graph is None:
-                        self._capture(bucket)
-                    bucket.graph.replay()
-                    logits = bucket.logits[: len(batch)].clone()  # the next replay overwrites the buffer
-            self.batches += 1
-            self.rows += len(batch)
-            for row, request in enumerate(batch):
-                request.logits = logits[row]
-        except BaseException as exc:  # every row of a failed batch hears why
-            for request in batch:
-                request.error = exc
-        finally:
-            for request in batch:
-                request.done.set()
-
-    def _fill(self, batch: list[_Request]) -> _Bucket:
+    def _fill(self, batch: list[DecodeRow]) -> _Bucket:
         """The batch's rows in fixed-shape inputs: exactly its size eagerly, the next power of two with
         graphs (padding rows write at index 0 of the scratch slot, and their logits are ignored)."""
         n = len(batch)
@@ -217,7 +155,8 @@ class DecodeBatcher:
 
     def _capture(self, bucket: _Bucket) -> None:
         """Run the step twice on a side stream (lazy initialisation happens outside the graph; the rows
-        write the same keys and values each time), then capture it."""
+        write the same keys and values each time), then capture it. Other threads keep launching their
+        own work (sampling, frame resizing) meanwhile: the capture only checks this thread's calls."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -225,6 +164,6 @@ class DecodeBatcher:
                 self._forward(bucket)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             bucket.logits = self._forward(bucket)
         bucket.graph = graph

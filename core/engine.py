@@ -29,16 +29,16 @@ import numpy as np
 import torch
 from torch.profiler import record_function
 
-from core.batch import DecodeBatcher
 from core.cache import PREFIX_ROUND, StreamCache
 from core.config import AccelerationConfig, CachePolicy, EvictionMode, GenerationConfig, StreamConfig
 from core.conversation import MARKER, Conversation, Part, Piece
 from core.decode_step import StaticDecodeStep
 from core.frames import VideoInput, video_input
 from core.model import StreamModel
-from core.pool import CachePool, slot_tokens, slots_that_fit
+from core.pool import ROUND_TEXT_TOKENS, CachePool, slot_tokens, slots_that_fit
 from core.positions import temporal_step
 from core.sampling import TokenSampler
+from core.scheduler import PrefillJob, Scheduler
 from core.spec import ModelSpec
 from core.types import Closeable, Commentary, Frame
 
@@ -64,6 +64,7 @@ class ChunkStats:
     cached_tokens: int
     max_position: float
     evicted_tokens: int
+    queue_ms: float = 0.0  # batched: waiting for the model thread before this chunk's prefill batch
 
     @property
     def total_ms(self) -> float:
@@ -102,8 +103,8 @@ class StreamingEngine:
         decided once here (`self.acceleration`) and logged in one line. `sessions`: preallocate that
         many session caches in a pool ("auto": as many as the device's free memory holds); opening one
         more session is then refused with `core.pool.CapacityError`. None: each session allocates its own.
-        `batched` (with `sessions`): the decode steps of sessions pushed from different threads run as
-        one batched forward (`core.batch.DecodeBatcher`) instead of one forward each."""
+        `batched` (with `sessions`): sessions pushed from different threads share one model thread
+        (`core.scheduler.Scheduler`) that batches their prefills and their decode steps."""
         self.model = model
         self.acceleration = model.accelerate(acceleration or model.requested_acceleration)
         self.stream = stream or StreamConfig()
@@ -114,13 +115,19 @@ class StreamingEngine:
             model.vision.tokens_per_second, model.vision.temporal_patch_size, self.stream.fps
         )
         self.pool = self._pool(sessions) if sessions is not None else None
-        self.model_lock = threading.Lock()
-        # Decode steps of concurrent sessions batched into one forward (needs the pool's slots).
-        self.batcher = (
-            DecodeBatcher(model, self.pool, self.model_lock, use_graphs=self.acceleration.cuda_graphs)
-            if batched and self.pool
+        self.model_lock = threading.Lock()  # unbatched sessions: one chunk on the model at a time
+        # Batched: one model thread for all sessions (needs the pool's slots and the ragged prefill).
+        self.scheduler = (
+            Scheduler(model, self.pool, use_graphs=self.acceleration.cuda_graphs)
+            if batched and self.pool and model.ragged_prefill
             else None
         )
+        if batched and self.pool and self.scheduler is None:
+            log.warning(
+                "sessions are not batched: attention %r cannot run several prefills in one forward "
+                "(use attn_implementation='sdpa')",
+                model.attention_backend,
+            )
 
     def _pool(self, sessions: int | str) -> CachePool:
         model, text = self.model, self.model.text
@@ -222,8 +229,9 @@ class Session(Closeable):
         self._cache_planned = False
         self._static_step = None
         self._token_reader = _TokenReader(model.device)
+        self._deadline = float("inf")  # the current chunk's, for the scheduler's ordering
         acceleration = engine.acceleration
-        if acceleration.static_decode and engine.batcher is None:  # batched steps replace the static one
+        if acceleration.static_decode and engine.scheduler is None:  # batched steps replace the static one
             self._static_step = StaticDecodeStep(
                 model, self.cache, use_graph=acceleration.cuda_graphs, attention=acceleration.decode_attention
             )
@@ -231,8 +239,18 @@ class Session(Closeable):
     # -- public interface ----------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def push(self, frames: Sequence[np.ndarray | Frame], t_start: float, t_end: float) -> list[Commentary]:
-        """Feed one chunk of frames spanning [t_start, t_end) stream seconds; return its commentary."""
+    def push(
+        self,
+        frames: Sequence[np.ndarray | Frame],
+        t_start: float,
+        t_end: float,
+        *,
+        deadline: float | None = None,
+    ) -> list[Commentary]:
+        """Feed one chunk of frames spanning [t_start, t_end) stream seconds; return its commentary.
+
+        `deadline` (a `time.perf_counter()` value): when the chunk's commentary is due; with other sessions
+        on the engine's scheduler, the earliest deadline goes first. Default: one chunk's duration from now."""
         if self.closed:
             raise RuntimeError("this session is closed; start a new one")
         if not t_end > t_start:
@@ -241,27 +259,46 @@ class Session(Closeable):
             raise ValueError(f"chunks must move forward in time (got {t_start} after {self.last_t_end})")
         arrays = [f.rgb if isinstance(f, Frame) else f for f in frames]
         model, cache, device = self.model, self.cache, self.model.device
+        self._deadline = deadline if deadline is not None else time.perf_counter() + (t_end - t_start)
 
         clock = Stopwatch(device)
-        # The model runs one thing at a time: vision and prefill here, batched decode steps in between.
-        with self.engine.model_lock:
-            with record_function("streamvlm.vision"):
+        scheduler = self.engine.scheduler
+        queue_ms = 0.0
+        if scheduler is not None:
+            # Resize and patchify here, on this session's thread; the model thread batches the rest.
+            with record_function("streamvlm.frames"):
                 video = video_input(arrays, self.engine.stream, model.vision, device)
-                features = model.encode_video(video.pixel_values, video.grid_thw)  # [vision tokens, hidden]
-            vision_ms = clock.lap()
-            if self.trace is not None:
-                self.trace.videos.append(video)
-            self._plan_cache(video.num_tokens)
+            frames_ms = clock.lap()
+            opened: dict = {}
 
-            with record_function("streamvlm.evict"):
-                eviction = cache.evict(self.round)
-            evict_ms = clock.lap()
-            if cache.policy.mode is EvictionMode.RECOMPUTE:
-                self._vision_features[self.round] = features
-            with record_function("streamvlm.prefill"):
-                embeds, positions = self._prefill_inputs(eviction.refeed, video, features, t_start, t_end)
-                logits = self._forward(embeds, positions)
-            prefill_ms = clock.lap()
+            def prepare(features):
+                embeds, positions, opened["eviction"] = self._open_chunk(video, features, t_start, t_end)
+                return embeds, positions, self.cache, self.trace is not None
+
+            job = scheduler.prefill(
+                PrefillJob(prepare, video, video.num_tokens + ROUND_TEXT_TOKENS, self._deadline)
+            )
+            logits = self._traced(job.logits)
+            eviction, positions_n = opened["eviction"], job.tokens_fed
+            vision_ms, evict_ms, prefill_ms = frames_ms + job.vision_ms, job.prepare_ms, job.forward_ms
+            queue_ms = job.queue_ms
+            clock.lap()
+        else:
+            # The model runs one thing at a time: vision and prefill here.
+            with self.engine.model_lock:
+                with record_function("streamvlm.vision"):
+                    video = video_input(arrays, self.engine.stream, model.vision, device)
+                    features = model.encode_video(
+                        video.pixel_values, video.grid_thw
+                    )  # [vision tokens, hidden]
+                vision_ms = clock.lap()
+                with record_function("streamvlm.evict+inputs"):
+                    embeds, positions, eviction = self._open_chunk(video, features, t_start, t_end)
+                evict_ms = clock.lap()
+                with record_function("streamvlm.prefill"):
+                    logits = self._forward(embeds, positions)
+                prefill_ms = clock.lap()
+                positions_n = int(positions.shape[1])
 
         with record_function("streamvlm.decode"):
             generated = self._decode(logits)
@@ -276,15 +313,29 @@ class Session(Closeable):
             prefill_ms=prefill_ms,
             decode_ms=decode_ms,
             vision_tokens=video.num_tokens,
-            prefill_tokens=int(positions.shape[1]),
+            prefill_tokens=positions_n,
             new_tokens=len(generated),
             cached_tokens=cache.length,
             max_position=cache.cursor,
             evicted_tokens=eviction.dropped,
+            queue_ms=queue_ms,
         )
         self.round += 1
         self.last_t_end = t_end
         return commentary(model.spec, words, t_start, t_end)
+
+    def _open_chunk(self, video: VideoInput, features: torch.Tensor, t_start: float, t_end: float):
+        """Apply the cache policy and build this chunk's prefill: (embeds [n, hidden], positions [3, n],
+        the eviction). Runs where the model runs (the scheduler's thread when batched)."""
+        if self.trace is not None:
+            self.trace.videos.append(video)
+        self._plan_cache(video.num_tokens)
+        with record_function("streamvlm.evict"):
+            eviction = self.cache.evict(self.round)
+        if self.cache.policy.mode is EvictionMode.RECOMPUTE:
+            self._vision_features[self.round] = features
+        embeds, positions = self._prefill_inputs(eviction.refeed, video, features, t_start, t_end)
+        return embeds, positions, eviction
 
     def close(self) -> None:
         """Free the cache (or give its pool slot back). Safe to call twice."""
@@ -340,12 +391,15 @@ class Session(Closeable):
         return round == PREFIX_ROUND or policy.keeps_text(round, self.round)
 
     def _forward(self, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        tracing = self.trace is not None
-        logits = self.model.forward(embeds, positions, self.cache, all_logits=tracing)
-        if tracing:
-            self.trace.logits.append((self.cache.length, logits.detach().cpu()))
-            logits = logits[-1]
-        return logits
+        logits = self.model.forward(embeds, positions, self.cache, all_logits=self.trace is not None)
+        return self._traced(logits)
+
+    def _traced(self, logits: torch.Tensor) -> torch.Tensor:
+        """A prefill's logits: traced sessions get every position's ([n, vocab]), recorded; return the last."""
+        if self.trace is None:
+            return logits
+        self.trace.logits.append((self.cache.length, logits.detach().cpu()))
+        return logits[-1]
 
     def _decode(self, logits: torch.Tensor) -> list[int]:
         """Sample the reply; every sampled token but the last is fed (the next prefill feeds that one)."""
@@ -356,10 +410,10 @@ class Session(Closeable):
         text = _TextStream(model, self.conv.marker, self.on_token) if self.on_token else None
         step_fn = self._static_step
         overlap = step_fn is not None and self.engine.acceleration.overlap
-        batcher = self.engine.batcher
+        scheduler = self.engine.scheduler
         generated: list[int] = []
-        if batcher is not None:
-            batcher.join()  # its batches wait for this session's steps until it leaves
+        if scheduler is not None:
+            scheduler.join()  # its batches wait for this session's steps until it leaves
         try:
             for step in range(gen.max_new_tokens):
                 token = self.sampler(logits, recent, step)
@@ -380,10 +434,10 @@ class Session(Closeable):
                 if token_id in stop or last:
                     break
                 recent = torch.cat([recent, token.view(1)])
-                if batcher is not None:
+                if scheduler is not None:
                     write_at = self.cache.length
                     position = self.cache.append_token(Part.REPLY, self.round, token_id)
-                    logits = batcher.step(self._slot, token, position, write_at)
+                    logits = scheduler.step(self._slot, token, position, write_at, self._deadline)
                     self.cache.advance(1)
                     if self.trace is not None:
                         self.trace.logits.append((self.cache.length, logits[None].detach().cpu()))
@@ -401,8 +455,8 @@ class Session(Closeable):
                     )
                     logits = self._forward(model.embed(token.view(1)), positions)
         finally:
-            if batcher is not None:
-                batcher.leave()
+            if scheduler is not None:
+                scheduler.leave()
         if text is not None:
             text.finish()
         return generated
@@ -430,9 +484,20 @@ class Session(Closeable):
         if not self._pending:
             return
         ids = [i for p in self._pending for i in p.ids]
-        positions = self.cache.reserve(self._pending, self._pending_round, device=self.model.device)
-        self._forward(self.model.embed(torch.tensor(ids, device=self.model.device)), positions)
+        pending, round = self._pending, self._pending_round
         self._pending = []
+
+        def prepare(_features=None):
+            positions = self.cache.reserve(pending, round, device=self.model.device)
+            embeds = self.model.embed(torch.tensor(ids, device=self.model.device))
+            return embeds, positions, self.cache, self.trace is not None
+
+        if self.engine.scheduler is not None:  # the model is the scheduler thread's
+            job = self.engine.scheduler.prefill(PrefillJob(prepare, None, len(ids), self._deadline))
+            self._traced(job.logits)
+        else:
+            embeds, positions, _, _ = prepare()
+            self._forward(embeds, positions)
 
     def _plan_cache(self, vision_tokens: int) -> None:
         if self._cache_planned:

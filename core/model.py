@@ -142,6 +142,14 @@ class StreamModel:
         return self.model.config.text_config._attn_implementation
 
     @property
+    def ragged_prefill(self) -> bool:
+        """Whether several sessions' prefills can run as one forward (the engine's own attention runs
+        the prefill: `core.attention.causal_prefill_attention` handles ragged segments)."""
+        from core import attention
+
+        return self.attention_backend == attention.CAUSAL_PREFILL
+
+    @property
     def special(self) -> SpecialTokens:
         return self.spec.special
 
@@ -197,6 +205,48 @@ class StreamModel:
         hidden = out.last_hidden_state[0]
         hidden = hidden if all_logits else hidden[-1]
         return self.model.lm_head(hidden).float()
+
+    @torch.inference_mode()
+    def forward_ragged(
+        self,
+        embeds: torch.Tensor,
+        positions: torch.Tensor,
+        caches: list[Any],
+        lengths: list[int],
+        all_logits: list[bool] | None = None,
+    ) -> list[torch.Tensor]:
+        """The prefills of several sessions in one forward (core/ragged.py): embeds [sum(lengths), hidden]
+        at positions [3, sum(lengths)], segment i appending to `caches[i]` and attending to it only.
+
+        Returns each segment's float32 logits of its last position [vocab] (or of every position
+        [n, vocab] where `all_logits[i]`)."""
+        from core.ragged import RaggedCache
+
+        if not self.ragged_prefill:
+            raise RuntimeError(
+                "a ragged prefill needs the engine's SDPA attention (attn_implementation='sdpa')"
+            )
+        kinds = getattr(self.model.config.text_config, "layer_types", None) or ["full_attention"]
+        no_mask = dict.fromkeys(set(kinds))
+        with self._stance(embeds.shape[0]):
+            out = self.model.model.language_model(
+                inputs_embeds=embeds.unsqueeze(0),
+                position_ids=positions.unsqueeze(1),
+                attention_mask=no_mask,  # each segment's causal bounds are the attention function's
+                use_cache=True,
+                **{self._cache_kwarg: RaggedCache(caches, lengths)},
+            )
+        hidden = out.last_hidden_state[0]
+        ends = torch.tensor(lengths).cumsum(0) - 1
+        last = self.model.lm_head(hidden[ends.to(hidden.device)]).float()
+        result, start = [], 0
+        for i, n in enumerate(lengths):
+            if all_logits is not None and all_logits[i]:
+                result.append(self.model.lm_head(hidden[start : start + n]).float())
+            else:
+                result.append(last[i])
+            start += n
+        return result
 
     @torch.inference_mode()
     def forward_rows(

@@ -1,5 +1,6 @@
-"""Decode steps of concurrent sessions batched into one forward (core/batch.py): every session gets
-exactly the tokens it gets alone."""
+"""Concurrent sessions on one scheduler (core/scheduler.py): their prefills run as one ragged forward
+(core/ragged.py) and their decode steps as one batched forward (core/batch.py), and every session
+gets exactly the tokens it gets alone."""
 
 from __future__ import annotations
 
@@ -65,10 +66,11 @@ def together(model, batched: bool = True, pad: bool | None = None) -> tuple[list
     `pad`: pad batches to a power of two with scratch rows (as the CUDA-graph path does)."""
     engine = StreamingEngine(model, stream=SMALL_STREAM, cache=POLICY, sessions=len(STREAMS), batched=batched)
     if pad is not None:
-        engine.batcher.pad = pad
+        engine.scheduler.decode.pad = pad
     results: list = [None] * len(STREAMS)
     start_lock = threading.Lock()  # engine.generation is read at start: one start at a time
     errors = []
+    ready = threading.Barrier(len(STREAMS))  # first chunks arrive together: their prefills share a batch
 
     def worker(index: int) -> None:
         try:
@@ -78,6 +80,7 @@ def together(model, batched: bool = True, pad: bool | None = None) -> tuple[list
                 session = engine.start(previous_text=previous, seed=generation.seed)
             rng = np.random.default_rng(index)
             out = []
+            ready.wait(60)
             with session:
                 for k in range(first, first + chunks):
                     lines = session.push(random_frames(rng, *size), k, k + 1)
@@ -109,7 +112,9 @@ def solo(tiny_model):
 def test_concurrent_sessions_get_their_solo_tokens_from_batched_steps(tiny_model, solo):
     batched, engine = together(tiny_model)
     assert batched == solo
-    assert engine.batcher.batches > 0 and engine.batcher.rows > engine.batcher.batches  # really batched
+    decode = engine.scheduler.decode
+    assert decode.batches > 0 and decode.rows > decode.batches  # really batched
+    assert engine.scheduler.prefill_jobs > engine.scheduler.prefill_batches  # prefills shared forwards
     lengths = {n for stream in solo for _, _, n in stream}
     assert min(lengths) < max(lengths)  # replies that stop early and ones that run to their limit
     assert engine.pool.in_use == 0  # every slot back
@@ -120,8 +125,8 @@ def test_padding_rows_in_the_scratch_slot_change_nothing(tiny_model, solo):
     scratch slot: the real rows' tokens are unchanged."""
     batched, engine = together(tiny_model, pad=True)
     assert batched == solo
-    assert engine.batcher.padded > 0  # some batches really carried scratch rows
-    assert all(size & (size - 1) == 0 for size in engine.batcher._buckets)  # only powers of two
+    assert engine.scheduler.decode.padded > 0  # some batches really carried scratch rows
+    assert all(size & (size - 1) == 0 for size in engine.scheduler.decode._buckets)  # only powers of two
 
 
 def test_a_row_that_writes_into_another_sessions_slot_is_caught(tiny_model, solo, monkeypatch):
@@ -136,18 +141,54 @@ def test_a_row_that_writes_into_another_sessions_slot_is_caught(tiny_model, solo
 
     monkeypatch.setattr(core.batch._PoolRows, "update", crossed)
     batched, engine = together(tiny_model)
-    assert engine.batcher.rows > engine.batcher.batches
+    assert engine.scheduler.decode.rows > engine.scheduler.decode.batches
+    assert batched != solo
+
+
+def test_a_prefill_segment_that_writes_into_another_sessions_cache_is_caught(tiny_model, solo, monkeypatch):
+    import core.ragged
+
+    real = core.ragged._RaggedLayer.update
+
+    def crossed(self, key_states, value_states, *args, **kwargs):
+        if len(self.parts) > 1 and len(set(self.lengths)) > 1:
+            self.parts = self.parts[::-1]  # segment i writes and reads another session's cache
+            self.lengths = self.lengths[::-1]
+        return real(self, key_states, value_states, *args, **kwargs)
+
+    monkeypatch.setattr(core.ragged._RaggedLayer, "update", crossed)
+    batched, engine = together(tiny_model)
+    assert engine.scheduler.prefill_jobs > engine.scheduler.prefill_batches
+    assert batched != solo
+
+
+def test_a_position_off_by_one_in_the_ragged_prefill_is_caught(tiny_model, solo, monkeypatch):
+    import core.model
+
+    real = core.model.StreamModel.forward_ragged
+
+    def shifted(self, embeds, positions, caches, lengths, all_logits=None):
+        if len(lengths) > 1:
+            positions = positions.clone()
+            positions[:, lengths[0] :] += 1  # every segment after the first
+        return real(self, embeds, positions, caches, lengths, all_logits)
+
+    monkeypatch.setattr(core.model.StreamModel, "forward_ragged", shifted)
+    batched, engine = together(tiny_model)
+    assert engine.scheduler.prefill_jobs > engine.scheduler.prefill_batches
     assert batched != solo
 
 
 def test_a_position_off_by_one_in_the_batched_path_is_caught(tiny_model, solo, monkeypatch):
-    import core.batch
+    import core.scheduler
 
-    real = core.batch.DecodeBatcher.step
+    real = core.scheduler.Scheduler.step
     monkeypatch.setattr(
-        core.batch.DecodeBatcher,
+        core.scheduler.Scheduler,
         "step",
-        lambda self, slot, token, position, write_at: real(self, slot, token, position + 1, write_at),
+        lambda self, slot, token, position, write_at, deadline: real(
+            self, slot, token, position + 1, write_at, deadline
+        ),
     )
     batched, _ = together(tiny_model)
     assert batched != solo
@@ -165,5 +206,5 @@ def test_batched_steps_on_the_gpu_give_the_solo_tokens(tiny_dir):
     torch.backends.cudnn.allow_tf32 = False
     gpu = load_model(tiny_dir, device="cuda", dtype="float32")
     batched, engine = together(gpu)
-    assert engine.batcher.rows > engine.batcher.batches
+    assert engine.scheduler.decode.rows > engine.scheduler.decode.batches
     assert batched == alone(gpu)

@@ -55,7 +55,7 @@ def test_concurrent_remote_sessions_get_their_solo_commentary(tiny_model):
             thread.join(120)
         assert not errors, errors
         assert got == expected
-        assert batched.batcher.rows > batched.batcher.batches  # the sessions' steps were batched
+        assert batched.scheduler.decode.rows > batched.scheduler.decode.batches  # the sessions' steps were batched
         assert no_sessions_left(running) and batched.pool.in_use == 0
     finally:
         running.stop()

@@ -66,7 +66,7 @@ class InferenceServer:
         # Without batched decode steps, one chunk is on the model at a time and sessions take turns;
         # with them (`StreamingEngine(batched=True)`), chunks of all sessions run at once, each in a
         # thread of its own, and the engine batches their decode steps.
-        self.batched = engine.batcher is not None
+        self.batched = engine.scheduler is not None
         self._model_lock = asyncio.Lock() if not self.batched else contextlib.nullcontext()
         self._pushers = ThreadPoolExecutor(max(1, self.max_sessions), thread_name_prefix="session")
         self.latency = LatencyBudget(budget)  # the late-chunk policy, shared with the real-time runner

@@ -1,0 +1,271 @@
+"""The scheduler: one thread runs the model for all of an engine's sessions, batching their work.
+
+Each session still pushes its chunks from a thread of its own (the server's, the pipeline's), and
+keeps its own books (conversation, cache spans, sampling). What touches the model goes through the
+engine's `Scheduler`, whose one model thread runs, in a loop:
+
+- **prefills**: every chunk that is waiting (its frames already resized and patchified by its own
+  thread), earliest deadline first and up to a token budget: the vision tower for each, each
+  session's eviction and prefill inputs, then one ragged forward over all their new tokens
+  (core/ragged.py), each segment attending to its own cache;
+- **decode steps**: one token for every session that is generating, in one batched forward over the
+  cache pool (core/batch.py), each row attending to its own slot at its own length and position.
+
+Continuous batching: a session joins the decode batch when its prefill is done and leaves when its
+reply ends, so a new chunk waits for at most one batched step, never for another session's reply.
+Deadlines (a chunk's arrival plus its latency budget, by default the chunk's own duration) order
+the prefills, and decide whether waiting prefills or the next decode step go first: whichever holds
+the earliest deadline. A session gives the same tokens through the scheduler as alone
+(tests/test_batch.py, token for token in float32).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from core.batch import BatchedDecode, DecodeRow
+from core.model import StreamModel
+from core.pool import CachePool
+
+log = logging.getLogger(__name__)
+
+# How long a decode step waits for sessions that are decoding but have not asked for their next
+# token yet (they are sampling or keeping their books, which takes microseconds): a little longer
+# than that lets them join, more would only add latency.
+GATHER_SECONDS = 0.002
+# Most new tokens in one ragged prefill on a GPU: about ten HD chunks. Decoding sessions wait for a
+# whole prefill batch, so the budget bounds that stall (~25 ms per chunk on an H200) while leaving
+# enough rows to fill the GPU. A CPU takes every waiting chunk (the tests' tiny model).
+GPU_PREFILL_TOKENS = 8192
+
+
+@dataclass
+class PrefillJob:
+    """One session's chunk (or its text-only flush) waiting for the model.
+
+    `video` is the chunk's vision input (None for text only); `prepare(features)` runs on the model
+    thread after the vision tower and returns the segment to feed: (embeds [n, hidden], positions
+    [3, n], the session's cache, whether to keep every position's logits)."""
+
+    prepare: Callable[[torch.Tensor | None], tuple[torch.Tensor, torch.Tensor, object, bool]]
+    video: object | None
+    tokens: int  # an estimate of the new tokens, for the batch's budget
+    deadline: float
+    submitted: float = field(default_factory=time.perf_counter)
+    done: threading.Event = field(default_factory=threading.Event)
+    logits: torch.Tensor | None = None
+    error: BaseException | None = None
+    # Where the chunk's time went (milliseconds): its wait for the model, and its batch's phases.
+    queue_ms: float = 0.0
+    vision_ms: float = 0.0
+    prepare_ms: float = 0.0
+    forward_ms: float = 0.0
+    batch_size: int = 0
+    tokens_fed: int = 0  # the segment's length, once prepared
+
+
+@dataclass
+class _Step:
+    row: DecodeRow
+    deadline: float
+    done: threading.Event = field(default_factory=threading.Event)
+    logits: torch.Tensor | None = None
+    error: BaseException | None = None
+
+
+class Scheduler:
+    """Runs an engine's vision, prefills and decode steps on one model thread; see the module docstring."""
+
+    def __init__(
+        self,
+        model: StreamModel,
+        pool: CachePool,
+        *,
+        use_graphs: bool = False,
+        prefill_tokens: int | None = None,
+    ) -> None:
+        self.model = model
+        self.decode = BatchedDecode(model, pool, use_graphs=use_graphs)
+        cuda = model.device.type == "cuda"
+        self.prefill_tokens = prefill_tokens or (GPU_PREFILL_TOKENS if cuda else 1 << 30)
+        self._cuda = cuda
+        self._cond = threading.Condition()
+        self._prefills: list[PrefillJob] = []
+        self._steps: list[_Step] = []
+        self._decoding = 0  # sessions between `join` and `leave`
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.prefill_batches = 0  # ragged forwards run, and the chunks they carried (tests, reports)
+        self.prefill_jobs = 0
+
+    # -- what sessions call (each from its own thread; each call blocks until its work is done) ------
+
+    def prefill(self, job: PrefillJob) -> PrefillJob:
+        """Run `job` in the next prefill batch that has room for it; returns it with its logits set."""
+        self._submit(job)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job
+
+    def join(self) -> None:
+        """A session starts decoding a reply: decode steps wait briefly for its rows until it leaves."""
+        with self._cond:
+            self._decoding += 1
+
+    def leave(self) -> None:
+        with self._cond:
+            self._decoding -= 1
+            self._cond.notify_all()
+
+    def step(
+        self, slot: int, token: torch.Tensor, position: float, write_at: int, deadline: float
+    ) -> torch.Tensor:
+        """Feed `token` at `position` into `slot` (its keys and values at index `write_at`); return the
+        next logits [vocab] (float32)."""
+        step = _Step(DecodeRow(slot, token, position, write_at), deadline)
+        self._submit(step)
+        step.done.wait()
+        if step.error is not None:
+            raise step.error
+        return step.logits
+
+    def close(self) -> None:
+        """Stop the model thread (work already queued is finished first)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    # -- the model thread ----------------------------------------------------------------------------
+
+    def _submit(self, item: PrefillJob | _Step) -> None:
+        with self._cond:  # the queues are replaced as they are taken: look them up under the lock
+            if self._closed:
+                raise RuntimeError("this engine's scheduler is closed")
+            (self._prefills if isinstance(item, PrefillJob) else self._steps).append(item)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="streamvlm-scheduler", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._prefills or self._steps or self._closed)
+                if not (self._prefills or self._steps):
+                    return  # closed and drained
+                if self._steps and not self._prefills and len(self._steps) < self._decoding:
+                    # Let decoding sessions that are still sampling their last token join this step.
+                    self._cond.wait_for(
+                        lambda: len(self._steps) >= self._decoding or bool(self._prefills), GATHER_SECONDS
+                    )
+                steps, self._steps = self._steps, []
+                jobs = self._take_prefills()
+            first_prefill = min((j.deadline for j in jobs), default=float("inf"))
+            first_step = min((s.deadline for s in steps), default=float("inf"))
+            with torch.inference_mode():
+                if first_prefill <= first_step:
+                    self._run_prefills(jobs)
+                    self._run_steps(steps)
+                else:
+                    self._run_steps(steps)
+                    self._run_prefills(jobs)
+
+    def _take_prefills(self) -> list[PrefillJob]:
+        """The waiting chunks by deadline, as many as the token budget holds (at least one)."""
+        self._prefills.sort(key=lambda j: j.deadline)
+        taken, tokens = 0, 0
+        for job in self._prefills:
+            if taken and tokens + job.tokens > self.prefill_tokens:
+                break
+            taken += 1
+            tokens += job.tokens
+        jobs, self._prefills = self._prefills[:taken], self._prefills[taken:]
+        return jobs
+
+    def _run_steps(self, steps: list[_Step]) -> None:
+        if not steps:
+            return
+        try:
+            logits = self.decode.run([s.row for s in steps])
+            for row, step in enumerate(steps):
+                step.logits = logits[row]
+        except BaseException as exc:  # every row of a failed batch hears why
+            for step in steps:
+                step.error = exc
+        finally:
+            for step in steps:
+                step.done.set()
+
+    def _run_prefills(self, jobs: list[PrefillJob]) -> None:
+        if not jobs:
+            return
+        clock = _Clock(self._cuda)
+        started = clock.now
+        try:
+            for job in jobs:
+                job.queue_ms = (started - job.submitted) * 1000.0
+                job.batch_size = len(jobs)
+            features = []
+            for job in jobs:  # the tower per chunk (its CUDA graph is per frame grid)
+                features.append(
+                    None
+                    if job.video is None
+                    else self.model.encode_video(job.video.pixel_values, job.video.grid_thw)
+                )
+            vision_ms = clock.lap()
+            segments, ready = [], []
+            for job, feats in zip(jobs, features, strict=True):
+                try:  # one session's bad chunk (a full slot, a failed eviction) fails that chunk only
+                    segments.append(job.prepare(feats))
+                    ready.append(job)
+                except BaseException as exc:
+                    job.error = exc
+                job.prepare_ms = clock.lap()
+            if ready:
+                embeds = torch.cat([s[0] for s in segments])
+                positions = torch.cat([s[1] for s in segments], dim=1)
+                lengths = [s[0].shape[0] for s in segments]
+                logits = self.model.forward_ragged(
+                    embeds, positions, [s[2] for s in segments], lengths, [s[3] for s in segments]
+                )
+                forward_ms = clock.lap()
+                for job, out, n in zip(ready, logits, lengths, strict=True):
+                    job.logits, job.tokens_fed = out, n
+                    job.vision_ms, job.forward_ms = vision_ms, forward_ms
+                self.prefill_batches += 1
+                self.prefill_jobs += len(ready)
+        except BaseException as exc:  # the batch failed as a whole: every chunk in it hears why
+            for job in jobs:
+                if job.error is None and job.logits is None:
+                    job.error = exc
+        finally:
+            for job in jobs:
+                job.done.set()
+
+
+class _Clock:
+    """Laps in milliseconds, synchronised with the GPU so each phase's kernels are counted in it."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+        self.now = self._now()
+        self._last = self.now
+
+    def _now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def lap(self) -> float:
+        now = self._now()
+        elapsed, self._last = (now - self._last) * 1000.0, now
+        return elapsed

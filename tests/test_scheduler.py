@@ -1,0 +1,121 @@
+"""The scheduler's order of work (core/scheduler.py): earliest deadline first, within a token budget,
+and a failed chunk fails alone."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from conftest import SMALL_STREAM
+from core.config import CachePolicy
+from core.conversation import Part, Piece
+from core.engine import StreamingEngine
+from core.scheduler import PrefillJob, Scheduler
+
+POLICY = CachePolicy(sink_tokens=6, text_window_tokens=10, vision_window_chunks=2, text_window_replies=3)
+
+
+@pytest.fixture
+def engine(tiny_model):
+    engine = StreamingEngine(tiny_model, stream=SMALL_STREAM, cache=POLICY, sessions=4, batched=True)
+    yield engine
+    engine.scheduler.close()
+
+
+def text_job(session, order: list, name: str, deadline: float, tokens: int = 4, hold=None) -> PrefillJob:
+    """A text-only prefill of a few tokens into `session`'s cache that records when it is prepared."""
+    model = session.model
+
+    def prepare(_features):
+        if hold is not None:
+            hold.wait(30)
+        order.append(name)
+        ids = model.encode(" go")[:1] * tokens
+        positions = session.cache.reserve([Piece(Part.REPLY, tuple(ids))], session.round)
+        return model.embed(torch.tensor(ids)), positions, session.cache, False
+
+    return PrefillJob(prepare, None, tokens, deadline)
+
+
+def run_jobs(scheduler: Scheduler, jobs: list[PrefillJob]) -> list[BaseException | None]:
+    errors: list = [None] * len(jobs)
+
+    def submit(i: int) -> None:
+        try:
+            scheduler.prefill(jobs[i])
+        except BaseException as exc:  # recorded for the test
+            errors[i] = exc
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(len(jobs))]
+    for thread in threads:
+        thread.start()
+        thread.join(0.2)  # queued in this order (the first one holds the model thread)
+    for thread in threads:
+        thread.join(60)
+    return errors
+
+
+def test_waiting_chunks_run_earliest_deadline_first(engine):
+    sessions = [engine.start() for _ in range(4)]
+    order: list[str] = []
+    hold = threading.Event()
+    jobs = [text_job(sessions[0], order, "busy", 0.0, hold=hold)]
+    jobs += [text_job(s, order, name, d) for s, name, d in zip(sessions[1:], "cab", (30.0, 10.0, 20.0))]
+    runner = threading.Thread(target=run_jobs, args=(engine.scheduler, jobs))
+    runner.start()
+    while len(engine.scheduler._prefills) < 3:  # the other three wait while the first holds the thread
+        threading.Event().wait(0.01)
+    hold.set()
+    runner.join(60)
+    assert order == ["busy", "a", "b", "c"]
+    assert engine.scheduler.prefill_batches == 2  # the three waiting ones went in one forward
+    assert [j.batch_size for j in jobs] == [1, 3, 3, 3]
+    for s in sessions:
+        s.close()
+
+
+def test_the_token_budget_splits_a_batch_by_deadline(engine):
+    engine.scheduler.prefill_tokens = 8  # two 4-token jobs per forward
+    sessions = [engine.start() for _ in range(4)]
+    order: list[str] = []
+    hold = threading.Event()
+    jobs = [text_job(sessions[0], order, "busy", 0.0, hold=hold)]
+    jobs += [text_job(s, order, name, d) for s, name, d in zip(sessions[1:], "cab", (30.0, 10.0, 20.0))]
+    runner = threading.Thread(target=run_jobs, args=(engine.scheduler, jobs))
+    runner.start()
+    while len(engine.scheduler._prefills) < 3:
+        threading.Event().wait(0.01)
+    hold.set()
+    runner.join(60)
+    assert order == ["busy", "a", "b", "c"]
+    assert [j.batch_size for j in jobs[1:]] == [1, 2, 2]  # c (latest) waited for the next forward
+    for s in sessions:
+        s.close()
+
+
+def test_a_chunk_that_fails_to_prepare_fails_alone(engine):
+    sessions = [engine.start() for _ in range(3)]
+    order: list[str] = []
+    hold = threading.Event()
+    jobs = [text_job(sessions[0], order, "busy", 0.0, hold=hold)]
+    bad = text_job(sessions[1], order, "bad", 1.0)
+
+    def broken(_features):
+        raise ValueError("this chunk is broken")
+
+    bad.prepare = broken
+    jobs += [bad, text_job(sessions[2], order, "good", 2.0)]
+    runner = threading.Thread(target=lambda: errors.extend(run_jobs(engine.scheduler, jobs)))
+    errors: list = []
+    runner.start()
+    while len(engine.scheduler._prefills) < 2:
+        threading.Event().wait(0.01)
+    hold.set()
+    runner.join(60)
+    assert errors[0] is None and errors[2] is None
+    assert isinstance(errors[1], ValueError)
+    assert jobs[2].logits is not None and jobs[2].logits.shape[-1] > 0
+    for s in sessions:
+        s.close()
