@@ -217,7 +217,10 @@ class InferenceServer:
                 await self._done(ws, t_start, t_end, arrived, waited, skipped=True)
                 return
             try:
-                events = await self._in_thread(session.push, frames, t_start, t_end)
+                # Batched, the scheduler runs the chunk with the earliest deadline first.
+                deadline = time.perf_counter() + self.latency.budget - (time.monotonic() - arrived)
+                push = functools.partial(session.push, deadline=deadline)
+                events = await self._in_thread(push, frames, t_start, t_end)
             except ValueError as exc:  # times that go back before the previous chunk's
                 raise p.ProtocolError(p.CLOSE_MALFORMED, str(exc)) from None
             except StreamVLMError as exc:  # frames the model cannot take
@@ -312,7 +315,8 @@ def chunk_timing(queue_s: float, total_s: float, stats: ChunkStats | None = None
     """A `chunk_done`'s `timing`, in milliseconds: the wait for the model and arrival to done, and for a
     chunk the model ran, the session's split of its time (`ChunkStats`); a skipped chunk has no split."""
     stages = {name: float(getattr(stats, name)) for name in p.TIMING_STAGES} if stats is not None else {}
-    timing = {"queue_ms": queue_s * 1000, **stages, "total_ms": total_s * 1000}
+    queue_ms = queue_s * 1000 + float(getattr(stats, "queue_ms", 0.0))  # + the wait for the model thread
+    timing = {"queue_ms": queue_ms, **stages, "total_ms": total_s * 1000}
     return {name: round(max(0.0, value), 3) for name, value in timing.items()}
 
 
