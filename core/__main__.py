@@ -177,6 +177,7 @@ def _run(args: argparse.Namespace, config: EngineConfig, source) -> int:
         from core.engine import DEFAULT_INSTRUCTION
         from core.loading import open_engine
 
+        _fetch_model(config.model.path, console)
         with console.status(f"loading model {args.model}"):
             engine = open_engine(config)
         instruction = args.instruction if args.instruction is not None else DEFAULT_INSTRUCTION
@@ -251,9 +252,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ConfigError(f"cannot load the TLS certificate or key ({exc})") from None
     check_listen(args.host, args.port)  # before the model loads, which can take minutes
     _quiet_transformers()
+    from rich.console import Console
+
     from core.loading import open_engine
     from core.remote.server import InferenceServer
 
+    _fetch_model(config.model.path, Console(stderr=True))
     engine = open_engine(config, sessions=args.max_sessions, batched=True)
     model = engine.model
     server = InferenceServer(
@@ -337,12 +341,23 @@ def _clock(seconds: float) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:04.1f}"
 
 
+def _fetch_model(name: str, console) -> None:
+    """A hub id the Hugging Face cache does not have complete is downloaded here, under a progress
+    bar (core/download.py); loading then finds it in the cache."""
+    from core.download import progress_bar
+    from core.loading import model_folder
+
+    with progress_bar(console) as show:
+        model_folder(name, progress=show)
+
+
 def _quiet_transformers() -> None:
     """Called by a command once its checks have passed: this is where transformers (and torch) load."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # the hub's client logs each request at INFO
 
 
 def main(argv: list[str] | None = None) -> int:

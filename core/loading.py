@@ -9,6 +9,7 @@ import importlib.util
 import logging
 import os
 import re
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ from core.errors import ConfigError, ModelNotFoundError
 from core.model import StreamModel
 
 if TYPE_CHECKING:
+    from core.download import ProgressCallback
     from core.engine import StreamingEngine
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,34 @@ def resolve_attention(attn: str, device: torch.device, dtype: torch.dtype) -> st
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+def model_folder(
+    name: str | os.PathLike,
+    *,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> Path:
+    """The checkpoint folder `name` stands for: a local folder as is, 'tiny' built once, a hub id from
+    the Hugging Face cache, downloaded first (with `progress` and `cancel`) when it is not complete
+    there (core/download.py)."""
+    name = str(name)
+    if name == "tiny":
+        from core.builders import tiny_model_dir
+
+        return tiny_model_dir()
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"'{path}' has no config.json; pass a folder written by save_pretrained")
+        return path
+    if _HUB_ID.match(name) and not name.startswith((".", "/", "~")):
+        from core.download import fetch
+
+        return fetch(name, progress=progress, cancel=cancel)
+    raise ModelNotFoundError(
+        f"model folder '{name}' does not exist; pass an existing folder or a hub id like org/name"
+    )
+
+
 def load_model(
     name_or_path: str | os.PathLike,
     *,
@@ -84,21 +114,10 @@ def load_model(
 
     name = str(name_or_path)
     if name == "tiny":
-        from core.builders import tiny_model_dir
-
-        name = str(tiny_model_dir())
         log.warning("smoke mode: the tiny model has random weights, so its commentary is gibberish")
-    path = Path(name).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"'{path}' has no config.json; pass a folder written by save_pretrained")
-        source = str(path)
-    elif _HUB_ID.match(name) and not name.startswith((".", "/", "~")):
-        source = name
-    else:
-        raise ModelNotFoundError(
-            f"model folder '{name}' does not exist; pass an existing folder or a hub id like org/name"
-        )
+    source = str(model_folder(name))
+    if name == "tiny":
+        name = source
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)

@@ -1,0 +1,383 @@
+"""Downloading a hub model (core/download.py) from a local server that speaks the hub's file API.
+
+`FakeHub` serves a folder as model `org/name` on loopback: the model info and file listing of the
+hub's API, and `resolve/{revision}/{file}` with HEAD (the metadata huggingface_hub reads: commit,
+ETag, size) and GET with byte ranges. It sends no xet headers, so huggingface_hub takes the plain
+HTTP path. It counts the bytes of every file it sends, can claim a size a file does not have, and
+can stop in the middle of a file until the test lets go. `HF_ENDPOINT` points the command lines at
+it; HF_HOME is a temporary folder of each test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+import pytest
+
+from clihelpers import CLIP, ROOT
+from core.download import DownloadCancelled, DownloadProgress, fetch
+
+REPO = "org/name"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+BIG = "model.safetensors"  # grown past the 10 MB huggingface_hub reads at a time: a cut leaves bytes on disk
+PADDING = 24 * 1024 * 1024
+CHUNK = 10 * 1024 * 1024  # huggingface_hub's constants.DOWNLOAD_CHUNK_SIZE
+# A model repository's other files, which loading does not read: never fetched.
+NOT_FETCHED = {
+    "README.md": b"# org/name\n",
+    "assets/demo.mp4": b"\0" * 50_000,
+    "training_state/optimizer.pt": b"\0" * 60_000,
+}
+
+
+class FakeHub:
+    def __init__(self, repo_id: str, files: dict[str, bytes]) -> None:
+        self.repo_id, self.files = repo_id, files
+        self.served: Counter[str] = Counter()  # body bytes sent per file
+        self.asked: list[str] = []  # every request about the repository
+        self.claimed: dict[str, int] = {}  # sizes to report instead of the true ones
+        self.stall_after: dict[str, int] = {}  # send this many bytes of a file, then wait for `release`
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                hub.answer(self, body=False)
+
+            def do_GET(self) -> None:
+                hub.answer(self, body=True)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeHub:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+    @staticmethod
+    def etag(name: str, data: bytes) -> str:
+        # As the hub does: the sha256 of an LFS file (weights, media), the git blob id of the others.
+        if name.endswith((".safetensors", ".mp4")):
+            return hashlib.sha256(data).hexdigest()
+        return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+    def total(self) -> int:
+        """The bytes of the files a checkpoint is read for."""
+        return sum(len(d) for n, d in self.files.items() if n not in NOT_FETCHED)
+
+    def answer(self, request: BaseHTTPRequestHandler, body: bool) -> None:
+        path = unquote(urlsplit(request.path).path)
+        if path != "/api/agent-harnesses":  # huggingface_hub's user-agent lookup, not about the model
+            self.asked.append(f"{request.command} {path}")
+        api = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/(revision|tree)/([^/]+)(?:/(.+))?)?", path)
+        resolve = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+        repo = (api or resolve).group(1) if api or resolve else None
+        if repo != self.repo_id:
+            return self.send(
+                request, 404, b'{"error": "Repository not found"}', {"X-Error-Code": "RepoNotFound"}
+            )
+        if api and api.group(2) != "tree":
+            info = {"id": self.repo_id, "sha": COMMIT, "siblings": [{"rfilename": n} for n in self.files]}
+            return self.send(request, 200, json.dumps(info).encode(), {"Content-Type": "application/json"})
+        if api:  # the file listing, of the whole repository or of a folder in it
+            under = (api.group(4) or "").rstrip("/")
+            listing = [
+                {"type": "file", "path": n, "size": len(d), "oid": self.etag(n, d)}
+                for n, d in self.files.items()
+                if not under or n.startswith(under + "/")
+            ]
+            if listing:
+                return self.send(
+                    request, 200, json.dumps(listing).encode(), {"Content-Type": "application/json"}
+                )
+        elif resolve.group(3) in self.files:
+            return self.send_file(request, resolve.group(3), body)
+        self.send(request, 404, b'{"error": "Entry not found"}', {"X-Error-Code": "EntryNotFound"})
+
+    def send_file(self, request: BaseHTTPRequestHandler, name: str, body: bool) -> None:
+        data = self.files[name]
+        headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{self.etag(name, data)}"', "Accept-Ranges": "bytes"}
+        if not body:
+            size = self.claimed.get(name, len(data))
+            return self.send(request, 200, b"", {**headers, "Content-Length": str(size)}, length=size)
+        start = 0
+        if ranged := re.fullmatch(r"bytes=(\d+)-", request.headers.get("Range", "")):
+            start = int(ranged.group(1))
+        status = 206 if start else 200
+        if start:
+            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        part = data[start:]
+        request.send_response(status)
+        for key, value in {**headers, "Content-Length": str(len(part))}.items():
+            request.send_header(key, value)
+        request.end_headers()
+        stop = self.stall_after.get(name)
+        try:
+            for i in range(0, len(part), 1 << 16):
+                if stop is not None and i >= stop:
+                    self.release.wait(60)
+                    request.close_connection = True
+                    return
+                block = part[i : i + (1 << 16)]
+                request.wfile.write(block)
+                with self.lock:
+                    self.served[name] += len(block)
+        except OSError:
+            request.close_connection = True  # the client went away
+
+    def send(self, request, status: int, data: bytes, headers: dict, length: int | None = None) -> None:
+        request.send_response(status)
+        for key, value in headers.items():
+            request.send_header(key, value)
+        if "Content-Length" not in headers:
+            request.send_header("Content-Length", str(len(data) if length is None else length))
+        request.end_headers()
+        if request.command != "HEAD":
+            request.wfile.write(data)
+
+
+@pytest.fixture(scope="module")
+def repo_files(tiny_dir) -> dict[str, bytes]:
+    """The tiny model as a repository on the hub has it, its weights file grown to 25 MB by an unused
+    tensor (a download is cut in the middle of it), beside files a checkpoint is not read for."""
+    from safetensors.numpy import load_file, save
+
+    files = {p.name: p.read_bytes() for p in sorted(Path(tiny_dir).iterdir()) if p.is_file()}
+    weights = load_file(Path(tiny_dir) / BIG)
+    weights["unused.padding"] = np.random.default_rng(0).standard_normal(PADDING // 4, dtype=np.float32)
+    files[BIG] = save(weights, metadata={"format": "pt"})
+    return files | NOT_FETCHED
+
+
+@pytest.fixture
+def hf_home(tmp_path) -> Path:
+    home = tmp_path / "hf-home"
+    home.mkdir()
+    return home
+
+
+def hub_env(hub_url: str, hf_home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.pop("HF_HUB_CACHE", None)
+    return {**env, "HF_ENDPOINT": hub_url, "HF_HOME": str(hf_home), "PYTHONPATH": str(ROOT), **extra}
+
+
+def core_run(env: dict[str, str], *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "core",
+        "run",
+        "--source",
+        str(CLIP),
+        "--model",
+        REPO,
+        "--device",
+        "cpu",
+        "--duration",
+        "2",
+        "--min-new-tokens",
+        "3",
+        *extra,
+    ]
+
+
+def blobs(hf_home: Path) -> Path:
+    return hf_home / "hub" / "models--org--name" / "blobs"
+
+
+def test_run_downloads_a_hub_model_with_a_progress_bar_and_streams(repo_files, hf_home):
+    with FakeHub(REPO, repo_files) as hub:
+        # A terminal, as far as rich can tell: the bar is drawn.
+        env = hub_env(hub.url, hf_home, TTY_COMPATIBLE="1", COLUMNS="150")
+        result = subprocess.run(core_run(env), capture_output=True, text=True, timeout=180, env=env, cwd=ROOT)
+        assert result.returncode == 0, result.stderr
+        assert "downloading org/name" in result.stdout
+        total_mb = f"{hub.total() / 1e6:.1f}"
+        assert f"{total_mb}/{total_mb} MB" in result.stdout  # rich's DownloadColumn at the end
+        assert "MB/s" in result.stdout  # its TransferSpeedColumn
+        assert re.search(r"\[00:00:0\d\.\d - 00:00:0\d\.\d\] \S", result.stdout), result.stdout  # commentary
+        assert sum(hub.served.values()) == hub.total()
+
+        # The second start finds the snapshot complete in the cache: it asks the hub nothing.
+        hub.asked.clear()
+        again = subprocess.run(core_run(env), capture_output=True, text=True, timeout=180, env=env, cwd=ROOT)
+        assert again.returncode == 0, again.stderr
+        assert "downloading" not in again.stdout and not hub.asked
+
+
+def test_a_download_killed_halfway_fetches_only_the_rest_on_the_next_start(repo_files, hf_home):
+    with FakeHub(REPO, repo_files) as hub:
+        env = hub_env(hub.url, hf_home)
+        hub.stall_after[BIG] = CHUNK + CHUNK // 2
+        first = subprocess.Popen(
+            core_run(env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=ROOT
+        )
+        try:
+            partial = _wait_for_partial(blobs(hf_home), CHUNK, first)
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait(30)
+        hub.release.set()
+        hub.stall_after.clear()
+        on_disk = sum(p.stat().st_size for p in blobs(hf_home).iterdir())
+        assert partial.stat().st_size == CHUNK and on_disk < hub.total()
+
+        hub.served.clear()
+        result = subprocess.run(core_run(env), capture_output=True, text=True, timeout=180, env=env, cwd=ROOT)
+        assert result.returncode == 0, result.stderr
+        assert sum(hub.served.values()) == hub.total() - on_disk  # only the rest
+        assert hub.served[BIG] == len(repo_files[BIG]) - CHUNK
+        snapshot = hf_home / "hub" / "models--org--name" / "snapshots" / COMMIT
+        assert (snapshot / BIG).read_bytes() == repo_files[BIG]
+        assert (snapshot / "config.json").read_bytes() == repo_files["config.json"]
+        assert not list(blobs(hf_home).glob("*.incomplete"))
+
+
+def _wait_for_partial(folder: Path, size: int, process: subprocess.Popen) -> Path:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        found = [p for p in folder.glob("*.incomplete")] if folder.is_dir() else []
+        if found and found[0].stat().st_size >= size:
+            return found[0]
+        assert process.poll() is None, process.stderr.read().decode()
+        time.sleep(0.05)
+    raise AssertionError("the download never got halfway")
+
+
+def test_a_download_that_does_not_fit_is_refused_in_one_sentence(repo_files, hf_home):
+    with FakeHub(REPO, repo_files) as hub:
+        hub.claimed["model.safetensors"] = 10**18  # an exabyte: no disk has it free
+        env = hub_env(hub.url, hf_home)
+        result = subprocess.run(core_run(env), capture_output=True, text=True, timeout=180, env=env, cwd=ROOT)
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "model 'org/name' needs 1000" in errors[0] and "PB" not in errors[0]
+    assert f"HF_HOME={hf_home}" in errors[0] and "--model /path/to/folder" in errors[0]
+    assert not hub.served  # refused before a byte
+
+
+def test_an_unreachable_hub_gives_the_one_sentence_offline_message(hf_home):
+    env = hub_env("http://127.0.0.1:9", hf_home)  # the discard port: nothing listens
+    result = subprocess.run(core_run(env), capture_output=True, text=True, timeout=180, env=env, cwd=ROOT)
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "cannot be reached" in errors[0] and "http://127.0.0.1:9" in errors[0]
+    assert "--model /path/to/folder" in errors[0]
+
+
+# -- the API the app calls, in process -------------------------------------------------------------
+
+
+@pytest.fixture
+def online(monkeypatch):
+    """conftest.py sets HF_HUB_OFFLINE for every test; these talk to the local hub."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+
+def test_fetch_reports_progress_and_a_cancel_stops_it_keeping_the_bytes(repo_files, tmp_path, online):
+    cache = tmp_path / "hub"
+    events: list[DownloadProgress] = []
+    cancel = threading.Event()
+    with FakeHub(REPO, repo_files) as hub:
+        hub.stall_after[BIG] = CHUNK + CHUNK // 2
+
+        def on_progress(event: DownloadProgress) -> None:
+            events.append(event)
+            if event.done >= CHUNK:  # the big file's first block is on disk: cancel now
+                cancel.set()
+                hub.release.set()  # the server sends the rest; the cancel must stop it at the next block
+
+        with pytest.raises(DownloadCancelled, match="kept"):
+            fetch(REPO, progress=on_progress, cancel=cancel, cache_dir=cache, endpoint=hub.url)
+        assert events[0].done == 0 and events[0].total == hub.total()
+        assert all(e.total == hub.total() for e in events)
+        assert [e.done for e in events] == sorted(e.done for e in events)
+        assert max(e.rate for e in events) > 0 and events[-1].seconds_left is not None
+        partial = next(cache.glob("models--org--name/blobs/*.incomplete"))
+        kept = partial.stat().st_size
+        assert CHUNK <= kept < len(repo_files[BIG])
+
+        # The next fetch asks only for the rest, and reports the kept bytes as done from the start.
+        hub.served.clear()
+        events.clear()
+        hub.stall_after.clear()
+        folder = fetch(REPO, progress=events.append, cache_dir=cache, endpoint=hub.url)
+        assert hub.served[BIG] == len(repo_files[BIG]) - kept
+        assert events[0].done >= kept and events[-1].done == events[-1].total
+        assert (folder / BIG).read_bytes() == repo_files[BIG]
+        assert {p.name for p in folder.iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json"}
+
+
+def test_a_cancel_before_the_first_byte_fetches_nothing(repo_files, tmp_path, online):
+    cancel = threading.Event()
+    cancel.set()
+    with FakeHub(REPO, repo_files) as hub:
+        with pytest.raises(DownloadCancelled):
+            fetch(REPO, cancel=cancel, cache_dir=tmp_path / "hub", endpoint=hub.url)
+        assert not hub.served
+
+
+def test_an_unknown_id_says_so_and_only_checkpoint_files_are_fetched(repo_files, tmp_path, online):
+    from core.errors import ModelNotFoundError
+
+    with FakeHub(REPO, repo_files) as hub:
+        with pytest.raises(ModelNotFoundError, match="no such model, or it is private or gated"):
+            fetch("org/other", cache_dir=tmp_path / "hub", endpoint=hub.url)
+        folder = fetch(REPO, cache_dir=tmp_path / "hub", endpoint=hub.url)
+        assert sum(hub.served.values()) == hub.total() and not set(hub.served) & set(NOT_FETCHED)
+        assert {p.name for p in folder.iterdir()} == {n for n in repo_files if n not in NOT_FETCHED}
+
+
+def test_old_format_weights_are_fetched_only_where_there_are_no_safetensors(repo_files, tmp_path, online):
+    old = {n: d for n, d in repo_files.items() if n != BIG} | {"pytorch_model.bin": b"\1" * 1000}
+    with FakeHub(REPO, old | {"model.safetensors": b""}) as hub:
+        fetch(REPO, cache_dir=tmp_path / "a", endpoint=hub.url)
+        assert "pytorch_model.bin" not in hub.served
+    with FakeHub(REPO, old) as hub:
+        folder = fetch(REPO, cache_dir=tmp_path / "b", endpoint=hub.url)
+        assert (folder / "pytorch_model.bin").read_bytes() == b"\1" * 1000
+
+
+def test_a_resumed_file_with_more_bytes_than_the_hub_has_starts_over(repo_files, tmp_path, online):
+    """A stray partial file longer than the file (not this content): dropped, the file fetched whole."""
+    cache = tmp_path / "hub"
+    data = repo_files["config.json"]
+    stray = cache / "models--org--name" / "blobs" / (FakeHub.etag("config.json", data) + ".incomplete")
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"x" * (len(data) + 10))
+    with FakeHub(REPO, repo_files) as hub:
+        folder = fetch(REPO, cache_dir=cache, endpoint=hub.url)
+        assert (folder / "config.json").read_bytes() == data and hub.served["config.json"] == len(data)
+    shutil.rmtree(cache)
