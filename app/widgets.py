@@ -36,7 +36,7 @@ class VideoView(QWidget):
         self.picture: np.ndarray | None = None  # RGB, device pixels; kept alive while `_image` uses it
         self._image: QImage | None = None
         self._home: tuple[QSplitter, int, bytes] | None = None  # where the view goes back after full screen
-        self.setMinimumSize(480, 270)
+        self.setMinimumSize(320, 180)
         self.setAutoFillBackground(False)
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
 

@@ -223,6 +223,7 @@ class MainWindow(QMainWindow):
         self.log.setMaximumBlockCount(5000)
         self.errors = ErrorPanel()
         self.message = self.errors.summary  # the error sentence shown now ("" when none)
+        self.errors.close_button.clicked.connect(self.run.clear_error)  # dismissed for good
 
         controls = QWidget()
         side = QVBoxLayout(controls)

@@ -93,15 +93,19 @@ def test_a_desktop_sees_the_app_as_streamvlm_with_its_icon(tiny_dir, tmp_path):
         stderr=(tmp_path / "app.log").open("w"),
     )
     try:
-        window, deadline = None, time.monotonic() + 90
-        while window is None and time.monotonic() < deadline and app.poll() is None:
-            tree = subprocess.run(["xwininfo", "-root", "-tree"], capture_output=True, text=True).stdout
-            # the main window: titled streamvlm..., with a WM_CLASS (Qt's helper windows have none)
-            found = re.search(r'^\s*(0x[0-9a-f]+) "streamvlm[^"]*": \("', tree, re.MULTILINE)
-            window = found.group(1) if found else None
+        props, deadline = "", time.monotonic() + 90
+        # Until the main window (titled streamvlm..., with a WM_CLASS: Qt's helper windows have none)
+        # is up with its properties set: Qt may create its native window more than once while starting.
+        while "WM_CLASS(STRING) =" not in props and time.monotonic() < deadline and app.poll() is None:
             time.sleep(0.2)
-        assert window, (tmp_path / "app.log").read_text()[-3000:]
-        props = subprocess.run(["xprop", "-id", window, "WM_CLASS"], capture_output=True, text=True).stdout
+            tree = subprocess.run(["xwininfo", "-root", "-tree"], capture_output=True, text=True).stdout
+            found = re.search(r'^\s*(0x[0-9a-f]+) "streamvlm[^"]*": \("', tree, re.MULTILINE)
+            if found:
+                window = found.group(1)
+                props = subprocess.run(
+                    ["xprop", "-id", window, "WM_CLASS"], capture_output=True, text=True
+                ).stdout
+        assert props, (tmp_path / "app.log").read_text()[-3000:]
         props += subprocess.run(  # the icon's first numbers only: its size
             ["xprop", "-id", window, "-len", "8", "_NET_WM_ICON"], capture_output=True, text=True
         ).stdout
