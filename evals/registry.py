@@ -44,6 +44,7 @@ TASKS: dict[str, Task] = {
         ),
         Task("ovobench", "evals.ovobench", "OVO-Bench: accuracy per task, Real-Time / Backward / Forward"),
         Task("server-load", "evals.server_load", "many clients streaming into one inference server at once"),
+        Task("startup", "evals.startup", "process start to model loaded, first chunk, first commentary"),
         Task(
             "vqa",
             "evals.vqa",

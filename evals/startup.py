@@ -1,0 +1,359 @@
+"""`python -m evals startup`: from process start to the first commentary, cold and warm.
+
+Each run is a fresh `python` process that does what `python -m core run` does with a live feed:
+load the model (`core.loading.open_engine`), start a session, then push one-second chunks of
+synthetic HD frames as they would arrive, chunk k becoming complete k+1 chunk-lengths after the
+model is ready (the child sleeps until then; a chunk that is late because the previous one was
+slow is pushed at once). The parent notes the wall-clock time just before it starts the process;
+the child notes when Python ran its first line, when the engine was built, and when each chunk
+became complete and when its reply was done, and prints them as one JSON line.
+
+The first run is **cold**: the caches compilation fills (torch inductor's, Triton's and
+streamvlm's own under STREAMVLM_CACHE) point into an empty folder. The next `--warm` runs are
+**warm**: the same folder, as the cold run left it. Reported per run: seconds from process start
+to Python running, to the model loaded, to the first chunk done and to the first commentary (the
+first chunk whose reply has text), the first commentary's delay after its chunk of video was
+complete, and the slowest chunk. Also reported once: the weight files' size and the rate they read
+from disk at (their pages evicted from the page cache first), the floor under loading them.
+`--drop-page-cache` evicts them before every run too, so each run reads the weights from disk.
+
+With random weights the model has nothing to say, so `--tokens` (20 by default) forces that many
+tokens per chunk, as the efficiency benchmark does; `--tokens 0` leaves generation to the config.
+`--random-weights 7b --weights-dir DIR` writes full-size random weights to DIR first (a new or empty
+folder) and measures loading them, as the issue's H200 table asks.
+
+Writes results.json and summary.md to --out and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from core.cli_args import add_engine_arguments, engine_overrides, number
+from core.config import resolve_config
+from core.errors import ConfigError
+from evals.report import table, write_outputs
+from evals.results import run_meta
+
+log = logging.getLogger(__name__)
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+TIMEOUT_S = 3600.0  # one run: a 7B cold start with compilation takes minutes, not an hour
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="checkpoint folder, hub id (downloaded first) or 'tiny'")
+    which.add_argument(
+        "--random-weights",
+        choices=["7b", "tiny"],
+        help="write random weights to --weights-dir, then time them",
+    )
+    parser.add_argument("--weights-dir", type=Path, help="with --random-weights: a new or empty folder")
+    parser.add_argument(
+        "--warm", type=number(0, 100, integer=True), default=2, help="warm runs after the cold one"
+    )
+    parser.add_argument(
+        "--chunks", type=number(1, 10_000, integer=True), default=10, help="chunks streamed per run"
+    )
+    parser.add_argument("--resolution", default="1280x720", help="synthetic frame size WxH")
+    parser.add_argument(
+        "--tokens",
+        type=number(0, 4096, integer=True),
+        default=20,
+        help="tokens forced per chunk (0: the config's generation settings)",
+    )
+    parser.add_argument(
+        "--compile-cache",
+        type=Path,
+        help="the folder the runs' compile caches go to: new or empty (default: a temporary one, removed)",
+    )
+    parser.add_argument(
+        "--drop-page-cache",
+        action="store_true",
+        help="evict the weight files from the page cache before every run (each run reads them from disk)",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/startup-TIME)")
+    add_engine_arguments(parser, ("device", "dtype", "attn"))
+
+
+def run(args: argparse.Namespace) -> int:
+    width, height = _resolution(args.resolution)
+    overrides = engine_overrides(args)
+    if args.tokens:
+        overrides["generation"] = {"max_new_tokens": args.tokens, "min_new_tokens": args.tokens, "seed": 0}
+    config = resolve_config(args.config, overrides)  # checked before torch loads
+    if args.random_weights and not args.weights_dir:
+        raise ConfigError("--random-weights needs --weights-dir, the folder to write them to")
+    if args.weights_dir and not args.random_weights:
+        raise ConfigError("--weights-dir goes with --random-weights; pass a checkpoint folder with --model")
+    for flag, folder in (("--weights-dir", args.weights_dir), ("--compile-cache", args.compile_cache)):
+        if folder is not None and folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+            raise ConfigError(f"{flag} {folder} is not an empty folder; pass a new or empty one")
+    out = args.out or Path("runs") / f"startup-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    if args.random_weights:
+        folder = _write_random(args.random_weights, args.weights_dir, config)
+    else:
+        from rich.console import Console
+
+        from core.download import progress_bar
+        from core.loading import model_folder
+
+        with progress_bar(Console(stderr=True)) as show:
+            folder = model_folder(args.model, progress=show)  # downloaded here, never inside a timed run
+    weights = [p for p in sorted(folder.iterdir()) if p.suffix in WEIGHT_SUFFIXES]
+    disk = _disk_read(weights)
+
+    owned = args.compile_cache is None
+    caches = Path(tempfile.mkdtemp(prefix="streamvlm-startup-")) if owned else args.compile_cache
+    spec = {
+        "model": str(folder),
+        "config": str(args.config) if args.config else None,
+        "overrides": {**overrides, "model": {**overrides.get("model", {}), "path": str(folder)}},
+        "chunks": args.chunks,
+        "resolution": [width, height],
+    }
+    runs = []
+    try:
+        for k in range(1 + args.warm):
+            if args.drop_page_cache:
+                _evict(weights)
+            kind = "cold" if k == 0 else "warm"
+            log.info("run %d of %d (%s compile cache)", k + 1, 1 + args.warm, kind)
+            runs.append({"run": k + 1, "cache": kind, **_measure(spec, caches)})
+    finally:
+        if owned:
+            import shutil
+
+            shutil.rmtree(caches, ignore_errors=True)
+
+    results = {
+        "meta": {
+            **run_meta("startup", {**spec, "drop_page_cache": args.drop_page_cache}),
+            "device": runs[0]["device"],
+            "weights_bytes": disk["bytes"],
+            "disk_read_gbps": disk["gbps"],
+        },
+        "runs": runs,
+        "summary": _summary(runs),
+    }
+    markdown = _markdown(results)
+    write_outputs(out, results, markdown)
+    print(markdown)
+    print(f"wrote {out}/results.json and summary.md")
+    return 0
+
+
+# -- one run: the parent's side ---------------------------------------------------------------------
+
+
+def _measure(spec: dict, caches: Path) -> dict:
+    """Start a fresh process that loads and streams; its timeline in seconds from its start."""
+    env = {
+        **os.environ,
+        "TORCHINDUCTOR_CACHE_DIR": str(caches / "inductor"),
+        "TRITON_CACHE_DIR": str(caches / "triton"),
+        "STREAMVLM_CACHE": str(caches / "streamvlm"),  # the model is a folder: no tiny model built here
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")])
+        ),
+    }
+    started = time.time()
+    child = subprocess.run(
+        [sys.executable, "-m", "evals.startup", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=TIMEOUT_S,
+    )
+    lines = [line for line in child.stdout.splitlines() if line.startswith("{")]
+    if child.returncode != 0 or not lines:
+        said = child.stderr.strip().splitlines() or ["(nothing on stderr)"]
+        log.error("the run's stderr, last lines:\n%s", "\n".join(said[-15:]))
+        raise ConfigError(f"a startup run failed (exit {child.returncode}): {said[-1][:200]}")
+    return timeline(json.loads(lines[-1]), started)
+
+
+def timeline(events: dict, started: float) -> dict:
+    """The child's wall-clock events as the reported figures, in seconds from `started`."""
+    chunks = events["chunks"]
+    spoken = next((c for c in chunks if c["text"].strip()), None)
+    return {
+        "device": events["device"],
+        "dtype": events["dtype"],
+        "python_s": round(events["python"] - started, 3),
+        "loaded_s": round(events["loaded"] - started, 3),
+        "first_chunk_s": round(chunks[0]["done"] - started, 3),
+        "first_commentary_s": round(spoken["done"] - started, 3) if spoken else None,
+        # How long after its video was complete the first commentary came (the issue's target).
+        "first_commentary_after_chunk_s": round(spoken["done"] - spoken["complete"], 3) if spoken else None,
+        "slowest_chunk_s": round(max(c["done"] - c["pushed"] for c in chunks), 3),
+        "chunk_s": [round(c["done"] - c["pushed"], 3) for c in chunks],
+        "first_text": spoken["text"][:80] if spoken else "",
+    }
+
+
+# -- one run: the child's side ----------------------------------------------------------------------
+
+
+def child(spec: dict) -> dict:
+    """Load and stream as `python -m core run` does; the wall-clock time of each step."""
+    python = time.time()
+    import numpy as np
+
+    from core.loading import open_engine
+    from core.synthetic import synthetic_frames
+
+    config = resolve_config(spec["config"], spec["overrides"])
+    stream = config.stream
+    width, height = spec["resolution"]
+    n = stream.frames_per_chunk
+    # Made before the clock matters: a live source delivers frames, it does not draw them.
+    pool = [
+        np.ascontiguousarray(f) for f in synthetic_frames(width, height, stream.fps, 4 * stream.chunk_seconds)
+    ]
+    engine = open_engine(config)
+    loaded = time.time()
+    chunks = []
+    with engine.start() as session:
+        for k in range(spec["chunks"]):
+            complete = loaded + (k + 1) * stream.chunk_seconds
+            time.sleep(max(0.0, complete - time.time()))
+            pushed = time.time()
+            frames = [pool[(k * n + i) % len(pool)] for i in range(n)]
+            lines = session.push(frames, k * stream.chunk_seconds, (k + 1) * stream.chunk_seconds)
+            chunks.append(
+                {
+                    "complete": complete,
+                    "pushed": pushed,
+                    "done": time.time(),
+                    "text": " ".join(line.text for line in lines),
+                }
+            )
+    return {
+        "python": python,
+        "loaded": loaded,
+        "chunks": chunks,
+        "device": _device_name(engine.model.device),
+        "dtype": str(engine.model.dtype),
+    }
+
+
+# -- pieces ----------------------------------------------------------------------------------------
+
+
+def _write_random(preset: str, folder: Path, config) -> Path:
+    """Random weights of `preset` as a checkpoint folder, on the device the runs use."""
+    from core.builders import build_random_model
+
+    log.info("writing random %s weights to %s", preset, folder)
+    m = config.model
+    model = build_random_model(preset, device=m.device, dtype=m.dtype, attn=m.attn)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.model.save_pretrained(folder)
+    model.tokenizer.save_pretrained(folder)
+    if model.processor is not None:
+        model.processor.save_pretrained(folder)
+    return folder
+
+
+def _disk_read(files: list[Path]) -> dict:
+    """The bytes of `files` and the rate they read from disk at, their cached pages evicted first."""
+    _evict(files)
+    total, started = 0, time.perf_counter()
+    buffer = bytearray(64 << 20)
+    for path in files:
+        with open(path, "rb", buffering=0) as f:
+            while n := f.readinto(buffer):
+                total += n
+    seconds = time.perf_counter() - started
+    return {"bytes": total, "gbps": round(total / seconds / 1e9, 2) if seconds > 0 and total else None}
+
+
+def _evict(files: list[Path]) -> None:
+    """Drop `files` from the page cache (written back first: dirty pages are not dropped)."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def _summary(runs: list[dict]) -> list[dict]:
+    """Per cache state, the median of each figure over its runs."""
+    rows = []
+    for kind in ("cold", "warm"):
+        chosen = [r for r in runs if r["cache"] == kind]
+        if not chosen:
+            continue
+        row = {"cache": kind, "runs": len(chosen)}
+        for key in FIGURES:
+            values = [r[key] for r in chosen if r[key] is not None]
+            row[key] = round(statistics.median(values), 3) if values else None
+        rows.append(row)
+    return rows
+
+
+FIGURES = (
+    "python_s",
+    "loaded_s",
+    "first_chunk_s",
+    "first_commentary_s",
+    "first_commentary_after_chunk_s",
+    "slowest_chunk_s",
+)
+HEADER = [
+    "compile cache",
+    "runs",
+    "Python up (s)",
+    "model loaded (s)",
+    "first chunk done (s)",
+    "first commentary (s)",
+    "commentary after its chunk (s)",
+    "slowest chunk (s)",
+]
+
+
+def _markdown(results: dict) -> str:
+    meta = results["meta"]
+    rows = [[s["cache"], s["runs"], *(s[key] for key in FIGURES)] for s in results["summary"]]
+    rate = f"{meta['disk_read_gbps']} GB/s" if meta["disk_read_gbps"] else "-"
+    return (
+        f"Startup of {meta['config']['model']} on {meta['device']}: seconds from process start "
+        f"(medians); weights {meta['weights_bytes'] / 1e9:.2f} GB, read from disk at {rate}.\n\n"
+        + table(HEADER, rows)
+    )
+
+
+def _resolution(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"resolution must look like 1280x720 (got {text!r})") from None
+    if width < 32 or height < 32:
+        raise ConfigError(f"resolution must be at least 32x32 (got {text!r})")
+    return width, height
+
+
+def _device_name(device) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+if __name__ == "__main__":  # the child: python -m evals.startup SPEC
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    print(json.dumps(child(json.loads(sys.argv[1]))), flush=True)
