@@ -6,6 +6,8 @@ overlay is drawn at that resolution, not scaled up with the frame), so text is s
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from PySide6.QtCore import QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QPainter
@@ -183,3 +185,25 @@ class ErrorPanel(QFrame):
 
     def _toggle_details(self, shown: bool) -> None:
         self.details.setVisible(shown)
+
+
+def scaled_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The picture resized to `size` (width, height) with Qt's smooth scaling."""
+    rgb = np.ascontiguousarray(rgb)
+    image = QImage(rgb.data, rgb.shape[1], rgb.shape[0], rgb.strides[0], QImage.Format.Format_RGB888)
+    scaled = image.scaled(
+        *size, Qt.AspectRatioMode.IgnoreAspectRatio, Qt.TransformationMode.SmoothTransformation
+    )
+    scaled = scaled.convertToFormat(QImage.Format.Format_RGB888)
+    view = np.frombuffer(scaled.constBits(), np.uint8, scaled.sizeInBytes()).reshape(
+        scaled.height(), scaled.bytesPerLine()
+    )
+    return view[:, : size[0] * 3].reshape(size[1], size[0], 3).copy()
+
+
+def dropped_file(mime) -> str | None:
+    """The one local file a drag carries (a video to use as the source), or None."""
+    urls = mime.urls() if mime.hasUrls() else []
+    if len(urls) == 1 and urls[0].isLocalFile() and Path(urls[0].toLocalFile()).is_file():
+        return urls[0].toLocalFile()
+    return None

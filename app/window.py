@@ -10,43 +10,34 @@ here at the view's resolution in device pixels.
 
 from __future__ import annotations
 
-import os
-import platform
 import time
-from importlib import metadata
 from pathlib import Path
 
-import numpy as np
-from PySide6.QtCore import QSettings, QStandardPaths, Qt, QThread, QTimer, Slot
-from PySide6.QtGui import QAction, QImage, QKeySequence
+from PySide6.QtCore import QSettings, Qt, QThread, Slot
+from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
-    QFormLayout,
-    QHBoxLayout,
     QLabel,
-    QLineEdit,
     QMainWindow,
     QMessageBox,
     QPlainTextEdit,
-    QPushButton,
     QSizePolicy,
     QSplitter,
     QVBoxLayout,
     QWidget,
 )
 
+from app import help as help_texts
+from app.form import RunForm, default_record_folder, display_path
 from app.icon import app_icon
-from app.run_state import ErrorReport, Phase, RunLog, RunState, recording_name
-from app.state import DEMO_SOURCE, RunRequest, demo_clip, is_server_url, resolve_source
-from app.widgets import ErrorPanel, VideoView
+from app.run_state import ErrorReport, Phase, RunLog, RunState
+from app.state import DEMO_SOURCE, RunRequest, demo_clip, resolve_source
+from app.widgets import ErrorPanel, VideoView, dropped_file, scaled_rgb
 from app.worker import StreamWorker
 from core.config import EngineConfig
 from core.errors import StreamVLMError
 from core.media.overlay import Overlay, OverlayStyle
-from core.paths import check_outputs, folder_problem, recording_outputs, source_file
+from core.paths import check_outputs, recording_outputs, source_file
 from core.types import Commentary, Frame
 
 TITLE = "streamvlm"
@@ -65,27 +56,12 @@ _STATE_COLOURS = {
     Phase.RECONNECTING: "#975a16",
     Phase.FAILED: "#c53030",
 }
-_EXTRA_KEYS = (  # keys that are no menu action, for the shortcuts list
-    ("Esc", "leave the full-screen picture"),
-    ("Double-click the picture", "full screen and back"),
-)
-
-
-def default_record_folder() -> Path:
-    """The platform's Movies/Videos folder (Qt's standard paths); created at Start if it is missing."""
-    return Path(
-        QStandardPaths.writableLocation(QStandardPaths.StandardLocation.MoviesLocation) or Path.home()
-    )
-
-
-def display_path(path: Path) -> str:
-    """A path as people write it: '~/Videos' for a folder under the home folder."""
-    home = Path.home()
-    return (
-        "~" + os.sep + str(path.relative_to(home))
-        if path.is_relative_to(home) and path != home
-        else str(path)
-    )
+# The form's widgets, by the names the window (and its tests) use.
+FORM_WIDGETS = (
+    "source_box browse_button model_edit token_edit instruction_edit previous_edit record_check output_edit "
+    "folder_button record_note audio_check audio_box audio_note position_box font_spin start_button "
+    "stop_button export_button"
+).split()
 
 
 class MainWindow(QMainWindow):
@@ -131,90 +107,15 @@ class MainWindow(QMainWindow):
     # -- layout --------------------------------------------------------------------------------------
 
     def _build(self) -> None:
-        self.source_box = QComboBox(editable=True)
-        self.source_box.setToolTip(
-            "the demo clip, a video file, camera:N, screen:N or screen:N@x,y,w,h, or a stream URL"
-        )
-        self.browse_button = QPushButton("File…")
+        self.form = RunForm()
+        for name in FORM_WIDGETS:  # the window's own names for the form's widgets
+            setattr(self, name, getattr(self.form, name))
         self.browse_button.clicked.connect(self._browse)
-        source_row = QHBoxLayout()
-        source_row.addWidget(self.source_box, 1)
-        source_row.addWidget(self.browse_button)
-        self.model_edit = QLineEdit()
-        self.model_edit.setPlaceholderText("checkpoint folder, hub id, tiny, or ws://host:8765 (a server)")
-        self.model_edit.setToolTip(
-            "a local model, or the URL of a 'python -m core serve' on another machine (ws:// or wss://)"
-        )
-        self.token_edit = QLineEdit(os.environ.get("STREAMVLM_TOKEN", ""))
-        self.token_edit.setEchoMode(QLineEdit.EchoMode.Password)
-        self.token_edit.setPlaceholderText("the server's token (not saved)")
-        self.model_edit.textChanged.connect(self._model_changed)
-        self.instruction_edit = QLineEdit()
-        self.instruction_edit.setPlaceholderText("Commentate on this match")
-        self.previous_edit = QPlainTextEdit()
-        self.previous_edit.setPlaceholderText("context: a title or earlier commentary")
-        self.previous_edit.setMaximumHeight(60)
-
-        self.record_check = QCheckBox("into")
-        self.record_check.setToolTip("record the video with the commentary burned in, and an .srt beside it")
-        self.output_edit = QLineEdit()
-        self.output_edit.setToolTip("the folder recordings go to")
-        self.folder_button = QPushButton("Choose…")
-        self.folder_button.clicked.connect(self._choose_folder)
-        record_row = QHBoxLayout()
-        record_row.addWidget(self.record_check)
-        record_row.addWidget(self.output_edit, 1)
-        record_row.addWidget(self.folder_button)
-        self.record_note = QLabel("")
-        self.record_note.setWordWrap(True)
-        self.record_note.setStyleSheet("color: gray;")
-        self.record_check.toggled.connect(self._record_changed)
-        self.output_edit.textChanged.connect(self._record_changed)
-        self._name_timer = QTimer(self, interval=1000, timeout=self._record_changed)  # the name has seconds
-
-        self.audio_check = QCheckBox("from")
-        self.audio_box = QComboBox()
-        self.audio_note = QLabel("")
-        self.audio_note.setWordWrap(True)
-        self.audio_note.setStyleSheet("color: gray;")
-        audio_row = QHBoxLayout()
-        audio_row.addWidget(self.audio_check)
-        audio_row.addWidget(self.audio_box, 1)
-        self.position_box = QComboBox()
-        self.position_box.addItems(["bottom", "top"])
-        self.font_spin = QDoubleSpinBox(minimum=0.5, maximum=3.0, singleStep=0.1, decimals=1)
         self.position_box.currentTextChanged.connect(self._style_changed)
         self.font_spin.valueChanged.connect(self._style_changed)
-        style_row = QHBoxLayout()
-        style_row.addWidget(self.position_box)
-        style_row.addWidget(QLabel("text size"))
-        style_row.addWidget(self.font_spin)
-        style_row.addStretch(1)
-        self.export_button = QPushButton("Export…")
-        self.export_button.setToolTip("save the commentary as SRT, WebVTT or JSON lines")
         self.export_button.clicked.connect(self._export_dialog)
-        self.start_button = QPushButton("Start")
-        self.stop_button = QPushButton("Stop")
-        self.stop_button.setEnabled(False)
         self.start_button.clicked.connect(self.start)
         self.stop_button.clicked.connect(self.stop)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.start_button)
-        buttons.addWidget(self.stop_button)
-        buttons.addWidget(self.export_button)
-
-        form = QFormLayout()
-        form.addRow("Source", source_row)
-        form.addRow("Model", self.model_edit)
-        form.addRow("Token", self.token_edit)
-        form.addRow("Instruction", self.instruction_edit)
-        form.addRow("Previous text", self.previous_edit)
-        form.addRow("Record", record_row)
-        form.addRow("", self.record_note)
-        form.addRow("Sound", audio_row)
-        form.addRow("", self.audio_note)
-        form.addRow("Overlay", style_row)
-        form.addRow("Run", buttons)
 
         self.view = VideoView(VIDEO_HINT)
         self.view.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
@@ -227,7 +128,7 @@ class MainWindow(QMainWindow):
 
         controls = QWidget()
         side = QVBoxLayout(controls)
-        side.addLayout(form)
+        side.addWidget(self.form)
         side.addWidget(self.errors)
         side.addWidget(QLabel("Commentary"))
         side.addWidget(self.log, 1)
@@ -303,19 +204,10 @@ class MainWindow(QMainWindow):
         # A first start opens on the demo clip, never on a screen (which would film the app itself).
         self.source_box.setCurrentText(source or saved("source") or DEMO_SOURCE)
         self.model_edit.setText(model or (SMOKE_MODEL if self.smoke else saved("model")))
-        self._model_changed(self.model_edit.text())
-        folder = saved("output_folder") or display_path(default_record_folder())
-        self.output_edit.setText(folder)
+        self.output_edit.setText(saved("output_folder") or display_path(default_record_folder()))
         from core.media.audio import input_devices
 
-        devices, self._why_no_sound = input_devices(rescan=self.thread is None)
-        for device in devices:
-            self.audio_box.addItem(f"{device.name} ({device.channels} ch)", device.index)
-        if self._why_no_sound:
-            for widget in (self.audio_check, self.audio_box):
-                widget.setToolTip(self._why_no_sound)
-            self.audio_note.setText(f"Sound recording is off: {self._why_no_sound}.")
-        self._record_changed()
+        self.form.set_sound_devices(*input_devices(rescan=self.thread is None))
         style = self.overlay.style
         self.position_box.setCurrentText(style.position)
         self.font_spin.setValue(style.font_scale)
@@ -325,11 +217,6 @@ class MainWindow(QMainWindow):
         if splitter is not None:
             self.splitter.restoreState(splitter)
 
-    @Slot(str)
-    def _model_changed(self, text: str) -> None:
-        """The token matters only for a server; a local model has none."""
-        self.token_edit.setEnabled(is_server_url(text.strip()))
-
     def _overlay_style(self) -> OverlayStyle:
         position = self.settings.value("overlay/position", "bottom", str)
         scale = float(self.settings.value("overlay/font_scale", 1.0))
@@ -338,64 +225,8 @@ class MainWindow(QMainWindow):
         except ValueError:
             return OverlayStyle()
 
-    # -- recording -------------------------------------------------------------------------------------
-
     def record_folder(self) -> Path:
-        return Path(self.output_edit.text().strip()).expanduser()
-
-    @Slot()
-    def _record_changed(self, *_) -> None:
-        """The recording's rows: sound only with a recording, the file name before Start."""
-        on = self.record_check.isChecked()
-        sound = on and not self._why_no_sound
-        self.audio_check.setEnabled(sound)
-        self.audio_box.setEnabled(sound)
-        self.audio_note.setVisible(on and bool(self._why_no_sound))
-        if self.run.running and self.request is not None:
-            note = (
-                f"Recording to {display_path(Path(self.request.record_to))}" if self.request.record_to else ""
-            )
-        elif on:
-            folder = self.record_folder()
-            name = recording_name()
-            if folder == default_record_folder() and not folder.exists():
-                note = f"Saves {name} and its .srt here (the folder is created at Start)."
-            elif problem := folder_problem(folder):
-                note = problem[0].upper() + problem[1:] + "."
-            else:
-                note = f"Saves {name} and its .srt here."
-        else:
-            note = ""
-        self.record_note.setText(note)
-        self.record_note.setVisible(bool(note))
-        if on and not self.run.running:
-            self._name_timer.start()
-        else:
-            self._name_timer.stop()
-
-    def _choose_folder(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Record into", str(self.record_folder()))
-        if folder:
-            self.output_edit.setText(display_path(Path(folder)))
-            self.record_check.setChecked(True)
-
-    def _recording_path(self, source: str) -> tuple[str | None, str | None]:
-        """(the recording's path, None) or (None, why it cannot record)."""
-        folder = self.record_folder()
-        if folder == default_record_folder() and not folder.exists():
-            try:
-                folder.mkdir(parents=True)
-            except OSError as exc:
-                return None, f"cannot create the folder '{folder}' ({exc.strerror}); choose another"
-        problem = folder_problem(folder)
-        if problem:
-            return None, f"cannot record: {problem}"
-        path = str(folder / recording_name())
-        try:  # a recording never overwrites the video it records (e.g. replaying an earlier one)
-            check_outputs(recording_outputs(path), {"the source": source_file(source)})
-        except StreamVLMError as exc:
-            return None, str(exc)
-        return path, None
+        return self.form.record_folder()
 
     # -- actions ---------------------------------------------------------------------------------------
 
@@ -413,7 +244,7 @@ class MainWindow(QMainWindow):
         source = resolve_source(spec) if spec else ""
         record_to = None
         if not problems and self.record_check.isChecked():
-            record_to, problem = self._recording_path(source)
+            record_to, problem = self.form.recording_path(source)
             if problem:
                 problems.append(problem)
         if problems:
@@ -536,21 +367,14 @@ class MainWindow(QMainWindow):
 
     # -- drag and drop ---------------------------------------------------------------------------------
 
-    @staticmethod
-    def _dropped_file(event) -> str | None:
-        urls = event.mimeData().urls() if event.mimeData().hasUrls() else []
-        if len(urls) == 1 and urls[0].isLocalFile() and Path(urls[0].toLocalFile()).is_file():
-            return urls[0].toLocalFile()
-        return None
-
     def dragEnterEvent(self, event) -> None:  # noqa: N802 (Qt's name)
-        if self._dropped_file(event):
+        if dropped_file(event.mimeData()):
             event.acceptProposedAction()
         else:
             event.ignore()
 
     def dropEvent(self, event) -> None:  # noqa: N802
-        path = self._dropped_file(event)
+        path = dropped_file(event.mimeData())
         if path:
             self.use_source(path)
             event.acceptProposedAction()
@@ -559,35 +383,13 @@ class MainWindow(QMainWindow):
 
     def shortcuts(self) -> list[tuple[str, str]]:
         """(key, what it does) for every menu action with a key, and the view's own keys."""
-        keys = []
-        for act in self._actions:
-            key = act.shortcut().toString(QKeySequence.SequenceFormat.NativeText)
-            if key:
-                keys.append((key, act.text().replace("…", "")))
-        return keys + list(_EXTRA_KEYS)
+        return help_texts.shortcuts(self._actions)
 
     def show_shortcuts(self) -> None:
-        rows = "".join(
-            f"<tr><td><b>{key}</b></td><td>&nbsp;&nbsp;{what}</td></tr>" for key, what in self.shortcuts()
-        )
-        self._open_box("Keyboard shortcuts", f"<table>{rows}</table>")
+        self._open_box("Keyboard shortcuts", help_texts.shortcuts_html(self.shortcuts()))
 
     def about_text(self) -> str:
-        from PySide6 import __version__ as pyside
-        from PySide6.QtCore import qVersion
-
-        def version(package: str) -> str:
-            try:
-                return metadata.version(package)
-            except metadata.PackageNotFoundError:
-                return "not installed"
-
-        return (
-            f"<b>streamvlm {version('streamvlm')}</b><br>Live video commentary with a streaming "
-            "vision-language model.<br><br>"
-            f"Python {platform.python_version()}, Qt {qVersion()}, PySide6 {pyside}<br>"
-            f"PyTorch {version('torch')}, Transformers {version('transformers')}, PyAV {version('av')}"
-        )
+        return help_texts.about_html()
 
     def show_about(self) -> None:
         self._open_box("About streamvlm", self.about_text())
@@ -656,10 +458,11 @@ class MainWindow(QMainWindow):
         self.state_label.setStyleSheet(f"color: {colour}; font-weight: bold;")
         self.start_button.setEnabled(not run.running)
         self.stop_button.setEnabled(run.running and run.phase is not Phase.STOPPING)
+        self.form.recording_to = self.request.record_to if run.running and self.request else None
+        self.form.update_record_rows()
         self.errors.show_error(run.error)
         self.view.hint = FAILED_HINT if run.phase is Phase.FAILED else VIDEO_HINT
         self.view.update()
-        self._record_changed()
         self._show_figures()
 
     def _show_figures(self) -> None:
@@ -703,23 +506,10 @@ class MainWindow(QMainWindow):
         rgb = self.frame.rgb
         size = self.view.target_size(rgb.shape[1], rgb.shape[0])
         if size != (rgb.shape[1], rgb.shape[0]):
-            rgb = _scaled(rgb, size)
+            rgb = scaled_rgb(rgb, size)
         if self.overlay_visible:
             rgb = self.overlay.draw(rgb, self.paint_time())
         self.view.set_picture(rgb)
-
-
-def _scaled(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    rgb = np.ascontiguousarray(rgb)
-    image = QImage(rgb.data, rgb.shape[1], rgb.shape[0], rgb.strides[0], QImage.Format.Format_RGB888)
-    scaled = image.scaled(
-        *size, Qt.AspectRatioMode.IgnoreAspectRatio, Qt.TransformationMode.SmoothTransformation
-    )
-    scaled = scaled.convertToFormat(QImage.Format.Format_RGB888)
-    view = np.frombuffer(scaled.constBits(), np.uint8, scaled.sizeInBytes()).reshape(
-        scaled.height(), scaled.bytesPerLine()
-    )
-    return view[:, : size[0] * 3].reshape(size[1], size[0], 3).copy()
 
 
 def _device_line() -> str:

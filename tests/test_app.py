@@ -88,7 +88,7 @@ def test_a_file_played_to_its_end_ends_and_its_last_frame_holds_with_the_last_li
     """A 160x90 file to its end: the phases in order, "Ended" (not stopped, not failed), figures greyed,
     and the held last frame shows the newest line, which came after that frame."""
     from app.run_state import Phase
-    from app.window import _scaled
+    from app.widgets import scaled_rgb
     from core.synthetic import write_clip
 
     clip = write_clip(tmp_path / "short.mp4", seconds=3.0, width=160, height=90)
@@ -115,7 +115,7 @@ def test_a_file_played_to_its_end_ends_and_its_last_frame_holds_with_the_last_li
             window.overlay.lines_at(window.frame.t)
         )
     shown = window.view.picture
-    plain = _scaled(window.frame.rgb, (shown.shape[1], shown.shape[0]))
+    plain = scaled_rgb(window.frame.rgb, (shown.shape[1], shown.shape[0]))
     assert (shown[-shown.shape[0] // 4 :] != plain[-shown.shape[0] // 4 :]).any()  # drawn on the held frame
 
 

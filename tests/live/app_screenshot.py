@@ -20,8 +20,10 @@ from PySide6.QtCore import QSettings
 from PySide6.QtGui import QGuiApplication
 
 from app.__main__ import application
+from app.form import default_record_folder
 from app.run_state import Phase
-from app.window import MainWindow, _scaled, default_record_folder
+from app.widgets import scaled_rgb
+from app.window import MainWindow
 
 DEADLINE = time.monotonic() + 150
 
@@ -80,7 +82,10 @@ def main() -> None:
     left, top, width, height = window.view.picture_rect()
     origin = window.view.mapTo(window, window.view.rect().topLeft())
     shown = shot[origin.y() + top : origin.y() + top + height, origin.x() + left : origin.x() + left + width]
-    painted, plain = window.view.picture.astype(int), _scaled(window.frame.rgb, (width, height)).astype(int)
+    painted, plain = (
+        window.view.picture.astype(int),
+        scaled_rgb(window.frame.rgb, (width, height)).astype(int),
+    )
     shown = shown.astype(int)
     result["picture"] = [left, top, width, height]
     result["painted_diff"] = float(np.abs(shown - painted).mean())
