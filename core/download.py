@@ -155,6 +155,11 @@ def fetch(
         error = _user_error(repo_id, exc, where, cache)
         if error is exc:
             raise  # not the user's to fix: a bug, with its traceback
+        if _offline(exc) and (folder := _cached_as_is(repo_id, revision, cache)) is not None:
+            # Fetched before this module kept the hub's file listing (by transformers, say): it
+            # cannot be checked for completeness now, but it is what loading found before.
+            log.warning("the hub at %s cannot be reached; using the cached %s as it is", where, folder)
+            return folder
         raise error from None
     return Path(folder)
 
@@ -216,6 +221,18 @@ def _complete_in_cache(repo_id: str, revision: str | None, cache: Path) -> Path 
     except (CachedRepoTreeNotFoundError, LocalEntryNotFoundError, ValueError):
         return None  # not cached, incomplete (IncompleteSnapshotError) or an id the hub rejects
     return Path(folder)
+
+
+def _cached_as_is(repo_id: str, revision: str | None, cache: Path) -> Path | None:
+    """A cached snapshot with a config, whether or not its completeness can be checked."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache, local_files_only=True))
+    except (LocalEntryNotFoundError, ValueError):
+        return None  # not cached, or known to be incomplete (IncompleteSnapshotError)
+    return folder if (folder / "config.json").is_file() else None
 
 
 def _plan(
@@ -445,7 +462,6 @@ def _wanted(paths: list[str]) -> list[str]:
 
 def _user_error(repo_id: str, exc: BaseException, endpoint: str, cache: Path) -> BaseException:
     """The hub's exception as one sentence that says what to do; a bug keeps its traceback."""
-    import httpx2
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -464,7 +480,7 @@ def _user_error(repo_id: str, exc: BaseException, endpoint: str, cache: Path) ->
             f"{lead}: HF_HUB_OFFLINE is set and the cache at {cache} does not have it complete; "
             f"unset HF_HUB_OFFLINE to download it, or {LOCAL_FOLDER_HINT}"
         )
-    if isinstance(exc, httpx2.TransportError):
+    if _offline(exc):
         return ModelNotFoundError(
             f"{lead}: the hub at {endpoint} cannot be reached (offline?); connect and run again (a "
             f"download resumes where it stopped), or {LOCAL_FOLDER_HINT}"
@@ -491,6 +507,16 @@ def _user_error(repo_id: str, exc: BaseException, endpoint: str, cache: Path) ->
             f"{lead} ({reason[:160]}); run again (a download resumes where it stopped), or {LOCAL_FOLDER_HINT}"
         )
     return original
+
+
+def _offline(exc: BaseException) -> bool:
+    """Whether `exc` says the hub could not be asked: offline mode, or no connection to it."""
+    import httpx2
+    from huggingface_hub.errors import OfflineModeIsEnabled, RevisionResolutionError
+
+    if isinstance(exc, RevisionResolutionError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return isinstance(exc, (OfflineModeIsEnabled, httpx2.TransportError))
 
 
 def _hf_home() -> str:

@@ -381,3 +381,23 @@ def test_a_resumed_file_with_more_bytes_than_the_hub_has_starts_over(repo_files,
         folder = fetch(REPO, cache_dir=cache, endpoint=hub.url)
         assert (folder / "config.json").read_bytes() == data and hub.served["config.json"] == len(data)
     shutil.rmtree(cache)
+
+
+def test_a_snapshot_cached_without_the_file_listing_is_used_when_the_hub_is_unreachable(
+    repo_files, tmp_path, online
+):
+    """Fetched before (by transformers, which keeps no listing): offline, it is loaded as it is,
+    as it was before this module; with the listing kept, an incomplete one is refused instead."""
+    cache = tmp_path / "hub"
+    with FakeHub(REPO, repo_files) as hub:
+        folder = fetch(REPO, cache_dir=cache, endpoint=hub.url)
+    shutil.rmtree(cache / "models--org--name" / "trees")
+    assert fetch(REPO, cache_dir=cache, endpoint="http://127.0.0.1:9") == folder
+
+    from core.errors import ModelNotFoundError
+
+    with FakeHub(REPO, repo_files) as hub:
+        fetch(REPO, cache_dir=cache, endpoint=hub.url)  # the listing kept again
+    (folder / "tokenizer.json").unlink()
+    with pytest.raises(ModelNotFoundError, match="cannot be reached"):
+        fetch(REPO, cache_dir=cache, endpoint="http://127.0.0.1:9")
