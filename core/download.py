@@ -6,7 +6,12 @@ Everything goes through huggingface_hub and its cache (HF_HOME, or HF_HUB_CACHE)
 adds is the order of the steps and one-sentence errors:
 
 - A complete snapshot already in the cache is used as is, without asking the hub: a later start
-  costs no network round trip and works offline (`hf download org/name` refreshes it).
+  costs no network round trip and works offline (`hf download org/name` refreshes it). With the
+  hub unreachable, a snapshot cached without the hub's file listing (fetched by transformers, say)
+  is used as it is too; one known to be incomplete is refused.
+- Only the files a checkpoint is read for are fetched (configs, weights, tokenizer, chat
+  template), not a repository's pictures, logs or training states; old-format `*.bin` weights only
+  where there are no safetensors.
 - Before a byte is fetched, the sizes in the hub's file metadata are held against the free space
   of the cache's disk; a download that does not fit is refused, saying how much it needs and where.
 - A download cut short resumes. huggingface_hub 2.x writes each file to a temporary file of a
@@ -18,7 +23,8 @@ adds is the order of the steps and one-sentence errors:
   blobs without fetching them again. The files go over plain HTTP (the resolve URL, redirects
   followed), not through hf_xet, whose transfers do not resume across processes.
 - Progress: huggingface_hub's per-file progress hook (`tqdm_class`) feeds one `DownloadProgress`
-  (bytes done, total, rate) to the caller's callback, from the download threads.
+  (bytes done, total, rate) to the caller's callback, from the download threads, one call at a
+  time (so `done` only grows, unless a server ignores a resume's range and a file starts over).
 - Cancel: setting the event stops every file at its next block (huggingface_hub reads 10 MB at a
   time, so this is immediate on a fast line and up to 10 MB late on a slow one); `fetch` raises
   `DownloadCancelled`, and the bytes on disk are kept for the next start.
@@ -306,7 +312,7 @@ def _download(
     cancel: threading.Event,
     max_workers: int,
 ) -> None:
-    tally = _Tally(repo_id, total, sum(min(f.on_disk(), f.size) for f in files), progress, cancel)
+    tally = _Tally(repo_id, total, {f.path: min(f.on_disk(), f.size) for f in files}, progress, cancel)
     log.info(
         "downloading %s from %s: %s in %d files into %s",
         repo_id,
@@ -336,13 +342,14 @@ def _fetch_file(file: _File, token: str | bool | None, tally: _Tally) -> None:
     file.lock.parent.mkdir(parents=True, exist_ok=True)
     file.blob.parent.mkdir(parents=True, exist_ok=True)
     with WeakFileLock(file.lock):  # another process on the same blob: one at a time
-        if file.blob.exists():
+        if file.blob.exists():  # another process finished it
+            tally.restart(file.path, file.size)
             return
         have = file.on_disk()
         if have > file.size:  # not this content: start over
             have = 0
             file.partial.unlink()
-        tally.expect(file.path, have)
+        tally.restart(file.path, have)
         with open(file.partial, "r+b" if file.partial.exists() else "wb") as out:
             out.seek(have)
             out.truncate()
@@ -365,16 +372,16 @@ class _Tally:
         self,
         repo_id: str,
         total: int,
-        done: int,
+        on_disk: dict[str, int],
         callback: ProgressCallback | None,
         cancel: threading.Event,
     ) -> None:
-        self.repo_id, self.total, self.done = repo_id, total, done
+        self.repo_id, self.total, self.done = repo_id, total, sum(on_disk.values())
         self.callback, self.cancel = callback, cancel
         self.stop = threading.Event()  # set when one file fails: the others stop too
         self.received = 0
         self.started = time.monotonic()
-        self._resumed: dict[str, int] = {}  # file -> bytes counted as done before its first block
+        self._resumed = dict(on_disk)  # file -> bytes counted as done before its first block
         self._lock = threading.Lock()
         self._reporting = threading.Lock()
 
@@ -383,14 +390,11 @@ class _Tally:
         seconds = time.monotonic() - self.started
         return self.received / seconds if self.received and seconds > 0 else 0.0
 
-    def expect(self, path: str, have: int) -> None:
-        with self._lock:
-            self._resumed[path] = have
-
     def restart(self, path: str, initial: int) -> None:
-        """The file's bytes start at `initial` after all (a server that ignores ranges sends all)."""
+        """The file's bytes start at `initial` after all: its partial file changed since the plan,
+        was dropped, or the server ignored the range and sends it all."""
         with self._lock:
-            self.done += initial - self._resumed.get(path, initial)
+            self.done += initial - self._resumed[path]
             self._resumed[path] = initial
 
     def check(self) -> None:
@@ -407,7 +411,7 @@ class _Tally:
 
     def report(self) -> None:
         if self.callback is not None:
-            with self._reporting:  # one at a time, so the callback sees `done` only grow
+            with self._reporting:  # one at a time, so the callback sees `done` in order
                 self.callback(DownloadProgress(self.repo_id, self.done, self.total, self.rate))
 
 

@@ -52,6 +52,7 @@ class FakeHub:
         self.claimed: dict[str, int] = {}  # sizes to report instead of the true ones
         self.stall_after: dict[str, int] = {}  # send this many bytes of a file, then wait for `release`
         self.release = threading.Event()
+        self.ranges = True  # False: answer a range request with the whole file, as some servers do
         self.lock = threading.Lock()
         hub = self
 
@@ -128,7 +129,7 @@ class FakeHub:
             size = self.claimed.get(name, len(data))
             return self.send(request, 200, b"", {**headers, "Content-Length": str(size)}, length=size)
         start = 0
-        if ranged := re.fullmatch(r"bytes=(\d+)-", request.headers.get("Range", "")):
+        if self.ranges and (ranged := re.fullmatch(r"bytes=(\d+)-", request.headers.get("Range", ""))):
             start = int(ranged.group(1))
         status = 206 if start else 200
         if start:
@@ -370,17 +371,25 @@ def test_old_format_weights_are_fetched_only_where_there_are_no_safetensors(repo
         assert (folder / "pytorch_model.bin").read_bytes() == b"\1" * 1000
 
 
-def test_a_resumed_file_with_more_bytes_than_the_hub_has_starts_over(repo_files, tmp_path, online):
-    """A stray partial file longer than the file (not this content): dropped, the file fetched whole."""
+@pytest.mark.parametrize("ranges", [True, False], ids=["ranges", "server-ignores-ranges"])
+def test_partial_files_that_cannot_be_resumed_start_over(repo_files, tmp_path, online, ranges):
+    """A stray partial file longer than the file (not this content) is dropped; a server that answers
+    a range with the whole file has it written from the start. Either way the files come out whole
+    and the progress ends at the total."""
     cache = tmp_path / "hub"
-    data = repo_files["config.json"]
-    stray = cache / "models--org--name" / "blobs" / (FakeHub.etag("config.json", data) + ".incomplete")
-    stray.parent.mkdir(parents=True)
-    stray.write_bytes(b"x" * (len(data) + 10))
+    config, weights = repo_files["config.json"], repo_files[BIG]
+    folder = cache / "models--org--name" / "blobs"
+    folder.mkdir(parents=True)
+    (folder / (FakeHub.etag("config.json", config) + ".incomplete")).write_bytes(b"x" * (len(config) + 10))
+    (folder / (FakeHub.etag(BIG, weights) + ".incomplete")).write_bytes(weights[:3_000_000])
+    events: list[DownloadProgress] = []
     with FakeHub(REPO, repo_files) as hub:
-        folder = fetch(REPO, cache_dir=cache, endpoint=hub.url)
-        assert (folder / "config.json").read_bytes() == data and hub.served["config.json"] == len(data)
-    shutil.rmtree(cache)
+        hub.ranges = ranges
+        snapshot = fetch(REPO, progress=events.append, cache_dir=cache, endpoint=hub.url)
+        assert hub.served["config.json"] == len(config)
+        assert hub.served[BIG] == len(weights) - (3_000_000 if ranges else 0)
+    assert (snapshot / "config.json").read_bytes() == config and (snapshot / BIG).read_bytes() == weights
+    assert events[-1].done == events[-1].total == hub.total()
 
 
 def test_a_snapshot_cached_without_the_file_listing_is_used_when_the_hub_is_unreachable(
