@@ -2,10 +2,16 @@
 
 `RunState` is the one state machine of a run, and the window shows `label()` in one place:
 
-    idle -> starting -> [loading model] -> preparing (the GPU or CPU) | connecting (a server) -> streaming
+    idle -> starting -> [loading model [-> downloading -> loading model]] -> preparing (the GPU or CPU)
+         | connecting (a server) -> streaming
     streaming <-> reconnecting (a live source or a server dropped, and is being reopened)
     any running phase -> stopping (the user pressed Stop) -> stopped
+    downloading -> stopping (Stop or the download's Cancel) -> download cancelled (the bytes kept)
     a running phase -> ended (the source ended: a file played to its end) | failed (with its reason)
+
+A hub model not yet in the cache is downloaded first: the download's progress events (bytes done and
+total, rate) move the run into, and along, the downloading phase; `download_text` says where it
+stands in bytes, rate and time left.
 
 Events arrive from the worker thread through queued signals, so one may come late (a "streaming"
 after the user already pressed Stop): events that do not fit the current phase are ignored, never
@@ -24,13 +30,15 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from core.download import DownloadProgress
 from core.types import Commentary
 
 
 class Phase(enum.Enum):
     IDLE = "idle"
     STARTING = "starting"  # opening the source
-    LOADING_MODEL = "loading model"
+    LOADING_MODEL = "loading model"  # finding its folder (a hub id: in the cache), then reading the weights
+    DOWNLOADING = "downloading"  # a hub model's missing files, with progress (`RunState.download`)
     PREPARING = "preparing"  # building the engine on its device (the GPU's caches and graphs)
     CONNECTING = "connecting"  # to a remote server
     STREAMING = "streaming"
@@ -38,6 +46,7 @@ class Phase(enum.Enum):
     STOPPING = "stopping"  # Stop pressed, the chunk in progress finishing
     ENDED = "ended"  # the source ended by itself (a file played to its end)
     STOPPED = "stopped"  # the user stopped it
+    CANCELLED = "download cancelled"  # the user stopped a download; its bytes are kept for the next Start
     FAILED = "failed"  # with a reason (`RunState.error`)
 
 
@@ -45,6 +54,7 @@ RUNNING = frozenset(
     {
         Phase.STARTING,
         Phase.LOADING_MODEL,
+        Phase.DOWNLOADING,
         Phase.PREPARING,
         Phase.CONNECTING,
         Phase.STREAMING,
@@ -52,11 +62,14 @@ RUNNING = frozenset(
         Phase.STOPPING,
     }
 )
-FINAL = frozenset({Phase.IDLE, Phase.ENDED, Phase.STOPPED, Phase.FAILED})  # a new run may start
+FINAL = frozenset(
+    {Phase.IDLE, Phase.ENDED, Phase.STOPPED, Phase.CANCELLED, Phase.FAILED}
+)  # a new run may start
 
 # The worker's progress: from which phases each one may be entered.
 _PROGRESS = {
-    Phase.LOADING_MODEL: {Phase.STARTING},
+    Phase.LOADING_MODEL: {Phase.STARTING, Phase.DOWNLOADING},  # after a download: reading the weights
+    Phase.DOWNLOADING: {Phase.STARTING, Phase.LOADING_MODEL, Phase.DOWNLOADING},  # see `downloaded`
     Phase.PREPARING: {Phase.STARTING, Phase.LOADING_MODEL},
     Phase.CONNECTING: {Phase.STARTING},
     Phase.STREAMING: {Phase.STARTING, Phase.LOADING_MODEL, Phase.PREPARING, Phase.CONNECTING},
@@ -97,9 +110,11 @@ class RunState:
         self.detail = ""  # what the phase is about: the device, "file on cpu", a reconnect message
         self.error: ErrorReport | None = None
         self.remote = False
+        self.download: DownloadProgress | None = None  # the latest progress of a download in this run
         self._streaming_detail = ""  # kept while reconnecting, shown again once reconnected
         self._resume: Phase | None = None  # the phase a reconnection returns to
         self._stop_asked = False
+        self._cancelled = False  # the Stop came while downloading
 
     @property
     def running(self) -> bool:
@@ -116,6 +131,8 @@ class RunState:
             raise RuntimeError(f"a run is already {self.phase.value}")
         self.phase, self.detail, self.error, self.remote = Phase.STARTING, "", None, remote
         self._streaming_detail, self._resume, self._stop_asked = "", None, False
+        self.download = None
+        self._cancelled = False
 
     def refuse(self, error: ErrorReport) -> None:
         """Start refused before anything ran (a missing source, an unwritable folder): the phase stays."""
@@ -131,6 +148,17 @@ class RunState:
         self.phase, self.detail = phase, detail
         if phase is Phase.STREAMING:
             self._streaming_detail = detail
+        return True
+
+    def downloaded(self, event: DownloadProgress) -> bool:
+        """A download's progress (from the worker, while it finds the model). False if it does not fit:
+        one that comes after Stop (the download thread ends at its next block), or once the weights
+        are being read, is ignored."""
+        if self.phase is Phase.LOADING_MODEL and self.download is not None:
+            return False  # back to loading after a download: that download is over
+        if not self.progress(Phase.DOWNLOADING, event.repo_id):
+            return False
+        self.download = event
         return True
 
     def link(self, connected: bool, message: str) -> bool:
@@ -152,6 +180,7 @@ class RunState:
         if not self.running or self.phase is Phase.STOPPING:
             return False
         self._stop_asked = True
+        self._cancelled = self.phase is Phase.DOWNLOADING
         self.phase, self.detail = Phase.STOPPING, ""
         return True
 
@@ -163,9 +192,13 @@ class RunState:
         return True
 
     def finish(self) -> Phase:
-        """The worker is done: failed (already set), stopped (asked for) or ended (the source ended)."""
+        """The worker is done: failed (already set), stopped (asked for; a download cancelled if it was
+        stopped while downloading) or ended (the source ended)."""
         if self.running:
-            self.phase = Phase.STOPPED if self._stop_asked else Phase.ENDED
+            if self._stop_asked:
+                self.phase = Phase.CANCELLED if self._cancelled else Phase.STOPPED
+            else:
+                self.phase = Phase.ENDED
             self.detail = ""
         return self.phase
 
@@ -177,10 +210,17 @@ class RunState:
         if phase is Phase.STARTING:
             return "Starting: opening the source"
         if phase is Phase.LOADING_MODEL:
-            return f"Loading the model {detail}".rstrip()
+            return f"Loading weights: {detail}" if detail else "Loading weights"
+        if phase is Phase.DOWNLOADING:
+            return (
+                f"Downloading weights {percent(self.download)}%" if self.download else "Downloading weights"
+            )
         if phase is Phase.PREPARING:
-            what = "the GPU" if detail.startswith("cuda") else f"the engine on {detail or 'its device'}"
-            return f"Preparing {what}"
+            if detail.startswith(
+                "cuda"
+            ):  # compiling takes seconds there: the first chunks do not wait for it
+                return "Preparing the GPU, commentary starts in eager mode"
+            return f"Preparing the engine on {detail or 'its device'}"
         if phase is Phase.CONNECTING:
             return f"Connecting to {detail}".rstrip()
         if phase is Phase.STREAMING:
@@ -193,7 +233,39 @@ class RunState:
             return "Ended: the source played to its end"
         if phase is Phase.STOPPED:
             return "Stopped"
+        if phase is Phase.CANCELLED:
+            return "Download cancelled: the bytes so far are kept, and Start resumes it"
         return "Failed"  # the reason is in the window's error panel, said once
+
+
+def percent(event: DownloadProgress) -> int:
+    """How much of a download is done, in whole percent: 100 only once every byte is there."""
+    return 100 if event.done >= event.total else event.done * 100 // max(event.total, 1)
+
+
+def download_text(event: DownloadProgress) -> str:
+    """'1.2 GB of 16.6 GB, 35.0 MB/s, 7 min left': bytes, rate and time left (once measured)."""
+    from rich.filesize import decimal  # the same units as the command line's bar
+
+    parts = [f"{decimal(event.done)} of {decimal(event.total)}"]
+    if event.rate > 0:
+        parts.append(f"{decimal(int(event.rate))}/s")
+    left = event.seconds_left
+    if left is not None and event.done < event.total:
+        parts.append(f"{duration(left)} left")
+    return ", ".join(parts)
+
+
+def duration(seconds: float) -> str:
+    """A time left, as precise as it is useful: '45 s', '7 min', '2 h 05 min'."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
 
 
 def recording_name() -> str:

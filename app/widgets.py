@@ -1,4 +1,5 @@
-"""The window's own widgets: the video view (device pixels, full screen) and the error panel.
+"""The window's own widgets: the video view (device pixels, full screen), the error panel and the
+download panel.
 
 The view shows a picture the window prepared at exactly the view's size in device pixels (the
 overlay is drawn at that resolution, not scaled up with the frame), so text is sharp on any screen.
@@ -16,13 +17,16 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
     QSplitter,
     QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
-from app.run_state import ErrorReport
+from app.run_state import ErrorReport, download_text, percent
+from core.download import DownloadProgress
 
 
 class VideoView(QWidget):
@@ -185,6 +189,47 @@ class ErrorPanel(QFrame):
 
     def _toggle_details(self, shown: bool) -> None:
         self.details.setVisible(shown)
+
+
+class DownloadPanel(QFrame):
+    """A model's download, inside the window and not modal: what, how far (a bar), bytes, rate and time
+    left, and Cancel (the bytes so far stay on disk for the next Start)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setObjectName("downloadPanel")
+        self.setStyleSheet(
+            "#downloadPanel { background: #ebf4ff; border: 1px solid #a3bffa; border-radius: 4px; }"
+            "#downloadPanel QLabel { color: #2c5282; }"
+        )
+        self.title = QLabel("")
+        self.title.setStyleSheet("font-weight: bold;")
+        self.bar = QProgressBar()
+        self.bar.setRange(
+            0, 100
+        )  # in whole percent, as the status bar says it (a byte count overflows its int)
+        self.figures = QLabel("")  # bytes, rate, time left
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop the download; the next Start resumes it from the bytes kept")
+        row = QHBoxLayout()
+        row.addWidget(self.figures, 1)
+        row.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(8, 6, 8, 6)
+        layout.addWidget(self.title)
+        layout.addWidget(self.bar)
+        layout.addLayout(row)
+        self.hide()
+
+    def show_progress(self, event: DownloadProgress | None) -> None:
+        """Where the download stands, or hidden (None: no download going on)."""
+        if event is None:
+            self.hide()
+            return
+        self.title.setText(f"Downloading {event.repo_id} (the first start of this model)")
+        self.bar.setValue(percent(event))
+        self.figures.setText(download_text(event))
+        self.show()
 
 
 def scaled_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:

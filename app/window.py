@@ -4,7 +4,7 @@ Widgets are touched only here, in the GUI thread; the `StreamWorker` (app/worker
 through signals. What a run is doing, its log and its figures live in Qt-free objects
 (app/run_state.py: `RunState`, `RunLog`); this module shows them: the state in the status bar's
 first field, the figures beside it (greyed when they are not live), errors in one panel inside the
-window. The overlay is `core.media.overlay.Overlay`, the same renderer the recorder burns in, drawn
+window, a model's download in a panel above it (with Cancel). The overlay is `core.media.overlay.Overlay`, the same renderer the recorder burns in, drawn
 here at the view's resolution in device pixels.
 """
 
@@ -32,7 +32,7 @@ from app.form import RunForm, default_record_folder, display_path
 from app.icon import app_icon
 from app.run_state import ErrorReport, Phase, RunLog, RunState
 from app.state import DEMO_SOURCE, RunRequest, demo_clip, resolve_source
-from app.widgets import ErrorPanel, VideoView, dropped_file, scaled_rgb
+from app.widgets import DownloadPanel, ErrorPanel, VideoView, dropped_file, scaled_rgb
 from app.worker import StreamWorker
 from core.config import EngineConfig
 from core.errors import StreamVLMError
@@ -125,10 +125,13 @@ class MainWindow(QMainWindow):
         self.errors = ErrorPanel()
         self.message = self.errors.summary  # the error sentence shown now ("" when none)
         self.errors.close_button.clicked.connect(self.run.clear_error)  # dismissed for good
+        self.download_panel = DownloadPanel()
+        self.download_panel.cancel_button.clicked.connect(self.stop)  # Stop, while downloading
 
         controls = QWidget()
         side = QVBoxLayout(controls)
         side.addWidget(self.form)
+        side.addWidget(self.download_panel)
         side.addWidget(self.errors)
         side.addWidget(QLabel("Commentary"))
         side.addWidget(self.log, 1)
@@ -280,6 +283,7 @@ class MainWindow(QMainWindow):
         self.worker.commentary.connect(self.on_commentary)
         self.worker.report.connect(self.on_report)
         self.worker.phase.connect(self.on_phase)
+        self.worker.download.connect(self.on_download)
         self.worker.link.connect(self.on_link)
         self.worker.failed.connect(self.on_failed)
         self.worker.finished.connect(self.on_finished)
@@ -429,6 +433,11 @@ class MainWindow(QMainWindow):
         if self.run.progress(phase, detail):
             self._show_state()
 
+    @Slot(object)
+    def on_download(self, event) -> None:
+        if self.run.downloaded(event):
+            self._show_state()
+
     @Slot(bool, str)
     def on_link(self, connected: bool, message: str) -> None:
         if self.run.link(connected, message):
@@ -461,6 +470,7 @@ class MainWindow(QMainWindow):
         self.form.recording_to = self.request.record_to if run.running and self.request else None
         self.form.update_record_rows()
         self.errors.show_error(run.error)
+        self.download_panel.show_progress(run.download if run.phase is Phase.DOWNLOADING else None)
         self.view.hint = FAILED_HINT if run.phase is Phase.FAILED else VIDEO_HINT
         self.view.update()
         self._show_figures()

@@ -1,16 +1,23 @@
 """The stream worker: model, source, pipeline and recorder, in a thread of their own.
 
 `StreamWorker` lives in a `QThread`. Its `run` loads the model (once per model settings; kept for
-the next run), builds the engine from the request's config (`core.loading.open_engine`), opens the
+the next run, until a run loads another), builds the engine from the request's config (`core.loading.open_engine`), opens the
 source, and runs `core.pipeline.Pipeline` paced like a live feed; everything it learns goes to the
 window through signals, never by touching widgets: its progress as `app.run_state.Phase`s, a live
 source's or server's drops and returns (`link`), a failure's sentence and details. `stop` may be
 called from the GUI thread at any time: it stops the pipeline, which closes the source and returns
 after the chunk in progress.
+
+A hub model not complete in the Hugging Face cache is downloaded first (`core.loading.model_folder`),
+its progress sent as `download` events. The download runs in a thread of its own that Stop does not
+wait for: huggingface_hub reads 10 MB at a time and a cancel takes effect between two reads, which
+on a slow or stalled line may be many seconds away, so Stop ends the run at once and that thread
+ends at its next read, keeping the bytes on disk (a later Start resumes from them, after it).
 """
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 import traceback
@@ -30,11 +37,14 @@ class StreamWorker(QObject):
     commentary = Signal(object)  # core.types.Commentary
     report = Signal(object)  # core.media.realtime.ChunkReport
     phase = Signal(object, str)  # app.run_state.Phase the run moved to, and what it is about
+    download = Signal(object)  # core.download.DownloadProgress of the model's download
     link = Signal(bool, str)  # a live source or the server: connected again (True) or reconnecting
     failed = Signal(str, str)  # a user-facing reason, and details; the run is over
     finished = Signal()
 
-    _models: dict[object, object] = {}  # core.config.ModelConfig -> StreamModel, kept across runs
+    # core.config.ModelConfig -> StreamModel: the last model loaded, kept for the next run of the same
+    # model settings; one only, as a GPU may not hold two.
+    _models: dict[object, object] = {}
 
     def __init__(self, request: RunRequest) -> None:
         super().__init__()
@@ -128,14 +138,63 @@ class StreamWorker(QObject):
             source.close()
 
     def _model(self):
+        """The request's model: the one kept from the last run if its settings are the same, else
+        downloaded if need be and loaded (the kept one let go first). None if stopped meanwhile."""
         from core.loading import model_from_config
 
         config = self.request.engine_config
         key = config.model  # path, device, dtype and attention: the same model is kept across runs
         if key not in self._models:
             self.phase.emit(Phase.LOADING_MODEL, self.request.model)
+            if not self._find_model(self.request.model):
+                return None
+            self.phase.emit(Phase.LOADING_MODEL, self.request.model)  # after a download: reading it
+            self._release_models()
+            # The folder is complete now (a hub id's snapshot is found in the cache without the hub).
             self._models[key] = model_from_config(config)
         return self._models[key]
+
+    def _find_model(self, name: str) -> bool:
+        """Make `name`'s checkpoint folder exist: a hub id not complete in the cache is downloaded, in a
+        thread Stop does not wait for (see the module's docstring); a folder or 'tiny' is there at
+        once. False if stopped first."""
+        from core.loading import model_folder
+
+        done = threading.Event()
+        outcome: list[BaseException] = []
+
+        def fetch() -> None:
+            try:
+                model_folder(name, progress=self._on_download, cancel=self._stopped)
+            except BaseException as exc:  # handed to the worker's thread, raised there
+                outcome.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=fetch, name="model-download", daemon=True).start()
+        while not done.wait(0.05):
+            if self._stopped.is_set():
+                return False
+        if outcome and not self._stopped.is_set():
+            raise outcome[0]
+        return not self._stopped.is_set()
+
+    def _on_download(self, event) -> None:
+        """The download's threads: progress, until the run is stopped."""
+        if not self._stopped.is_set():
+            self.download.emit(event)
+
+    @classmethod
+    def _release_models(cls) -> None:
+        """Let the kept model go before another is loaded, so both are never in memory at once."""
+        if not cls._models:
+            return
+        cls._models.clear()
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def _remote_session(self):
         from core.remote.client import RemoteSession

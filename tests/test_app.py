@@ -380,3 +380,40 @@ def test_a_remote_server_is_a_model_choice(qtbot, window, tiny_model):
         assert window.message.text() == "" and window.state_label.text() == "Stopped"  # not an error
     finally:
         running.stop()
+
+
+def test_stop_and_start_keep_the_loaded_model_and_another_model_replaces_it(
+    qtbot, window, tiny_dir, tmp_path
+):
+    """The same model and device: the second Start loads nothing (no 'Loading' state, the same model
+    object). Another model: loaded in its place, the first one let go (a GPU may not hold two)."""
+    import gc
+    import shutil
+    import weakref
+
+    from app.run_state import Phase
+    from app.worker import StreamWorker
+
+    def run_once(model: str) -> tuple[object, list[Phase]]:
+        phases = []
+        show = window._show_state
+        window._show_state = lambda: (phases.append(window.run.phase), show())
+        start(qtbot, window, str(CLIP), model)
+        qtbot.waitUntil(lambda: window.run.phase is Phase.STREAMING, timeout=60_000)
+        engine = window.worker.engine
+        window.stop()
+        qtbot.waitUntil(lambda: window.thread is None, timeout=10_000)
+        window._show_state = show
+        return engine.model, phases
+
+    first, _ = run_once(str(tiny_dir))
+    again, phases = run_once(str(tiny_dir))
+    assert again is first and Phase.LOADING_MODEL not in phases and Phase.PREPARING in phases
+    gone = weakref.ref(first)
+    del first, again
+    other = tmp_path / "other-model"  # another folder: another model
+    shutil.copytree(tiny_dir, other)
+    replacement, phases = run_once(str(other))
+    assert Phase.LOADING_MODEL in phases and list(StreamWorker._models.values()) == [replacement]
+    gc.collect()
+    assert gone() is None, "the first model is still in memory"

@@ -6,8 +6,19 @@ import re
 
 import pytest
 
-from app.run_state import ErrorReport, Phase, RunLog, RunState, first_sentence, recording_name
+from app.run_state import (
+    ErrorReport,
+    Phase,
+    RunLog,
+    RunState,
+    download_text,
+    duration,
+    first_sentence,
+    percent,
+    recording_name,
+)
 from app.state import DEMO_SOURCE, demo_clip, resolve_source
+from core.download import DownloadProgress
 from core.types import Commentary
 
 
@@ -166,3 +177,84 @@ def test_an_installed_package_without_assets_draws_the_demo_clip(tmp_path, monke
     with av.open(str(clip)) as container:
         assert container.streams.video[0].width == 320 and sum(1 for _ in container.decode(video=0)) == 80
     assert demo_clip() == clip and list(tmp_path.iterdir()) == [clip]  # drawn once, no partial file left
+
+
+# -- a hub model's download, and what the status says while the model loads ------------------------
+
+
+def progress(done: int, total: int = 16_600_000_000, rate: float = 35e6) -> DownloadProgress:
+    return DownloadProgress("org/name", done, total, rate)
+
+
+def test_a_download_shows_its_percent_then_loading_weights_then_preparing():
+    state = RunState()
+    state.begin()
+    assert state.progress(Phase.LOADING_MODEL, "org/name") and state.label() == "Loading weights: org/name"
+    assert state.downloaded(progress(0, rate=0.0)) and state.label() == "Downloading weights 0%"
+    assert state.downloaded(progress(7_138_000_000)) and state.label() == "Downloading weights 43%"
+    assert state.download.done == 7_138_000_000 and state.running and not state.live
+    assert state.downloaded(progress(16_599_999_999))
+    assert state.label() == "Downloading weights 99%"  # not 100 before the last byte
+    assert state.downloaded(progress(16_600_000_000)) and state.label() == "Downloading weights 100%"
+    assert state.progress(Phase.LOADING_MODEL, "org/name") and state.label() == "Loading weights: org/name"
+    assert not state.downloaded(progress(1))  # a late event cannot take the run back to downloading
+    assert state.progress(Phase.PREPARING, "cuda:0")
+    assert state.label() == "Preparing the GPU, commentary starts in eager mode"
+    assert state.progress(Phase.STREAMING, "(a file) on cuda:0")
+    assert state.finish() is Phase.ENDED
+
+
+def test_preparing_on_a_cpu_says_nothing_of_eager_mode():
+    state = RunState()
+    state.begin()
+    assert state.progress(Phase.PREPARING, "cpu") and state.label() == "Preparing the engine on cpu"
+
+
+def test_stopping_a_download_is_a_cancelled_download_and_later_progress_is_ignored():
+    state = RunState()
+    state.begin()
+    assert state.downloaded(progress(10_000_000))
+    assert state.stop() and state.phase is Phase.STOPPING
+    assert not state.downloaded(progress(20_000_000))  # the download thread's last block, after the Stop
+    assert state.finish() is Phase.CANCELLED and not state.running and state.error is None
+    assert state.label() == "Download cancelled: the bytes so far are kept, and Start resumes it"
+    state.begin()  # the next Start: a new run, the last one's download forgotten
+    assert state.phase is Phase.STARTING and state.download is None
+
+
+def test_a_stop_after_the_download_is_a_plain_stop_and_a_download_failure_keeps_its_reason():
+    state = RunState()
+    state.begin()
+    assert state.downloaded(progress(100, total=100))
+    assert state.progress(Phase.LOADING_MODEL, "org/name")
+    assert state.stop() and state.finish() is Phase.STOPPED  # the download was done: nothing cancelled
+    state.begin()
+    assert state.downloaded(progress(5))
+    error = ErrorReport.from_text("model 'org/name' needs 16.6 GB more on disk but /c has 2.0 GB free")
+    assert state.fail(error) and state.finish() is Phase.FAILED and state.error is error
+
+
+@pytest.mark.parametrize(
+    "event, text",
+    [
+        (progress(0, rate=0.0), "0 bytes of 16.6 GB"),  # nothing measured yet: no rate, no time left
+        (progress(7_138_000_000), "7.1 GB of 16.6 GB, 35.0 MB/s, 4 min left"),
+        (progress(16_590_000_000), "16.6 GB of 16.6 GB, 35.0 MB/s, 0 s left"),
+        (progress(1_000_000, rate=200_000.0), "1.0 MB of 16.6 GB, 200.0 kB/s, 23 h 03 min left"),
+        (progress(25_400_000, 25_400_000), "25.4 MB of 25.4 MB, 35.0 MB/s"),  # done: no time left
+    ],
+)
+def test_the_download_text_says_bytes_rate_and_time_left(event, text):
+    assert download_text(event) == text
+
+
+@pytest.mark.parametrize(
+    "seconds, text", [(0.4, "0 s"), (59.4, "59 s"), (60, "1 min"), (3569, "59 min"), (3600, "1 h 00 min")]
+)
+def test_time_left_is_as_precise_as_is_useful(seconds, text):
+    assert duration(seconds) == text
+
+
+def test_percent_is_whole_and_reaches_100_only_when_done():
+    assert [percent(progress(d, 1000)) for d in (0, 9, 10, 999, 1000)] == [0, 0, 1, 99, 100]
+    assert percent(progress(0, 0)) == 100  # nothing to fetch is done
