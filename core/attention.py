@@ -66,7 +66,7 @@ def ragged_prefill_attention(
 ) -> torch.Tensor:
     """q [1, Hq, sum(n_i), D]; segment i's n_i queries attend to keys.tensors[i] [1, Hkv, S_i, D] (its
     cache, the last n_i being its own new tokens) lower-right causally -> [1, sum(n_i), Hq, D]."""
-    if query.is_cuda and _varlen_usable(query):
+    if query.is_cuda and len(keys.tensors) > 1 and _varlen_usable(query):
         return _packed_varlen(query, keys, values, scaling)
     gqa = query.shape[1] != keys.tensors[0].shape[1]
     outs, start = [], 0
@@ -82,9 +82,8 @@ def _packed_varlen(
     query: torch.Tensor, keys: RaggedKV, values: RaggedKV, scaling: float | None
 ) -> torch.Tensor:
     """All segments in one FlashAttention varlen call: queries and caches packed token-major (the caches
-    copied once per layer: a few percent of the prefill's time, for thread blocks that fill the GPU)."""
-    from torch.nn.attention.varlen import varlen_attn
-
+    copied once per layer: a few percent of the prefill's time, for thread blocks that fill the GPU).
+    FlashAttention-2 shares key heads natively and aligns a causal mask to each segment's last key."""
     packing = keys.packing
     if not packing:  # the same bounds at every layer: built on the host once per forward
         device = query.device
@@ -96,7 +95,9 @@ def _packed_varlen(
     q = query[0].transpose(0, 1)  # [sum n, Hq, D]
     k = torch.cat([t[0].transpose(0, 1) for t in keys.tensors])  # [sum S, Hkv, D]
     v = torch.cat([t[0].transpose(0, 1) for t in values.tensors])
-    out = varlen_attn(
+    # The op under `torch.nn.attention.varlen.varlen_attn`, whose wrapper (PyTorch 2.11) does not yet
+    # pass fewer key heads through.
+    out = torch.ops.aten._flash_attention_forward(
         q,
         k,
         v,
@@ -104,10 +105,11 @@ def _packed_varlen(
         packing["cu_k"],
         packing["max_q"],
         packing["max_k"],
+        0.0,
+        True,
+        False,
         scale=scaling,
-        window_size=(-1, 0),  # causal, aligned to each segment's last key
-        enable_gqa=q.shape[1] != k.shape[1],
-    )
+    )[0]
     return out[None]  # [1, sum n, Hq, D]
 
 
@@ -115,8 +117,8 @@ _VARLEN: dict[torch.device, bool] = {}
 
 
 def _varlen_usable(query: torch.Tensor) -> bool:
-    """FlashAttention varlen with causal windows and shared key heads (PyTorch >= 2.11 on a GPU that runs
-    FlashAttention, half precision), checked once per device against per-segment SDPA on a small case."""
+    """FlashAttention varlen (a GPU that runs PyTorch's FlashAttention, half precision), checked once per
+    device against per-segment SDPA on a small case with shared key heads and cached keys."""
     device = query.device
     if query.dtype not in (torch.float16, torch.bfloat16):
         return False
@@ -126,14 +128,7 @@ def _varlen_usable(query: torch.Tensor) -> bool:
 
 
 def _probe_varlen(device: torch.device, dtype: torch.dtype) -> bool:
-    import inspect
-
     try:
-        from torch.nn.attention import varlen
-
-        params = inspect.signature(varlen.varlen_attn).parameters
-        if not {"window_size", "enable_gqa"} <= params.keys():
-            return False
         gen = torch.Generator(device="cpu").manual_seed(0)
         lengths, cached = [5, 9], [7, 0]
         q = torch.randn(1, 4, sum(lengths), 64, generator=gen).to(device, dtype)

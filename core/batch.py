@@ -15,6 +15,7 @@ evict at different times).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +33,9 @@ class DecodeRow:
     token: torch.Tensor  # [1] on the model's device
     position: float
     write_at: int  # the slot's first free index: where this token's keys and values go
+    # The session's own captured single-session step (core/decode_step.py), for when this row is the
+    # only one: it reads the slot in place, where a batched step gathers it (faster for one stream).
+    solo: Callable[[torch.Tensor, float], torch.Tensor] | None = None
 
 
 class _PoolRows(CacheLayerMixin):
@@ -147,11 +151,12 @@ class BatchedDecode:
         self.padded += size - n
         return bucket
 
-    def _forward(self, bucket: _Bucket) -> torch.Tensor:
+    def _forward(self, bucket: _Bucket, captured: bool = False) -> torch.Tensor:
         model = self.model
         mask = (self._span[None, :] <= bucket.write_at[:, None]).view(bucket.size, 1, 1, -1)  # its own length
         cache = _PoolBatch(self.pool, bucket.slots, bucket.write_at)
-        return model.forward_rows(model.embed(bucket.tokens), bucket.positions.expand(3, -1), cache, mask)
+        embeds = model.embed(bucket.tokens)
+        return model.forward_rows(embeds, bucket.positions.expand(3, -1), cache, mask, captured=captured)
 
     def _capture(self, bucket: _Bucket) -> None:
         """Run the step twice on a side stream (lazy initialisation happens outside the graph; the rows
@@ -161,9 +166,9 @@ class BatchedDecode:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):
-                self._forward(bucket)
+                self._forward(bucket, captured=True)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            bucket.logits = self._forward(bucket)
+            bucket.logits = self._forward(bucket, captured=True)
         bucket.graph = graph

@@ -134,7 +134,7 @@ class StaticDecodeStep:
                     self._step()
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # other sessions' threads run on
                 self._logits = self._step()
         self.graph = graph
         self.captures += 1

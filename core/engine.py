@@ -18,6 +18,7 @@ GPU never waits for the host.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -231,7 +232,7 @@ class Session(Closeable):
         self._token_reader = _TokenReader(model.device)
         self._deadline = float("inf")  # the current chunk's, for the scheduler's ordering
         acceleration = engine.acceleration
-        if acceleration.static_decode and engine.scheduler is None:  # batched steps replace the static one
+        if acceleration.static_decode:  # with a scheduler: for the steps this session takes alone
             self._static_step = StaticDecodeStep(
                 model, self.cache, use_graph=acceleration.cuda_graphs, attention=acceleration.decode_attention
             )
@@ -409,16 +410,19 @@ class Session(Closeable):
         stop = model.special.stops
         text = _TextStream(model, self.conv.marker, self.on_token) if self.on_token else None
         step_fn = self._static_step
-        overlap = step_fn is not None and self.engine.acceleration.overlap
+        overlap = step_fn is not None and self.engine.acceleration.overlap and self.engine.scheduler is None
         scheduler = self.engine.scheduler
         generated: list[int] = []
+        drawn = None  # (token, id) the scheduler drew for this step along with its forward
         if scheduler is not None:
             scheduler.join()  # its batches wait for this session's steps until it leaves
         try:
             for step in range(gen.max_new_tokens):
-                token = self.sampler(logits, recent, step)
                 last = step == gen.max_new_tokens - 1
-                if overlap and not last:
+                if drawn is not None:
+                    token, token_id = drawn
+                elif overlap and not last:
+                    token = self.sampler(logits, recent, step)
                     # Start the next forward before the host knows the token: the GPU runs it while the
                     # host waits for the token, decides whether to stop and keeps the books. After a stop
                     # token that forward is wasted but harmless (it wrote one slot past the cached ones).
@@ -427,6 +431,7 @@ class Session(Closeable):
                     logits = step_fn.launch(token, self.cache.cursor)
                     token_id = self._token_reader.result()
                 else:
+                    token = self.sampler(logits, recent, step)
                     token_id = int(token.item())  # the one host sync per token: do we stop?
                 generated.append(token_id)
                 if text is not None:
@@ -437,7 +442,12 @@ class Session(Closeable):
                 if scheduler is not None:
                     write_at = self.cache.length
                     position = self.cache.append_token(Part.REPLY, self.round, token_id)
-                    logits = scheduler.step(self._slot, token, position, write_at, self._deadline)
+                    solo = step_fn.launch if step_fn is not None else self._solo_step
+                    # The next token is drawn on the model thread with every other row's, one host sync for all.
+                    draw = functools.partial(self.sampler, recent=recent, step=step + 1)
+                    logits, *drawn = scheduler.step(
+                        self._slot, token, position, write_at, self._deadline, solo=solo, sample=draw
+                    )
                     self.cache.advance(1)
                     if self.trace is not None:
                         self.trace.logits.append((self.cache.length, logits[None].detach().cpu()))
@@ -460,6 +470,14 @@ class Session(Closeable):
         if text is not None:
             text.finish()
         return generated
+
+    def _solo_step(self, token: torch.Tensor, position: float) -> torch.Tensor:
+        """A step this session takes alone, without the static step (a CPU): the dynamic forward over its
+        own cache, leaving the token uncounted as the static step's `launch` does (the caller counts it)."""
+        positions = torch.full((3, 1), float(position), device=self.model.device)
+        logits = self.model.forward(self.model.embed(token.view(1)), positions, self.cache)
+        self.cache.advance(-1)
+        return logits
 
     def _finish_reply(self, generated: list[int]) -> list[int]:
         """Label the cached reply tokens, queue the unfed ones for the next prefill, return the words."""

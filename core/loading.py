@@ -157,10 +157,15 @@ def open_engine(
 ) -> StreamingEngine:
     """The engine `config` describes, the one way every command builds one: its model loaded (or
     `model`, one kept across runs), its stream, cache, generation and acceleration settings applied.
-    `sessions` and `batched`: a pool of session caches and batched decode steps (the server's)."""
+    `sessions` and `batched`: a pool of session caches whose sessions share one model thread that
+    batches their work (the server's). Left out: one slot and the same scheduler, with a batch of one
+    (the one code path of `python -m core run` and the app), where the cache policy bounds the cache
+    and the attention runs ragged prefills; otherwise each session allocates its own cache."""
     from core.engine import StreamingEngine
 
     model = model or model_from_config(config)
+    if sessions is None and not batched and config.cache.evicts and model.ragged_prefill:
+        sessions, batched = 1, True
     log.info(
         "model %s on %s (%s, attention %s)", model.name, model.device, model.dtype, model.attention_backend
     )

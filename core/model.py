@@ -250,11 +250,20 @@ class StreamModel:
 
     @torch.inference_mode()
     def forward_rows(
-        self, embeds: torch.Tensor, positions: torch.Tensor, cache: Any, attention_mask: torch.Tensor
+        self,
+        embeds: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any,
+        attention_mask: torch.Tensor,
+        captured: bool = False,
     ) -> torch.Tensor:
         """One new token for each of B streams: embeds [B, hidden] at positions [3, B], each row attending
-        by its own bool mask [B, 1, 1, keys] to what `cache` returns for it; float32 logits [B, vocab]."""
-        with self._stance(2 if embeds.shape[0] > 1 else 1):  # a new batch size: the modules' originals
+        by its own bool mask [B, 1, 1, keys] to what `cache` returns for it; float32 logits [B, vocab].
+
+        `captured`: the step is being captured in a CUDA graph, where the compiled modules' guard checks
+        are paid once; eager batched steps run the modules' originals (each new batch size would compile)."""
+        rows = 1 if captured else embeds.shape[0]
+        with self._stance(2 if rows > 1 else 1), self.decode_attention():
             out = self.model.model.language_model(
                 inputs_embeds=embeds.unsqueeze(1),
                 position_ids=positions.unsqueeze(2),
@@ -263,6 +272,22 @@ class StreamModel:
                 **{self._cache_kwarg: cache},
             )
         return self.model.lm_head(out.last_hidden_state[:, -1]).float()
+
+    @contextlib.contextmanager
+    def decode_attention(self):
+        """The language model's attention switched to the decode kernel while a step runs or is captured:
+        query heads that share a key head stacked as rows, each key read once (SDPA with a mask and shared
+        key heads falls back to a kernel that copies every key head per query head)."""
+        from core.attention import CAUSAL_PREFILL, MATMUL_DECODE
+
+        if self.attention_backend != CAUSAL_PREFILL:
+            yield
+            return
+        self.model.set_attn_implementation({"text_config": MATMUL_DECODE})
+        try:
+            yield
+        finally:
+            self.model.set_attn_implementation({"text_config": CAUSAL_PREFILL})
 
 
 def _compile_works(device: torch.device) -> bool:

@@ -21,9 +21,11 @@ the earliest deadline. A session gives the same tokens through the scheduler as 
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -38,11 +40,12 @@ log = logging.getLogger(__name__)
 # How long a decode step waits for sessions that are decoding but have not asked for their next
 # token yet (they are sampling or keeping their books, which takes microseconds): a little longer
 # than that lets them join, more would only add latency.
-GATHER_SECONDS = 0.002
+GATHER_SECONDS = 0.005
 # Most new tokens in one ragged prefill on a GPU: about ten HD chunks. Decoding sessions wait for a
 # whole prefill batch, so the budget bounds that stall (~25 ms per chunk on an H200) while leaving
 # enough rows to fill the GPU. A CPU takes every waiting chunk (the tests' tiny model).
 GPU_PREFILL_TOKENS = 8192
+IDLE_SECONDS = 5.0  # an idle model thread ends after this long (an engine dropped by its owner is freed)
 
 
 @dataclass
@@ -74,8 +77,11 @@ class PrefillJob:
 class _Step:
     row: DecodeRow
     deadline: float
+    sample: Callable[[torch.Tensor], torch.Tensor] | None = None
     done: threading.Event = field(default_factory=threading.Event)
     logits: torch.Tensor | None = None
+    token: torch.Tensor | None = None
+    token_id: int | None = None
     error: BaseException | None = None
 
 
@@ -99,10 +105,15 @@ class Scheduler:
         self._prefills: list[PrefillJob] = []
         self._steps: list[_Step] = []
         self._decoding = 0  # sessions between `join` and `leave`
+        self._busy = False  # the model is running work (on the model thread, or a lone step inline)
         self._thread: threading.Thread | None = None
         self._closed = False
         self.prefill_batches = 0  # ragged forwards run, and the chunks they carried (tests, reports)
         self.prefill_jobs = 0
+        # Where the model thread's time went (milliseconds): prefill batches (vision, inputs, forward),
+        # decode steps (forward and draws), and waiting for work (benchmarks report them).
+        self.busy_ms = {"prefill": 0.0, "decode": 0.0, "idle": 0.0}
+        _LIVE.add(self)
 
     # -- what sessions call (each from its own thread; each call blocks until its work is done) ------
 
@@ -125,16 +136,42 @@ class Scheduler:
             self._cond.notify_all()
 
     def step(
-        self, slot: int, token: torch.Tensor, position: float, write_at: int, deadline: float
-    ) -> torch.Tensor:
+        self,
+        slot: int,
+        token: torch.Tensor,
+        position: float,
+        write_at: int,
+        deadline: float,
+        solo: Callable[[torch.Tensor, float], torch.Tensor] | None = None,
+        sample: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, int | None]:
         """Feed `token` at `position` into `slot` (its keys and values at index `write_at`); return the
-        next logits [vocab] (float32)."""
-        step = _Step(DecodeRow(slot, token, position, write_at), deadline)
+        next logits [vocab] (float32), and with `sample` (logits -> token [1] on the device) the token it
+        draws and its id, drawn on the model thread with every row's, read back in one sync. `solo`: the
+        session's own single-session step, used when no other session decodes at the same time
+        (`core.batch.DecodeRow`)."""
+        with self._cond:
+            # Alone on an idle model: take the step on this thread (no hand-over to the model thread and
+            # back per token: a single stream runs as fast as without a scheduler).
+            inline = (
+                solo is not None and self._decoding <= 1 and not (self._steps or self._prefills or self._busy)
+            )
+            self._busy |= inline
+        if inline:
+            try:
+                logits = solo(token, position)
+                drawn = sample(logits) if sample is not None else None
+                return logits, drawn, None if drawn is None else int(drawn.item())
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+        step = _Step(DecodeRow(slot, token, position, write_at, solo), deadline, sample)
         self._submit(step)
         step.done.wait()
         if step.error is not None:
             raise step.error
-        return step.logits
+        return step.logits, step.token, step.token_id
 
     def close(self) -> None:
         """Stop the model thread (work already queued is finished first)."""
@@ -158,10 +195,18 @@ class Scheduler:
 
     def _loop(self) -> None:
         while True:
+            waited = time.perf_counter()
             with self._cond:
-                self._cond.wait_for(lambda: self._prefills or self._steps or self._closed)
+                self._cond.wait_for(
+                    lambda: (self._prefills or self._steps or self._closed) and not self._busy, IDLE_SECONDS
+                )
+                if self._busy:  # a lone step is running inline (and took longer than the idle wait)
+                    continue
                 if not (self._prefills or self._steps):
-                    return  # closed and drained
+                    # Closed, or idle: the thread ends (and holds the model no longer); the next
+                    # submission starts a new one.
+                    self._thread = None
+                    return
                 if self._steps and not self._prefills and len(self._steps) < self._decoding:
                     # Let decoding sessions that are still sampling their last token join this step.
                     self._cond.wait_for(
@@ -169,15 +214,21 @@ class Scheduler:
                     )
                 steps, self._steps = self._steps, []
                 jobs = self._take_prefills()
+                self._busy = True
+            self.busy_ms["idle"] += (time.perf_counter() - waited) * 1000.0
             first_prefill = min((j.deadline for j in jobs), default=float("inf"))
             first_step = min((s.deadline for s in steps), default=float("inf"))
-            with torch.inference_mode():
-                if first_prefill <= first_step:
-                    self._run_prefills(jobs)
-                    self._run_steps(steps)
-                else:
-                    self._run_steps(steps)
-                    self._run_prefills(jobs)
+            try:
+                with torch.inference_mode():
+                    if first_prefill <= first_step:
+                        self._run_prefills(jobs)
+                        self._run_steps(steps)
+                    else:
+                        self._run_steps(steps)
+                        self._run_prefills(jobs)
+            finally:
+                with self._cond:
+                    self._busy = False
 
     def _take_prefills(self) -> list[PrefillJob]:
         """The waiting chunks by deadline, as many as the token budget holds (at least one)."""
@@ -194,14 +245,29 @@ class Scheduler:
     def _run_steps(self, steps: list[_Step]) -> None:
         if not steps:
             return
+        started = time.perf_counter()
         try:
-            logits = self.decode.run([s.row for s in steps])
-            for row, step in enumerate(steps):
-                step.logits = logits[row]
+            row = steps[0].row
+            if len(steps) == 1 and row.solo is not None:
+                logits = row.solo(row.token, row.position)[None]
+            else:
+                logits = self.decode.run([s.row for s in steps])
+            drawn = []
+            for index, step in enumerate(steps):
+                step.logits = logits[index]
+                if step.sample is not None:
+                    step.token = step.sample(step.logits)
+                    drawn.append(step)
+            if drawn:  # one host sync for every row's token
+                for step, token_id in zip(drawn, torch.cat([s.token.view(1) for s in drawn]).tolist()):
+                    step.token_id = token_id
         except BaseException as exc:  # every row of a failed batch hears why
             for step in steps:
                 step.error = exc
         finally:
+            if self._cuda:
+                torch.cuda.synchronize()
+            self.busy_ms["decode"] += (time.perf_counter() - started) * 1000.0
             for step in steps:
                 step.done.set()
 
@@ -234,9 +300,13 @@ class Scheduler:
                 embeds = torch.cat([s[0] for s in segments])
                 positions = torch.cat([s[1] for s in segments], dim=1)
                 lengths = [s[0].shape[0] for s in segments]
-                logits = self.model.forward_ragged(
-                    embeds, positions, [s[2] for s in segments], lengths, [s[3] for s in segments]
-                )
+                if len(segments) == 1:  # alone: the single-session forward, exactly
+                    embeds, positions, cache, every = segments[0]
+                    logits = [self.model.forward(embeds, positions, cache, all_logits=every)]
+                else:
+                    logits = self.model.forward_ragged(
+                        embeds, positions, [s[2] for s in segments], lengths, [s[3] for s in segments]
+                    )
                 forward_ms = clock.lap()
                 for job, out, n in zip(ready, logits, lengths, strict=True):
                     job.logits, job.tokens_fed = out, n
@@ -248,8 +318,20 @@ class Scheduler:
                 if job.error is None and job.logits is None:
                     job.error = exc
         finally:
+            self.busy_ms["prefill"] += (time.perf_counter() - started) * 1000.0
             for job in jobs:
                 job.done.set()
+
+
+_LIVE: weakref.WeakSet[Scheduler] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    """End the model threads before the interpreter tears down (a daemon thread killed inside a kernel
+    call aborts the process)."""
+    for scheduler in list(_LIVE):
+        scheduler.close()
 
 
 class _Clock:

@@ -186,8 +186,8 @@ def test_a_position_off_by_one_in_the_batched_path_is_caught(tiny_model, solo, m
     monkeypatch.setattr(
         core.scheduler.Scheduler,
         "step",
-        lambda self, slot, token, position, write_at, deadline: real(
-            self, slot, token, position + 1, write_at, deadline
+        lambda self, slot, token, position, *rest, **options: real(
+            self, slot, token, position + 1, *rest, **options
         ),
     )
     batched, _ = together(tiny_model)

@@ -1,12 +1,13 @@
-"""Many sessions on one GPU: batched decode steps against one session at a time, random 7B weights.
+"""Many sessions on one GPU through the scheduler, against one session without it; random 7B weights.
 
     python evals/scripts/bench_batch.py --sessions 1,4,8,16 --chunks 10 --out DIR
 
 For each N, N sessions (each its own thread, own HD noise frames, 20 tokens forced per chunk) push
 `--chunks` one-second chunks as fast as they can through one engine with a pool of N cache slots
-and batched decode steps; N = 1 also runs the single-session static-graph path for reference.
-Reports per-chunk engine time (median over sessions and chunks after the first), the batched
-forwards' average rows, and stream-seconds of video per second of wall time. Then checks that
+and the scheduler (batched prefills and decode steps); one session without the scheduler (the
+static-graph path) runs for reference. Reports per-chunk engine time and its split (median over
+sessions and chunks after each one's first two: graph captures), chunks per prefill forward, rows
+per decode step, and stream-seconds of video per second of wall time. Then checks that
 batched and solo sessions agree on their greedy tokens for the first 5 chunks (bf16).
 Writes DIR/batch.json and prints a markdown table.
 """
@@ -38,6 +39,7 @@ def _sync() -> None:
 
 
 SIZE = (720, 1280)  # height, width
+WARM_CHUNKS = 2  # each session's first chunks: compilation and graph captures of new batch sizes
 
 
 def frames(seed: int, chunks: int) -> list[list[np.ndarray]]:
@@ -59,6 +61,7 @@ def run(model, sessions: int, chunks: int, batched: bool, generation=FORCED, fir
     inputs = [frames(first + s, chunks) for s in range(sessions)]
     times: list[list[float]] = [[] for _ in range(sessions)]
     tokens: list[list[list[int]]] = [[] for _ in range(sessions)]
+    phases: list[dict] = []  # each chunk's split (after each session's first)
 
     def worker(s: int) -> None:
         with engine.start(previous_text=f"Stream {first + s}.", seed=first + s) as session:
@@ -67,6 +70,16 @@ def run(model, sessions: int, chunks: int, batched: bool, generation=FORCED, fir
                 session.push(chunk, float(k), float(k + 1))
                 times[s].append(time.perf_counter() - started)
                 tokens[s].append(session.cache.token_ids()[-20:])
+                st = session.last_stats
+                if k >= WARM_CHUNKS:
+                    phases.append(
+                        {
+                            "queue": st.queue_ms,
+                            "vision": st.vision_ms,
+                            "prefill": st.prefill_ms,
+                            "decode": st.decode_ms,
+                        }
+                    )
 
     _sync()
     started = time.perf_counter()
@@ -77,15 +90,29 @@ def run(model, sessions: int, chunks: int, batched: bool, generation=FORCED, fir
         thread.join()
     _sync()
     wall = time.perf_counter() - started
-    after_first = [t for per in times for t in per[1:]]
-    batcher = engine.batcher
+    after_first = [t for per in times for t in per[WARM_CHUNKS:]]
+    scheduler = engine.scheduler
+    decode = scheduler.decode if scheduler else None
+    if scheduler:
+        scheduler.close()
     return {
         "sessions": sessions,
         "batched": batched,
         "chunk_ms_median": round(1000 * statistics.median(after_first), 1),
         "chunk_ms_p90": round(1000 * float(np.percentile(after_first, 90)), 1),
-        "rows_per_batch": round(batcher.rows / batcher.batches, 2) if batcher and batcher.batches else 1.0,
+        "rows_per_batch": round(decode.rows / decode.batches, 2) if decode and decode.batches else 1.0,
+        "chunks_per_prefill": round(scheduler.prefill_jobs / scheduler.prefill_batches, 2)
+        if scheduler and scheduler.prefill_batches
+        else 1.0,
+        **{
+            f"{name}_ms_median": round(statistics.median(p[name] for p in phases), 1)
+            for name in ("queue", "vision", "prefill", "decode")
+        },
         "stream_s_per_s": round(sessions * chunks / wall, 2),
+        "step_ms_mean": round(scheduler.busy_ms["decode"] / decode.batches, 2)
+        if decode and decode.batches
+        else None,
+        "model_thread_ms": {k: round(v) for k, v in scheduler.busy_ms.items()} if scheduler else None,
         "wall_s": round(wall, 1),
         "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
         if torch.cuda.is_available()
@@ -124,14 +151,27 @@ def main() -> int:
         "agreement": agree,
     }
     (args.out / "batch.json").write_text(json.dumps(result, indent=1))
-    print("| sessions | path | chunk ms (median) | p90 | rows per batch | stream-s per s | peak GiB |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| sessions | path | chunk ms (median) | p90 | queue | vision | prefill | decode | chunks per prefill "
+        "| rows per step | step ms | stream-s per s | peak GiB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        path = "batched" if r["batched"] else "single (static graph)"
+        path = "scheduler" if r["batched"] else "single session (no scheduler)"
         print(
-            f"| {r['sessions']} | {path} | {r['chunk_ms_median']} | {r['chunk_ms_p90']} | {r['rows_per_batch']} "
-            f"| {r['stream_s_per_s']} | {r['peak_gib']} |"
+            f"| {r['sessions']} | {path} | {r['chunk_ms_median']} | {r['chunk_ms_p90']} | {r['queue_ms_median']} "
+            f"| {r['vision_ms_median']} | {r['prefill_ms_median']} | {r['decode_ms_median']} "
+            f"| {r['chunks_per_prefill']} | {r['rows_per_batch']} | {r['step_ms_mean']} | {r['stream_s_per_s']} "
+            f"| {r['peak_gib']} |"
         )
+        if r["model_thread_ms"]:
+            print(f"  model thread (ms over the run): {r['model_thread_ms']}, wall {r['wall_s']} s")
+    from core import attention
+
+    print(
+        "ragged prefill attention:",
+        {str(k): "flash varlen" if v else "per-session SDPA" for k, v in attention._VARLEN.items()},
+    )
     print(json.dumps(agree))
     return 0
 
