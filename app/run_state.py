@@ -25,6 +25,7 @@ frame counters and the rates, with the clock passed in, so the figures are teste
 from __future__ import annotations
 
 import enum
+import math
 import re
 import time
 from collections.abc import Iterable
@@ -257,8 +258,9 @@ def download_text(event: DownloadProgress) -> str:
 
 
 def duration(seconds: float) -> str:
-    """A time left, as precise as it is useful: '45 s', '7 min', '2 h 05 min'."""
-    seconds = max(0, round(seconds))
+    """A time left, as precise as it is useful: '45 s', '7 min', '2 h 05 min' (never '0 s' for a
+    moment that is still to come)."""
+    seconds = max(1, math.ceil(seconds))
     if seconds < 60:
         return f"{seconds} s"
     minutes = round(seconds / 60)

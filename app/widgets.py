@@ -204,11 +204,13 @@ class DownloadPanel(QFrame):
         )
         self.title = QLabel("")
         self.title.setStyleSheet("font-weight: bold;")
+        self.title.setWordWrap(True)  # a long model id wraps rather than widening the side column
         self.bar = QProgressBar()
         self.bar.setRange(
             0, 100
         )  # in whole percent, as the status bar says it (a byte count overflows its int)
         self.figures = QLabel("")  # bytes, rate, time left
+        self.figures.setWordWrap(True)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setToolTip("Stop the download; the next Start resumes it from the bytes kept")
         row = QHBoxLayout()
@@ -226,7 +228,10 @@ class DownloadPanel(QFrame):
         if event is None:
             self.hide()
             return
-        self.title.setText(f"Downloading {event.repo_id} (the first start of this model)")
+        from core.download import cache_folder
+
+        self.title.setText(f"Downloading {event.repo_id} (once: later starts read it from the cache)")
+        self.setToolTip(f"into the Hugging Face cache, {cache_folder()} (HF_HOME sets where it is)")
         self.bar.setValue(percent(event))
         self.figures.setText(download_text(event))
         self.show()

@@ -47,6 +47,8 @@ SMOKE_NOTE = (
     "is gibberish. The source is the demo clip."
 )
 VIDEO_HINT = "No video yet.\n\nPress Start (Ctrl+Return), or drop a video file here."
+# Before the first picture of a run: what it waits for (a download, loading, preparing) is the state field's.
+WAITING_HINT = "The video shows here once the model is ready.\n\n{state}"
 FAILED_HINT = (
     "No video: the run failed (the reason is on the right).\n\nDrop a video file here to try another."
 )
@@ -471,7 +473,12 @@ class MainWindow(QMainWindow):
         self.form.update_record_rows()
         self.errors.show_error(run.error)
         self.download_panel.show_progress(run.download if run.phase is Phase.DOWNLOADING else None)
-        self.view.hint = FAILED_HINT if run.phase is Phase.FAILED else VIDEO_HINT
+        if run.phase is Phase.FAILED:
+            self.view.hint = FAILED_HINT
+        elif run.running and not run.live:
+            self.view.hint = WAITING_HINT.format(state=run.label())
+        else:
+            self.view.hint = VIDEO_HINT
         self.view.update()
         self._show_figures()
 

@@ -3,9 +3,10 @@
 `FakeHub` serves a folder as model `org/name` on loopback: the model info and file listing of the
 hub's API, and `resolve/{revision}/{file}` with HEAD (the metadata huggingface_hub reads: commit,
 ETag, size) and GET with byte ranges. It sends no xet headers, so huggingface_hub takes the plain
-HTTP path. It counts the bytes of every file it sends, can claim a size a file does not have, and
-can stop in the middle of a file until the test lets go. `repository_files` is the tiny model as
-such a repository, its weights grown so that a download can be cut in the middle.
+HTTP path. It counts the bytes of every file it sends, can claim a size a file does not have, can
+send at a set pace, and can stop in the middle of a file until the test lets go.
+`repository_files` is the tiny model as such a repository, its weights grown so that a download
+can be cut in the middle.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -42,6 +44,7 @@ class FakeHub:
         self.claimed: dict[str, int] = {}  # sizes to report instead of the true ones
         self.stall_after: dict[str, int] = {}  # send this many bytes of a file, then wait for `release`
         self.release = threading.Event()
+        self.pace: float | None = None  # bytes a second a file is sent at (None: as fast as it goes)
         self.ranges = True  # False: answer a range request with the whole file, as some servers do
         self.lock = threading.Lock()
         hub = self
@@ -140,6 +143,8 @@ class FakeHub:
                 request.wfile.write(block)
                 with self.lock:
                     self.served[name] += len(block)
+                if self.pace:
+                    time.sleep(len(block) / self.pace)
         except OSError:
             request.close_connection = True  # the client went away
 

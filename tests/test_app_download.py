@@ -109,6 +109,8 @@ def test_a_hub_model_downloads_with_progress_a_cancel_keeps_the_bytes_and_start_
     assert figures.startswith(f"{window.run.download.done / 1e6:.1f} MB of {total / 1e6:.1f} MB, ")
     assert "B/s" in figures and figures.endswith(" left")
     assert window.stop_button.isEnabled() and not window.start_button.isEnabled()
+    assert window.view.hint.startswith("The video shows here once the model is ready")  # not 'press Start'
+    assert window.view.hint.endswith(window.state_label.text())
 
     qtbot.mouseClick(panel.cancel_button, Qt.MouseButton.LeftButton)
     # Idle at once, though the download thread waits for the stalled server: it ends at its next block.

@@ -238,8 +238,8 @@ def test_a_stop_after_the_download_is_a_plain_stop_and_a_download_failure_keeps_
     "event, text",
     [
         (progress(0, rate=0.0), "0 bytes of 16.6 GB"),  # nothing measured yet: no rate, no time left
-        (progress(7_138_000_000), "7.1 GB of 16.6 GB, 35.0 MB/s, 4 min left"),
-        (progress(16_590_000_000), "16.6 GB of 16.6 GB, 35.0 MB/s, 0 s left"),
+        (progress(7_138_000_000), "7.1 GB of 16.6 GB, 35.0 MB/s, 5 min left"),
+        (progress(16_599_000_000), "16.6 GB of 16.6 GB, 35.0 MB/s, 1 s left"),  # not '0 s' before the end
         (progress(1_000_000, rate=200_000.0), "1.0 MB of 16.6 GB, 200.0 kB/s, 23 h 03 min left"),
         (progress(25_400_000, 25_400_000), "25.4 MB of 25.4 MB, 35.0 MB/s"),  # done: no time left
     ],
@@ -249,7 +249,8 @@ def test_the_download_text_says_bytes_rate_and_time_left(event, text):
 
 
 @pytest.mark.parametrize(
-    "seconds, text", [(0.4, "0 s"), (59.4, "59 s"), (60, "1 min"), (3569, "59 min"), (3600, "1 h 00 min")]
+    "seconds, text",
+    [(0.0, "1 s"), (0.4, "1 s"), (58.2, "59 s"), (59.4, "1 min"), (3569, "59 min"), (3600, "1 h 00 min")],
 )
 def test_time_left_is_as_precise_as_is_useful(seconds, text):
     assert duration(seconds) == text

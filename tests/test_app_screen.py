@@ -1,7 +1,8 @@
 """The real app on a real X display (Xvfb): its window class and icon as a desktop sees them, and
 screenshots of its states.
 
-The screenshots (idle, streaming with overlays, recording, an error shown) are kept in
+The screenshots (idle, streaming with overlays, recording, an error shown, a hub model's download
+from a local hub server) are kept in
 runs/screenshots/ (a build artefact) for people to look at; with STREAMVLM_UPDATE_SCREENSHOTS=1 they
 also replace the set in docs/images/ that the README shows.
 """
@@ -19,31 +20,38 @@ from pathlib import Path
 
 import pytest
 
+from hubhelpers import BIG, CHUNK, REPO, FakeHub, repository_files
 from livehelpers import Display, app_env, need
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTEFACTS = ROOT / "runs" / "screenshots"
 IMAGES = ROOT / "docs" / "images"
-SHOTS = ("app_idle.png", "app_streaming.png", "app_recording.png", "app_error.png")
+SHOTS = ("app_idle.png", "app_streaming.png", "app_recording.png", "app_error.png", "app_download.png")
 
 
-def test_screenshots_of_idle_streaming_recording_and_an_error(tiny_dir, tmp_path):
+def test_screenshots_of_idle_streaming_recording_an_error_and_a_download(tiny_dir, tmp_path):
     pytest.importorskip("PySide6")
     home = tmp_path / "home"  # the default record folder, ~/Videos, is made in a home of this test
     home.mkdir()
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
     for name in SHOTS:
         (ARTEFACTS / name).unlink(missing_ok=True)
+    hub = FakeHub(REPO, repository_files(tiny_dir))
+    hub.stall_after[BIG] = CHUNK + CHUNK // 2  # the download is grabbed in the middle of the weights
+    hub.pace = 4e6  # bytes a second: a line whose rate and time left read as figures of a real one
     display = Display(1280, 800).start()
+    env = {**app_env("xcb"), "HOME": str(home), "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf")}
+    env.pop("HF_HUB_OFFLINE")  # the smoke runs need no hub; the download asks the local one
     try:
-        run = subprocess.run(
-            [sys.executable, str(ROOT / "tests" / "live" / "app_screenshot.py"), str(ARTEFACTS)],
-            capture_output=True,
-            text=True,
-            timeout=240,
-            env={**app_env("xcb"), "HOME": str(home)},
-            cwd=ROOT,
-        )
+        with hub:
+            run = subprocess.run(
+                [sys.executable, str(ROOT / "tests" / "live" / "app_screenshot.py"), str(ARTEFACTS)],
+                capture_output=True,
+                text=True,
+                timeout=240,
+                env=env,
+                cwd=ROOT,
+            )
     finally:
         display.stop()
     assert run.returncode == 0, run.stderr[-3000:]
@@ -69,6 +77,16 @@ def test_screenshots_of_idle_streaming_recording_and_an_error(tiny_dir, tmp_path
     )
     # an error: in the window, once
     assert result["error_state"] == "Failed" and "could not be opened" in result["error"]
+    # a hub model's first start: downloading, with its panel, then cancelled
+    percent = result["download_panel"][3]
+    assert result["download_state"] == f"Downloading weights {percent}%" and 0 < percent < 100
+    assert result["download_panel"][:2] == [
+        True,
+        "Downloading org/name (once: later starts read it from the cache)",
+    ]
+    assert re.fullmatch(r"\d+\.\d MB of \d+\.\d MB, [\d.]+ MB/s, \d+ s left", result["download_panel"][2])
+    assert result["download_hint"].startswith("The video shows here once the model is ready.")
+    assert result["cancelled_state"].startswith("Download cancelled")
     for name in SHOTS:
         assert (ARTEFACTS / name).stat().st_size > 20_000, name
     if os.environ.get("STREAMVLM_UPDATE_SCREENSHOTS") == "1":
