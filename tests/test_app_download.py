@@ -58,16 +58,24 @@ def start(qtbot, win, model: str) -> None:
     qtbot.mouseClick(win.start_button, Qt.MouseButton.LeftButton)
 
 
-def watch(win) -> list[tuple[str, bool, str, int]]:
-    """What the window shows at each change of state: the state field, and the download panel (shown,
-    its figures, its bar)."""
+def watch(win) -> list[tuple]:
+    """What the window shows at each change of state: the state field, the download panel (shown, its
+    figures, its bar), and the download's progress behind them."""
     seen = []
     show = win._show_state
 
     def record() -> None:
         show()
         panel = win.download_panel
-        seen.append((win.state_label.text(), panel.isVisible(), panel.figures.text(), panel.bar.value()))
+        seen.append(
+            (
+                win.state_label.text(),
+                panel.isVisible(),
+                panel.figures.text(),
+                panel.bar.value(),
+                win.run.download,
+            )
+        )
 
     win._show_state = record
     return seen
@@ -135,9 +143,11 @@ def test_a_hub_model_downloads_with_progress_a_cancel_keeps_the_bytes_and_start_
     qtbot.waitUntil(lambda: len(log_lines(window)) >= 1, timeout=60_000)
     assert hub.served[BIG] == len(repo_files[BIG]) - CHUNK  # only the rest
     assert sum(hub.served.values()) == total - on_disk
-    downloading = [s[0] for s in seen if s[0].startswith("Downloading weights")]
-    assert downloading[0] == f"Downloading weights {CHUNK * 100 // total}%"  # the kept bytes count as done
-    assert downloading[-1] == "Downloading weights 100%"
+    downloading = [s for s in seen if s[0].startswith("Downloading weights")]
+    first = downloading[0][4]  # of the files still missing (the small ones the Cancel cut off, the weights)
+    assert first.done == CHUNK and downloading[0][0] == f"Downloading weights {CHUNK * 100 // first.total}%"
+    assert downloading[-1][0] == "Downloading weights 100%"
+    downloading = [s[0] for s in downloading]
     states = [s[0] for s in seen]
     assert states.index("Loading weights: org/name", states.index(downloading[-1])) > 0
     assert window.state_label.text().startswith("Streaming") and not panel.isVisible()
@@ -170,6 +180,22 @@ def test_start_right_after_a_cancel_waits_for_the_cancelled_download_and_then_st
     snapshot = tmp_path / "hub" / "models--org--name" / "snapshots" / COMMIT
     assert (snapshot / BIG).read_bytes() == repo_files[BIG] and not partial_files(tmp_path)
     assert window.errors.isVisible() is False
+
+
+def test_closing_the_window_during_a_download_returns_promptly_and_leaves_no_running_thread(
+    qtbot, hub, tmp_path
+):
+    """The line stalls; closing the window stops the run at once (the download thread ends at its next
+    block, later), rather than waiting on the download or destroying a thread that still runs."""
+    win = MainWindow(settings=QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(win)
+    win.show()
+    hub.stall_after[BIG] = CHUNK + CHUNK // 2
+    start(qtbot, win, REPO)
+    qtbot.waitUntil(lambda: win.run.download is not None and win.run.download.done >= CHUNK, timeout=30_000)
+    thread = win.thread
+    win.close()  # waits up to 2 s for the run's thread, as the window does
+    assert thread.isFinished()
 
 
 FAILURES = {
