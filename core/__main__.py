@@ -2,6 +2,7 @@
 
     python -m core run --source clip.mp4 --model PATH_OR_ID --srt out.srt --vtt out.vtt --jsonl out.jsonl
     python -m core run --source rtsp://camera.local/stream --model PATH_OR_ID   # or camera:0, screen:1@0,0,1280,720
+    python -m core run --source clip.mp4 --model PATH_OR_ID --speak --voice espeak --speech-wav speech.wav
     python -m core sources               # the cameras and monitors this machine has
     python -m core build-tiny DIR        # the tiny random-weight model tests and smoke runs use
 
@@ -94,6 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="live sources: skip a chunk whose commentary would come more than this many seconds after it",
     )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    speech = run.add_argument_group("speech (docs/speech.md); a file is paced at real time when it is on")
+    speech.add_argument("--speak", action="store_true", help="speak the commentary live on a sound output")
+    speech.add_argument(
+        "--voice", help="pocket (neural, needs streamvlm[speech]) or espeak (default: pocket if installed)"
+    )
+    speech.add_argument(
+        "--speech-device",
+        type=number(0, 100_000, integer=True),
+        help="the sound output to speak on, by index (default: the system's; an unknown one lists them)",
+    )
+    speech.add_argument(
+        "--speech-wav", type=Path, help="write what was spoken to this .wav, on the stream's clock"
+    )
     add_engine_arguments(run)
 
     sub.add_parser("sources", help="list the cameras that open and the monitors of this display")
@@ -135,19 +149,60 @@ def check_run(args: argparse.Namespace) -> EngineConfig:
         raise ConfigError(
             f"--record-fps {args.record_fps:g} must be at least the model's {config.stream.fps:g} FPS (--fps)"
         )
-    outputs = {"--srt": args.srt, "--vtt": args.vtt, "--jsonl": args.jsonl}
+    outputs = {"--srt": args.srt, "--vtt": args.vtt, "--jsonl": args.jsonl, "--speech-wav": args.speech_wav}
     if args.record:
         outputs |= recording_outputs(args.record, "--record")
     check_outputs(outputs, {"--source": source_file(args.source), "--config": args.config})
+    check_speech(args)
     return config
+
+
+def speaking(args: argparse.Namespace) -> bool:
+    """Whether a run speaks: to a device (--speak) or to a file (--speech-wav)."""
+    return args.speak or args.speech_wav is not None
+
+
+def check_speech(args: argparse.Namespace) -> None:
+    """The speech flags, checked before anything loads; fills in the default voice."""
+    from core.speech.voices import check_voice, default_voice
+
+    if not speaking(args):
+        if args.voice is not None or args.speech_device is not None:
+            raise ConfigError("--voice and --speech-device choose how --speak speaks; add --speak")
+        return
+    if args.speech_device is not None and not args.speak:
+        raise ConfigError("--speech-device is where --speak is heard; add --speak, or leave it out")
+    if args.speech_wav is not None and args.speech_wav.suffix.lower() != ".wav":
+        raise ConfigError(
+            f"--speech-wav writes a WAV file; give a path ending in .wav (got '{args.speech_wav}')"
+        )
+    args.voice = args.voice or default_voice()
+    check_voice(args.voice)
+    if args.speak:
+        from core.speech.output import default_output, output_devices
+
+        devices, why = output_devices()
+        if why is not None:
+            raise ConfigError(f"--speak: {why}; use --speech-wav PATH alone to write the speech to a file")
+        if args.speech_device is None and default_output() is None:
+            raise ConfigError(
+                "--speak: this system has no default sound output; choose one with --speech-device"
+            )
+        if args.speech_device is not None and args.speech_device not in [d.index for d in devices]:
+            listed = ", ".join(f"{d.index} ({d.name})" for d in devices)
+            raise ConfigError(
+                f"--speech-device {args.speech_device} is not a sound output here; the outputs are: {listed}"
+            )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = check_run(args)
     from core.media.sources import open_source  # PyAV, not torch: a bad source is still quick
 
-    # Opened first, so a bad source fails before the model loads.
-    source = open_source(args.source, config.stream.fps, realtime=args.realtime, cursor=args.cursor)
+    # Opened first, so a bad source fails before the model loads. Speech is live: a file is paced at
+    # real time when it is on, so a line is heard when its picture would be seen.
+    realtime = args.realtime or speaking(args)
+    source = open_source(args.source, config.stream.fps, realtime=realtime, cursor=args.cursor)
     with source:  # _stream closes it too; this covers a failure before streaming starts
         return _run(args, config, source)
 
@@ -159,10 +214,13 @@ def _run(args: argparse.Namespace, config: EngineConfig, source) -> int:
     from core.pipeline import open_recording
 
     console = Console(stderr=False, highlight=False)
-    live = args.realtime or not isinstance(source, FileSource)
+    live = args.realtime or speaking(args) or not isinstance(source, FileSource)
+    voice = _open_voice(args.voice, console) if speaking(args) else None  # before any file is created
     # The recording keeps the source's frame rate; the model still sees `fps` frames a second.
     recorder = (
-        open_recording(args.record, source, config.stream, fps=args.record_fps) if args.record else None
+        open_recording(args.record, source, config.stream, fps=args.record_fps, speech=speaking(args))
+        if args.record
+        else None
     )
     with recorder or contextlib.nullcontext():
         if args.server:
@@ -172,7 +230,7 @@ def _run(args: argparse.Namespace, config: EngineConfig, source) -> int:
             # No instruction given: the server's default, as for a local session.
             instruction = {} if args.instruction is None else {"instruction": args.instruction}
             session = RemoteSession(args.server, token=token, previous_text=args.previous_text, **instruction)
-            return _stream(args, config, console, source, live, recorder, session)
+            return _stream(args, config, console, source, live, recorder, session, voice)
         _quiet_transformers()
         from core.engine import DEFAULT_INSTRUCTION
         from core.loading import open_engine
@@ -182,15 +240,16 @@ def _run(args: argparse.Namespace, config: EngineConfig, source) -> int:
             engine = open_engine(config)
         instruction = args.instruction if args.instruction is not None else DEFAULT_INSTRUCTION
         session = engine.start(instruction=instruction, previous_text=args.previous_text)
-        return _stream(args, config, console, source, live, recorder, session)
+        return _stream(args, config, console, source, live, recorder, session, voice)
 
 
-def _stream(args, config, console, source, live: bool, recorder, session: CommentarySession) -> int:
+def _stream(args, config, console, source, live: bool, recorder, session: CommentarySession, voice) -> int:
     """The pipeline, shown: commentary to the console and the subtitle files, a progress bar."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from core.media.subtitles import open_writers
-    from core.pipeline import Pipeline
+    from core.pipeline import Pipeline, open_speaker
+    from core.speech.clock import StreamClock
 
     total = source.duration / config.stream.chunk_seconds if source.duration else None
     progress = Progress(
@@ -207,6 +266,17 @@ def _stream(args, config, console, source, live: bool, recorder, session: Commen
         def show(line) -> None:
             progress.console.print(f"[{_clock(line.start)} - {_clock(line.end)}] {line.text}")
 
+        clock = StreamClock()
+        speaker = None
+        if voice is not None:
+            speaker = open_speaker(
+                voice,
+                clock,
+                device=args.speech_device,
+                audible=args.speak,
+                wav=args.speech_wav,
+                recorder=recorder,
+            )
         pipeline = Pipeline(
             source,
             session,
@@ -215,17 +285,43 @@ def _stream(args, config, console, source, live: bool, recorder, session: Commen
             budget=args.latency_budget,
             duration=args.duration,
             recorder=recorder,
-            sinks=(writers.write, show),
+            sinks=(writers.write, show, *([speaker.say] if speaker else [])),
+            clock=clock,
         )
-        with pipeline:
-            for report in pipeline.run():
-                if report.skipped_span:
-                    a, b = report.skipped_span
-                    progress.console.print(f"[{_clock(a)} - {_clock(b)}] (skipped: the model fell behind)")
-                progress.update(task, completed=report.t_end)
+        finished = False
+        try:
+            with pipeline:
+                for report in pipeline.run():
+                    if report.skipped_span:
+                        a, b = report.skipped_span
+                        progress.console.print(
+                            f"[{_clock(a)} - {_clock(b)}] (skipped: the model fell behind)"
+                        )
+                    if speaker is not None:
+                        progress.update(task, description=_speech_state(speaker.stats()))
+                    progress.update(task, completed=report.t_end)
+            finished = True
+        finally:
+            if speaker is not None:
+                speaker.close(finish=finished)  # the last line is heard to its end; Ctrl+C cuts it
+                log.info("%s", speaker.stats().summary())
         if live and pipeline.summary():
             log.info("%s", pipeline.summary())
     return 0
+
+
+def _open_voice(name: str, console):
+    """The voice, its weights downloaded first (under a progress bar) where the cache lacks them."""
+    from core.download import progress_bar
+    from core.speech.voices import open_voice
+
+    with progress_bar(console) as show:
+        return open_voice(name, progress=show)
+
+
+def _speech_state(stats) -> str:
+    lag = f", lag {stats.lag:.1f} s" if stats.lag is not None else ""
+    return f"streaming (speech: {stats.waiting} waiting, {stats.dropped} dropped{lag})"
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -122,22 +122,25 @@ def fetch(
     endpoint: str | None = None,
     token: str | bool | None = None,
     max_workers: int = 8,
+    allow_patterns: list[str] | None = None,
 ) -> Path:
     """The local snapshot folder of hub model `repo_id`, downloaded (or completed) first if needed.
 
     `progress` is called from the download threads; `cancel`, once set, makes `fetch` raise
     `DownloadCancelled` within a block. Raises `ModelNotFoundError` (offline, unknown or gated
-    id), `DiskSpaceError` (does not fit) or `DownloadCancelled`, each with one sentence."""
+    id), `DiskSpaceError` (does not fit) or `DownloadCancelled`, each with one sentence.
+    `allow_patterns`: fetch only these files (one model of a repository that holds several, as a
+    voice's languages) instead of a checkpoint's files."""
     cache = Path(cache_dir) if cache_dir is not None else cache_folder()
     cancel = cancel or threading.Event()
-    folder = _complete_in_cache(repo_id, revision, cache)
+    folder = _complete_in_cache(repo_id, revision, cache, allow_patterns)
     if folder is not None:
         return folder
     from huggingface_hub import constants, snapshot_download
 
     where = endpoint or constants.ENDPOINT
     try:
-        resolved, files, allow = _plan(repo_id, revision, cache, where, token, cancel)
+        resolved, files, allow = _plan(repo_id, revision, cache, where, token, cancel, allow_patterns)
         missing = [f for f in files if not f.blob.exists()]
         total = sum(f.size for f in missing)
         need = total - sum(min(f.on_disk(), f.size) for f in missing)
@@ -210,7 +213,9 @@ def progress_bar(console: Console) -> Iterator[ProgressCallback]:
 # -- the steps -------------------------------------------------------------------------------------
 
 
-def _complete_in_cache(repo_id: str, revision: str | None, cache: Path) -> Path | None:
+def _complete_in_cache(
+    repo_id: str, revision: str | None, cache: Path, allow_patterns: list[str] | None = None
+) -> Path | None:
     """The cached snapshot if the hub's recorded file listing says it is complete, else None."""
     from huggingface_hub import get_cached_repo_tree, snapshot_download
     from huggingface_hub.errors import CachedRepoTreeNotFoundError, LocalEntryNotFoundError
@@ -222,7 +227,7 @@ def _complete_in_cache(repo_id: str, revision: str | None, cache: Path) -> Path 
             revision=revision,
             cache_dir=cache,
             local_files_only=True,
-            allow_patterns=_wanted([f.path for f in listing]),
+            allow_patterns=allow_patterns or _wanted([f.path for f in listing]),
         )
     except (CachedRepoTreeNotFoundError, LocalEntryNotFoundError, ValueError):
         return None  # not cached, incomplete (IncompleteSnapshotError) or an id the hub rejects
@@ -248,6 +253,7 @@ def _plan(
     endpoint: str,
     token: str | bool | None,
     cancel: threading.Event,
+    allow_patterns: list[str] | None = None,
 ) -> tuple[ResolvedRevision, list[_File], list[str]]:
     """The revision resolved to its commit, the files to have (their sizes, URLs and blobs from the hub's metadata) and the
     patterns that chose them."""
@@ -264,7 +270,7 @@ def _plan(
     listing: list[RepoFile] = [
         f for f in api.list_repo_tree(repo_id, revision=commit, recursive=True) if isinstance(f, RepoFile)
     ]
-    allow = _wanted([f.path for f in listing])
+    allow = allow_patterns or _wanted([f.path for f in listing])
     wanted = list(filter_repo_objects(listing, allow_patterns=allow, key=lambda f: f.path))
     storage = cache / repo_folder_name(repo_id=repo_id, repo_type="model")
 

@@ -2,6 +2,10 @@
 
     source -> (recorder, frame callback) -> chunks -> session (local or remote) -> recorder, sinks
 
+Speech is one more sink: `open_speaker` builds a `core.speech.Speaker` whose `say` is passed with
+the other sinks, on the pipeline's `clock` (stream time, set by the first frame), so its WAV and a
+recording's audio track place each spoken line where the picture is.
+
 `Pipeline` is what the CLI (`python -m core run`), the app's worker and the benchmarks run; each
 adds only its presentation (a progress bar, Qt signals, result rows). A file is processed as fast
 as the model goes, every chunk in order; a live source (or a file paced like one) goes through
@@ -25,6 +29,9 @@ from core.config import StreamConfig
 from core.media.chunker import chunks
 from core.media.realtime import ChunkReport, RealtimeRunner, tee
 from core.media.recorder import Recorder, recording_fps
+from core.speech.clock import StreamClock
+from core.speech.speaker import Speaker, SpeechOutput
+from core.speech.voice import Voice
 from core.types import Closeable, Commentary, CommentarySession, Frame
 
 log = logging.getLogger(__name__)
@@ -39,14 +46,45 @@ def open_recording(
     *,
     fps: float | None = None,
     audio_rate: int | None = None,
+    speech: bool = False,
 ) -> Recorder:
     """A recorder for `source` at `fps` (default: the source's own rate, `recording_fps`), with the
-    source set to deliver frames at that rate (the chunker still hands the model `stream.fps`)."""
+    source set to deliver frames at that rate (the chunker still hands the model `stream.fps`).
+    `audio_rate`: captured sound comes (`write_audio`); `speech`: spoken lines come (`add_speech`)."""
     fps = fps or recording_fps(stream.fps, getattr(source, "native_fps", None))
     source.fps = fps  # sources sample at `fps` when iterated
-    recorder = Recorder(path, fps, audio_rate=audio_rate)
+    recorder = Recorder(path, fps, audio_rate=audio_rate, speech=speech)
     log.info("recording to %s (%s, %g FPS) and %s", path, recorder.codec, fps, recorder.subtitles.path)
     return recorder
+
+
+def open_speaker(
+    voice: Voice,
+    clock: StreamClock,
+    *,
+    device: int | None = None,
+    audible: bool = True,
+    wav: str | Path | None = None,
+    recorder: Recorder | None = None,
+) -> Speaker:
+    """A speaker of `voice` on `clock`, heard on output `device` (None: the default one) when
+    `audible`, written to the `wav` file and to the `recorder`'s audio track when given."""
+    from core.speech.output import DeviceOutput
+    from core.speech.wav import SpeechWav
+
+    outputs: list[SpeechOutput] = []
+    try:
+        if audible:
+            outputs.append(DeviceOutput(device))
+        if wav is not None:
+            outputs.append(SpeechWav(wav, voice.sample_rate))
+    except BaseException:
+        for output in outputs:
+            output.close()
+        raise
+    if recorder is not None:
+        outputs.append(recorder.add_speech)
+    return Speaker(voice, outputs, clock)
 
 
 class Pipeline(Closeable):
@@ -66,14 +104,17 @@ class Pipeline(Closeable):
         recorder: Recorder | None = None,
         sinks: Sequence[Sink] = (),
         on_frame: Callable[[Frame], None] | None = None,
+        clock: StreamClock | None = None,
     ) -> None:
         """`live`: pace by the latency `budget` (a live source, or a file paced like one); otherwise
         every chunk is processed in turn. `duration`: stop after this much stream time. `recorder`
-        gets every frame and every line; `sinks` every line; `on_frame` every frame (capture thread)."""
+        gets every frame and every line; `sinks` every line; `on_frame` every frame (capture thread).
+        `clock` is started by the first frame (a speaker shares it)."""
         self.source, self.session, self.stream = source, session, stream
         self.live, self.budget = live, budget
         self.end = duration if duration is not None else float("inf")
         self.recorder, self.sinks, self.on_frame = recorder, tuple(sinks), on_frame
+        self.clock = clock or StreamClock()
         self.latencies: list[float] = []
         self.skipped = 0
         self._runner: RealtimeRunner | None = None
@@ -121,6 +162,7 @@ class Pipeline(Closeable):
     # -- the two pacings -------------------------------------------------------------------------------
 
     def _frame(self, frame: Frame) -> None:
+        self.clock.see(frame.t)
         if self.recorder is not None:
             self.recorder.write(frame)
         if self.on_frame is not None:

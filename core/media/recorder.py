@@ -6,6 +6,11 @@ cut leaves a file that players open and decode up to about a second before the e
 `<name>.srt` (core/paths.py `recording_outputs` names both files, so callers can check them before
 recording) through the crash-safe subtitle writer (core/media/subtitles.py) as they are generated.
 H.264 (libx264) where the PyAV build has it; otherwise MPEG-4 Part 2, which `codec` reports.
+
+Sound is one AAC track: the captured sound (`write_audio`), the spoken commentary (`add_speech`), or
+both mixed. One mixed track rather than a second one because players play the first audio track and
+most never offer the others (browsers, QuickTime, phones, and VLC and mpv unless the viewer switches),
+so a second track would go unheard; the commentary is spoken over the scene as a broadcast is.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ log = logging.getLogger(__name__)
 
 _FRAGMENTED = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
 _CODECS = ("libx264", "mpeg4")
+SPEECH_RATE = 48_000  # the audio track's rate when it carries speech alone
 
 
 def recording_fps(model_fps: float, native_fps: float | None) -> float:
@@ -48,8 +54,10 @@ class Recorder(Closeable):
         overlay: Overlay | None = None,
         audio_rate: int | None = None,
         audio_channels: int = 1,
+        speech: bool = False,
     ) -> None:
-        """`audio_rate` adds an AAC track fed by `write_audio`."""
+        """`audio_rate` adds an AAC track fed by `write_audio` (captured sound); `speech` one fed by
+        `add_speech`, mixed into the captured sound when there is both."""
         if not fps > 0:
             raise ValueError(f"fps must be positive (got {fps})")
         self.path = Path(path)
@@ -83,6 +91,9 @@ class Recorder(Closeable):
         self._audio = None
         self._audio_next = 0  # the sample the next block must start at
         self.audio_samples = 0
+        self._captured = bool(audio_rate)  # sound comes from a device: speech is mixed into it
+        self._speech: list[tuple[int, np.ndarray]] = []  # (first sample, samples) not yet mixed
+        audio_rate = audio_rate or (SPEECH_RATE if speech else None)
         if audio_rate:
             self._audio = self._container.add_stream("aac", rate=audio_rate)
             self._audio.layout = "mono" if audio_channels == 1 else "stereo"
@@ -107,6 +118,25 @@ class Recorder(Closeable):
     def write_audio(self, samples: np.ndarray, t: float) -> None:
         """Samples (float32 [n, channels]) whose first one sounds at stream time `t`. Overlaps with what
         is written are cut, gaps filled with silence, so sound stays where the picture is."""
+        self._write_audio(samples, t, mix=self._captured)
+
+    def add_speech(self, samples: np.ndarray, rate: int, t: float) -> None:
+        """A spoken line (float32 mono at `rate`) whose first sample sounds at stream time `t`: the
+        track itself, or mixed into the captured sound as that is written (it comes in blocks a little
+        after the moment it was heard, while a line is handed over whole as it starts)."""
+        if self._audio is None:
+            return
+        from core.speech.samples import resample
+
+        mono = resample(samples, rate, self._audio.rate)
+        block = np.repeat(mono[:, None], self._audio.layout.nb_channels, axis=1)
+        if not self._captured:
+            self._write_audio(block, t, mix=False)
+            return
+        with self._lock:
+            self._speech.append((round(t * self._audio.rate), block))
+
+    def _write_audio(self, samples: np.ndarray, t: float, *, mix: bool) -> None:
         if self._audio is None or self._container is None or self._stream is None:
             return  # sound before the first picture has no place on the stream clock yet
         rate = self._audio.rate
@@ -116,9 +146,12 @@ class Recorder(Closeable):
             start = self._audio_next
         if len(samples) == 0 or start < 0:
             return
-        if start > self._audio_next and self._audio_next > 0:
+        # Captured sound starts when the device does; speech alone is placed from the stream's start.
+        if start > self._audio_next and (self._audio_next > 0 or not self._captured):
             silence = np.zeros((start - self._audio_next, samples.shape[1]), np.float32)
             samples, start = np.concatenate([silence, samples]), self._audio_next
+        if mix:
+            samples = self._mix(samples, start)
         frame = av.AudioFrame.from_ndarray(
             np.ascontiguousarray(samples.T, dtype=np.float32), format="fltp", layout=self._audio.layout.name
         )
@@ -132,6 +165,23 @@ class Recorder(Closeable):
         """A new line: on the picture from the end of its chunk (when a viewer sees it), and in the SRT."""
         self.overlay.add(commentary)
         self.subtitles.write(commentary)
+
+    def _mix(self, samples: np.ndarray, start: int) -> np.ndarray:
+        """`samples` (captured, from sample `start`) with the speech that sounds over them added."""
+        end = start + len(samples)
+        with self._lock:
+            if not self._speech:
+                return samples
+            mixed = samples.astype(np.float32, copy=True)
+            kept = []
+            for first, speech in self._speech:
+                a, b = max(first, start), min(first + len(speech), end)
+                if a < b:
+                    mixed[a - start : b - start] += speech[a - first : b - first, : mixed.shape[1]]
+                if first + len(speech) > end:
+                    kept.append((first, speech))  # more of it sounds later
+            self._speech = kept
+        return np.clip(mixed, -1.0, 1.0)
 
     def close(self) -> None:
         if self._container is None:
