@@ -4,8 +4,9 @@ Widgets are touched only here, in the GUI thread; the `StreamWorker` (app/worker
 through signals. What a run is doing, its log and its figures live in Qt-free objects
 (app/run_state.py: `RunState`, `RunLog`); this module shows them: the state in the status bar's
 first field, the figures beside it (greyed when they are not live), errors in one panel inside the
-window, a model's download in a panel above it (with Cancel). The overlay is `core.media.overlay.Overlay`, the same renderer the recorder burns in, drawn
-here at the view's resolution in device pixels.
+window, a model's download in a panel above it (with Cancel). The overlay is
+`core.media.overlay.Overlay`, the same renderer the recorder burns in, drawn here at the view's
+resolution in device pixels.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """The stream worker: model, source, pipeline and recorder, in a thread of their own.
 
 `StreamWorker` lives in a `QThread`. Its `run` loads the model (once per model settings; kept for
-the next run, until a run loads another), builds the engine from the request's config (`core.loading.open_engine`), opens the
-source, and runs `core.pipeline.Pipeline` paced like a live feed; everything it learns goes to the
-window through signals, never by touching widgets: its progress as `app.run_state.Phase`s, a live
-source's or server's drops and returns (`link`), a failure's sentence and details. `stop` may be
+the next run, until a run loads another), builds the engine from the request's config
+(`core.loading.open_engine`), opens the source, and runs `core.pipeline.Pipeline` paced like a live
+feed; everything it learns goes to the window through signals, never by touching widgets: its
+progress as `app.run_state.Phase`s, a download's progress, a live source's or server's drops and
+returns (`link`), a failure's sentence and details. `stop` may be
 called from the GUI thread at any time: it stops the pipeline, which closes the source and returns
 after the chunk in progress.
 
