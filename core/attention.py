@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention.bias import causal_lower_right
 
+from core.paged_attention import PoolKV, decode_attention
 from core.ragged import RaggedKV
 
 CAUSAL_PREFILL = "streamvlm_causal"
@@ -164,7 +165,10 @@ def matmul_decode_attention(
     """q [1, Hq, n, D] against k/v [1, Hkv, S, D] with a bool mask [1, 1, n, S] -> [1, n, Hq, D].
 
     The query heads that share a key head are stacked as rows, so each key and value is read once.
+    A batched step's rows (`PoolKV`: each its own slot of the cache pool) go to the paged kernel.
     """
+    if isinstance(key, PoolKV):
+        return decode_attention(query, key, scaling if scaling is not None else query.shape[-1] ** -0.5), None
     batch, q_heads, n, dim = query.shape
     kv_heads = key.shape[1]
     group = q_heads // kv_heads

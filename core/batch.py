@@ -22,6 +22,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from core.model import StreamModel
+from core.paged_attention import PoolKV
 from core.pool import CachePool
 
 
@@ -59,10 +60,12 @@ class _PoolRows(CacheLayerMixin):
         """The pool exists already."""
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        # key_states [B, kv, 1, D]: one new token per row.
+        # key_states [B, kv, 1, D]: one new token per row. Attention reads the slots in place
+        # (core/paged_attention.py): it gets the whole layer of the pool and each row's slot and length.
         self.keys[self.slots, :, self.write_at] = key_states[:, :, 0]
         self.values[self.slots, :, self.write_at] = value_states[:, :, 0]
-        return self.keys.index_select(0, self.slots), self.values.index_select(0, self.slots)
+        pool = PoolKV(self.keys, self.values, self.slots, self.write_at + 1)
+        return pool, pool
 
     def get_mask_sizes(self, query_length, *args) -> tuple[int, int]:
         return self.keys.shape[2], 0

@@ -61,11 +61,17 @@ def run(model, sessions: int, chunks: int, batched: bool, generation=FORCED, fir
     inputs = [frames(first + s, chunks) for s in range(sessions)]
     times: list[list[float]] = [[] for _ in range(sessions)]
     tokens: list[list[list[int]]] = [[] for _ in range(sessions)]
-    phases: list[dict] = []  # each chunk's split (after each session's first)
+    phases: list[dict] = []  # each chunk's split (after each session's warm-up chunks)
+    # Every session's warm-up chunks (compilation, graph captures of new batch sizes) end before the
+    # clock and the model thread's counters start: warmed, then timed.
+    warmed, timed = threading.Barrier(sessions + 1), threading.Barrier(sessions + 1)
 
     def worker(s: int) -> None:
         with engine.start(previous_text=f"Stream {first + s}.", seed=first + s) as session:
             for k, chunk in enumerate(inputs[s]):
+                if k == WARM_CHUNKS:
+                    warmed.wait()
+                    timed.wait()
                 started = time.perf_counter()
                 session.push(chunk, float(k), float(k + 1))
                 times[s].append(time.perf_counter() - started)
@@ -81,16 +87,24 @@ def run(model, sessions: int, chunks: int, batched: bool, generation=FORCED, fir
                         }
                     )
 
-    _sync()
-    started = time.perf_counter()
     threads = [threading.Thread(target=worker, args=(s,)) for s in range(sessions)]
     for thread in threads:
         thread.start()
+    warmed.wait()
+    _sync()
+    scheduler = engine.scheduler
+    if scheduler:  # count the timed chunks only
+        scheduler.prefill_batches = scheduler.prefill_jobs = 0
+        scheduler.decode.batches = scheduler.decode.rows = 0
+        scheduler.busy_ms = dict.fromkeys(scheduler.busy_ms, 0.0)
+    started = time.perf_counter()
+    timed.wait()
     for thread in threads:
         thread.join()
     _sync()
     wall = time.perf_counter() - started
     after_first = [t for per in times for t in per[WARM_CHUNKS:]]
+    timed_chunks = sessions * (chunks - WARM_CHUNKS)
     scheduler = engine.scheduler
     decode = scheduler.decode if scheduler else None
     if scheduler:
@@ -108,7 +122,7 @@ def run(model, sessions: int, chunks: int, batched: bool, generation=FORCED, fir
             f"{name}_ms_median": round(statistics.median(p[name] for p in phases), 1)
             for name in ("queue", "vision", "prefill", "decode")
         },
-        "stream_s_per_s": round(sessions * chunks / wall, 2),
+        "stream_s_per_s": round(timed_chunks / wall, 2),
         "step_ms_mean": round(scheduler.busy_ms["decode"] / decode.batches, 2)
         if decode and decode.batches
         else None,

@@ -3,7 +3,7 @@
 # (cache pool, batched decode), N client processes streaming HD JPEG frames in real time, then the
 # same with the old one-chunk-at-a-time server for comparison.
 # Usage (on a GPU machine, repo root; wheels per gpu_env.sh plus websockets in .whl/):
-#   bash evals/scripts/gpu_serving.sh [LEVELS] [SECONDS] [SERIAL_LEVELS]
+#   bash evals/scripts/gpu_serving.sh [LEVELS] [SECONDS] [SERIAL_LEVELS, or none]
 set -uo pipefail
 source evals/scripts/gpu_env.sh
 OUT=${OUT:-runs/gpu-serving}
@@ -15,5 +15,7 @@ MODEL=/tmp/random-7b
 python3 trainer/scripts/random_7b.py "$MODEL"
 python3 -m evals server-load --model "$MODEL" --clients "$LEVELS" --seconds "$SECONDS_PER_LEVEL" \
   --resolution 1280x720 --out "$OUT/batched" 2>&1 | grep -v "^INFO" | tail -30 | tee "$OUT/batched.txt"
-python3 -m evals server-load --model "$MODEL" --serial --clients "$SERIAL_LEVELS" --seconds "$SECONDS_PER_LEVEL" \
-  --resolution 1280x720 --out "$OUT/serial" 2>&1 | grep -v "^INFO" | tail -30 | tee "$OUT/serial.txt"
+if [ "$SERIAL_LEVELS" != "none" ]; then
+  python3 -m evals server-load --model "$MODEL" --serial --clients "$SERIAL_LEVELS" --seconds "$SECONDS_PER_LEVEL" \
+    --resolution 1280x720 --out "$OUT/serial" 2>&1 | grep -v "^INFO" | tail -30 | tee "$OUT/serial.txt"
+fi
