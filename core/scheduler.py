@@ -326,12 +326,17 @@ class Scheduler:
 _LIVE: weakref.WeakSet[Scheduler] = weakref.WeakSet()
 
 
-@atexit.register
 def _close_all() -> None:
-    """End the model threads before the interpreter tears down (a daemon thread killed inside a kernel
+    """End the model threads before the interpreter tears down (a daemon thread stopped inside a C++
     call aborts the process)."""
     for scheduler in list(_LIVE):
         scheduler.close()
+
+
+# At the start of interpreter shutdown, before other threads are joined (the hook concurrent.futures
+# uses for its workers), and again at exit for any started after it.
+getattr(threading, "_register_atexit", atexit.register)(_close_all)
+atexit.register(_close_all)
 
 
 class _Clock:
