@@ -44,6 +44,7 @@ TASKS: dict[str, Task] = {
         ),
         Task("ovobench", "evals.ovobench", "OVO-Bench: accuracy per task, Real-Time / Backward / Forward"),
         Task("server-load", "evals.server_load", "many clients streaming into one inference server at once"),
+        Task("soak", "evals.soak", "a long stream through the whole pipeline, watched for leaks"),
         Task("startup", "evals.startup", "process start to model loaded, first chunk, first commentary"),
         Task(
             "vqa",
