@@ -94,11 +94,13 @@ def test_importing_core_leaves_gui_and_server_modules_unloaded():
     assert result.stdout.strip() == ""
 
 
-# core/ in three parts: the engine at the root, media I/O in core/media, remote serving in
-# core/remote. The engine imports neither wing, so it runs (and is tested) without sources,
-# recorders or a network stack; the wings import the engine, and remote imports of media only
-# reconnect (a client reconnects like a live source).
-WINGS = ("media", "remote")
+# core/ in four parts: the engine at the root, media I/O in core/media, remote serving in
+# core/remote, speech in core/speech. The engine imports no wing, so it runs (and is tested) without
+# sources, recorders, a network stack or voices; the wings import the engine, remote imports of
+# media only reconnect (a client reconnects like a live source), media imports of speech only its
+# samples (the recorder resamples spoken lines into its audio track), and speech imports no wing
+# (the pipeline puts it together with a run).
+WINGS = ("media", "remote", "speech")
 ASSEMBLY = {"__main__", "pipeline"}  # put engine, media and remote together
 
 
@@ -124,9 +126,10 @@ def test_core_part_scan_sees_wings_and_modules():
     source = "from core.media.sources import open_source\nimport core.remote.client\nfrom core import engine"
     assert core_parts_imported(source) == {"media.sources", "remote.client", "engine"}
     assert core_parts_imported("from core.media import reconnect") == {"media"}
+    assert core_parts_imported("from core.speech.samples import resample") == {"speech.samples"}
 
 
-def test_the_engine_imports_neither_wing_and_remote_only_reconnect_of_media():
+def test_the_engine_imports_no_wing_and_the_wings_only_what_they_may():
     assert all((ROOT / "core" / wing / "__init__.py").is_file() for wing in WINGS)
     bad = []
     for path in sorted((ROOT / "core").rglob("*.py")):
@@ -137,15 +140,21 @@ def test_the_engine_imports_neither_wing_and_remote_only_reconnect_of_media():
             wrong = set() if path.stem in ASSEMBLY else wings
         elif where[0] == "media":
             wrong = {name for name in wings if name.startswith("remote")}
-        else:  # remote
-            wrong = {name for name in wings if name.startswith("media") and name != "media.reconnect"}
+            wrong |= {name for name in wings if name.startswith("speech") and name != "speech.samples"}
+        elif where[0] == "remote":
+            wrong = {name for name in wings if name.split(".")[0] in ("media", "speech")}
+            wrong.discard("media.reconnect")
+        elif where[0] == "speech":
+            wrong = {name for name in wings if not name.startswith("speech")}
+        else:  # a folder of core that is no wing: name it in WINGS with its rule
+            wrong = {f"{where[0]} (a folder that is not a wing)"}
         bad += [f"core/{'/'.join(where)} imports core.{name}" for name in sorted(wrong)]
     assert not bad, "; ".join(bad)
 
 
 # The app's state model (the run's state machine, its log and figures, the run request) is plain
 # Python, tested without a display: it imports no Qt, and of the app only the other Qt-free modules.
-QT_FREE_APP = ("app/__init__.py", "app/state.py", "app/run_state.py")
+QT_FREE_APP = ("app/__init__.py", "app/state.py", "app/run_state.py", "app/speech.py")
 
 
 def app_modules_imported(source: str) -> set[str]:
@@ -166,7 +175,7 @@ def test_the_apps_state_model_imports_no_qt(path):
 
 
 def test_the_apps_state_model_loads_without_qt():
-    code = "import sys, app.run_state, app.state; print('PySide6' in sys.modules)"
+    code = "import sys, app.run_state, app.state, app.speech; print('PySide6' in sys.modules)"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
     )
