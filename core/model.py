@@ -171,8 +171,23 @@ class StreamModel:
 
     @torch.inference_mode()
     def encode_video(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-        """Vision tower: patchified frames [patches, C*T*P*P] and grid [1, 3] -> merged tokens [n, hidden]."""
+        """Vision tower: patchified frames [patches, C*T*P*P] and grid [k, 3] (k chunks) -> merged tokens
+        [n, hidden]."""
         return self._vision(pixel_values, grid_thw).to(self.dtype)
+
+    @torch.inference_mode()
+    def encode_videos(
+        self, pixel_values: list[torch.Tensor], grids: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """The vision tower over several chunks in one call (each chunk's patches and grid [1, 3]); the
+        tower keeps chunks apart (windows and full attention within each), so each gets what
+        `encode_video` gives it alone. Returns each chunk's merged tokens [n_i, hidden]."""
+        if len(pixel_values) == 1:
+            return [self.encode_video(pixel_values[0], grids[0])]
+        grid = torch.cat(grids)
+        features = self.encode_video(torch.cat(pixel_values), grid)
+        merge = self.vision.merge_size**2
+        return list(features.split([int(g.prod()) // merge for g in grid]))
 
     @torch.inference_mode()
     def embed(self, ids: torch.Tensor) -> torch.Tensor:

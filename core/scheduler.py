@@ -110,6 +110,8 @@ class Scheduler:
         self._closed = False
         self.prefill_batches = 0  # ragged forwards run, and the chunks they carried (tests, reports)
         self.prefill_jobs = 0
+        self.vision_calls = 0  # tower calls, and the chunks they carried
+        self.vision_chunks = 0
         # Where the model thread's time went (milliseconds): prefill batches (vision, inputs, forward),
         # decode steps (forward and draws), and waiting for work (benchmarks report them).
         self.busy_ms = {"prefill": 0.0, "decode": 0.0, "idle": 0.0}
@@ -271,6 +273,23 @@ class Scheduler:
             for step in steps:
                 step.done.set()
 
+    def _vision(self, jobs: list[PrefillJob]) -> list[torch.Tensor | None]:
+        """The tower once per frame grid over all the batch's chunks of that grid (one call, one CUDA
+        graph per grid and count); None for text-only jobs."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, job in enumerate(jobs):
+            if job.video is not None:
+                groups.setdefault(_grid_key(job), []).append(index)
+        features: list[torch.Tensor | None] = [None] * len(jobs)
+        for members in groups.values():
+            videos = [jobs[i].video for i in members]
+            outs = self.model.encode_videos([v.pixel_values for v in videos], [v.grid_thw for v in videos])
+            self.vision_calls += 1
+            self.vision_chunks += len(videos)
+            for i, out in zip(members, outs, strict=True):
+                features[i] = out
+        return features
+
     def _run_prefills(self, jobs: list[PrefillJob]) -> None:
         if not jobs:
             return
@@ -280,13 +299,7 @@ class Scheduler:
             for job in jobs:
                 job.queue_ms = (started - job.submitted) * 1000.0
                 job.batch_size = len(jobs)
-            features = []
-            for job in jobs:  # the tower per chunk (its CUDA graph is per frame grid)
-                features.append(
-                    None
-                    if job.video is None
-                    else self.model.encode_video(job.video.pixel_values, job.video.grid_thw)
-                )
+            features = self._vision(jobs)
             vision_ms = clock.lap()
             segments, ready = [], []
             for job, feats in zip(jobs, features, strict=True):
@@ -337,6 +350,10 @@ def _close_all() -> None:
 # uses for its workers), and again at exit for any started after it.
 getattr(threading, "_register_atexit", atexit.register)(_close_all)
 atexit.register(_close_all)
+
+
+def _grid_key(job: PrefillJob) -> tuple[int, ...]:
+    return (*job.video.grid_thw.flatten().tolist(), job.video.pixel_values.shape[0])
 
 
 class _Clock:

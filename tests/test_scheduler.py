@@ -119,3 +119,19 @@ def test_a_chunk_that_fails_to_prepare_fails_alone(engine):
     assert jobs[2].logits is not None and jobs[2].logits.shape[-1] > 0
     for s in sessions:
         s.close()
+
+
+def test_the_vision_tower_over_several_chunks_gives_each_its_own_features(tiny_model):
+    """One tower call over chunks of one frame grid (as a prefill batch runs it) equals one call each."""
+    import numpy as np
+
+    from conftest import random_frames
+    from core.frames import video_input
+
+    rng = np.random.default_rng(0)
+    videos = [video_input(random_frames(rng, 56, 84), SMALL_STREAM, tiny_model.vision) for _ in range(3)]
+    together = tiny_model.encode_videos([v.pixel_values for v in videos], [v.grid_thw for v in videos])
+    alone = [tiny_model.encode_video(v.pixel_values, v.grid_thw) for v in videos]
+    for a, b in zip(together, alone, strict=True):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+    assert not torch.allclose(alone[0], alone[1], atol=1e-3)  # each chunk's own: a mix-up would show
