@@ -101,7 +101,8 @@ class VisionRunner:
                     self._run(plan, pixels, grid_thw)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            # Other threads (sessions resizing their frames) keep launching work during the capture.
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 features = self._run(plan, pixels, grid_thw)
         except Exception as exc:  # e.g. a transformers change that syncs inside the tower: run it eagerly
             log.warning("vision tower could not be captured in a CUDA graph (%s); running it eagerly", exc)
