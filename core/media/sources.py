@@ -56,6 +56,10 @@ _TS_SUFFIXES = {".ts", ".m2ts", ".mts"}
 _TEXT_DEMUXERS = {"tty"}  # FFmpeg renders .txt/.ans files as ANSI-art "video"; nobody means that
 _TS_PACKET_SIZES = (188, 192)  # MPEG-TS and M2TS: a file cut mid-packet is a multiple of neither
 _HOLD = 1.0  # seconds; a live frame older than this is a gap (dropped source), not a still picture
+# A forward step in pts larger than this, in a format that allows timestamp discontinuities (MPEG-TS,
+# FLV, RTP: AVFMT_TS_DISCONT), is a clock reset, not a gap: FFmpeg's own -dts_delta_threshold default.
+_LEAP = 10.0
+_AVFMT_TS_DISCONT = 0x0200  # libavformat's flag for those formats
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "rtp", "srt", "tcp")
 
 
@@ -78,10 +82,21 @@ class Source(Closeable, abc.ABC):
         """Stop producing frames and release the file or device; safe to call twice or from another thread."""
 
 
+@dataclass
+class Damage:
+    """What a source met so far: damaged packets and frames (`damaged`: packets the demuxer flagged as
+    damaged, which are decoded and concealed as a player does, packets the decoder rejected and frames
+    it could only partly decode, which are skipped), and timestamp discontinuities stepped over (`jumps`)."""
+
+    damaged: int = 0
+    jumps: int = 0
+
+
 class _ContainerSource(Source):
     """A source reading one PyAV container at a time, which exactly one owner closes."""
 
     def __init__(self) -> None:
+        self.damage = Damage()
         self._stop = threading.Event()
         self._lock = threading.Lock()  # hands the open container to exactly one owner
         self._container: av.container.InputContainer | None = None
@@ -157,8 +172,10 @@ class FileSource(_ContainerSource):
         """Walk the decoded frames once, yielding the frame on screen at each sample time."""
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # frame threads: every frame is decoded, however few are sampled
-        decoded = _Decoded(container, stream, self._stop)
-        clock = _Clock(stream)
+        decoded = _Decoded(container, stream, self._stop, self.damage)
+        clock = _Clock(
+            stream, self.damage, leap=_LEAP if container.format.flags & _AVFMT_TS_DISCONT else None
+        )
         k = 0  # next sample index
         shown: av.VideoFrame | None = None  # the frame on screen now
         shown_rgb: np.ndarray | None = None  # its pixels, converted once however often it is sampled
@@ -225,9 +242,20 @@ class FileSource(_ContainerSource):
 
 
 class _Clock:
-    """Stream time of decoded frames: seconds since the first frame, never jumping backwards."""
+    """Stream time of decoded frames: seconds since the first frame, never jumping backwards, and never
+    leaping forward further than `leap` seconds past the last frame (None: any gap is real), or, when
+    `live`, further than the wall clock moved since the last frame (plus `_LEAP`)."""
 
-    def __init__(self, stream: av.video.stream.VideoStream) -> None:
+    def __init__(
+        self,
+        stream: av.video.stream.VideoStream,
+        damage: Damage,
+        *,
+        leap: float | None = None,
+        live: bool = False,
+    ) -> None:
+        self.damage, self.leap, self.live = damage, leap, live
+        self.last_wall = time.monotonic()
         self.time_base = stream.time_base or Fraction(1, 90_000)
         self.default_step = 1 / float(stream.guessed_rate) if stream.guessed_rate else 0.0
         self.first_pts: int | None = None
@@ -242,13 +270,33 @@ class _Clock:
             if self.first_pts is None:
                 self.first_pts = frame.pts
             t = float((frame.pts - self.first_pts) * self.time_base) + self.offset
-            if self.last is not None and t < self.last - _BACKWARD_JUMP:
-                # Timestamps restarted (byte-concatenated recordings): go on where the last frame ends.
-                self.offset += self.last + self.step - t
-                t = self.last + self.step
-        self.last = t
+            if self.last is not None and (resumed := self._resume(t)) is not None:
+                # Timestamps restarted or leapt (concatenated recordings, a server restarted, a camera's
+                # clock reset): go on where the last frame ends, or as far as the wall clock moved.
+                self.damage.jumps += 1
+                logger.warning(
+                    "timestamps jumped from %.2fs to %.2fs; stream time goes on at %.2fs",
+                    self.last,
+                    t,
+                    resumed,
+                )
+                self.offset += resumed - t
+                t = resumed
+        self.last, self.last_wall = t, time.monotonic()
         self.step = float(frame.duration * self.time_base) if frame.duration else self.default_step
         return t
+
+    def _resume(self, t: float) -> float | None:
+        """Where a frame stamped `t` goes if its stamp is a discontinuity; None if it is not one."""
+        assert self.last is not None
+        if t < self.last - _BACKWARD_JUMP:
+            return self.last + self.step
+        if self.live:
+            moved = time.monotonic() - self.last_wall
+            return self.last + max(self.step, moved) if t > self.last + moved + _LEAP else None
+        if self.leap is not None and t > self.last + self.leap:
+            return self.last + self.step
+        return None
 
     @property
     def end(self) -> float:
@@ -270,8 +318,10 @@ class _Decoded:
         container: av.container.InputContainer,
         stream: av.video.stream.VideoStream,
         stop: threading.Event,
+        damage: Damage,
     ) -> None:
         self.container, self.stream, self.stop = container, stream, stop
+        self.counts = damage
         self._damage: str | None = None
 
     def take_damage(self) -> str | None:
@@ -287,6 +337,7 @@ class _Decoded:
                     return
                 if packet.size:
                     last_corrupt = packet.is_corrupt
+                    self.counts.damaged += packet.is_corrupt
                 yield from self._decode(packet)  # the last, empty packet flushes the decoder
         except av.error.FFmpegError as exc:
             self._damage = f"FFmpeg could not read further ({_reason(exc)})"
@@ -302,10 +353,12 @@ class _Decoded:
             frames = self.stream.decode(packet)
         except av.error.FFmpegError as exc:
             self._damage = f"the decoder rejected a packet ({_reason(exc)})"
+            self.counts.damaged += 1
             return
         for frame in frames:
             if frame.is_corrupt:
                 self._damage = "a frame could only be partly decoded"
+                self.counts.damaged += 1
             else:
                 yield frame
 
@@ -326,6 +379,8 @@ def _declared_duration(
 
 
 def _reason(exc: av.error.FFmpegError) -> str:
+    if isinstance(exc, av.error.ExitError):  # PyAV's read timeout interrupted a read that got nothing
+        return "no data arrived within the read timeout"
     return exc.strerror or type(exc).__name__
 
 
@@ -390,19 +445,20 @@ class RtspSource(_ContainerSource):
         offset = 0.0  # stream time of this connection's first frame
         while container is not None:
             stream = container.streams.video[0]
-            clock = _Clock(stream)
+            clock = _Clock(stream, self.damage, live=True)
+            # Damaged packets are skipped as in a file; only a demuxer that cannot read on is a drop.
+            decoded = _Decoded(container, stream, self._stop, self.damage)
             reason = "the stream ended"
             try:
-                for frame in container.decode(stream):
+                for frame in decoded:
                     if self._stop.is_set():
                         return
-                    if frame.is_corrupt:
-                        continue
                     yield from samples.add(frame, stream, offset + clock.time_of(frame))
             except (av.error.FFmpegError, OSError) as exc:
                 reason = _reason(exc)
             finally:
                 container.close()
+            reason = decoded.take_damage() or reason
             if self._stop.is_set():
                 return
             container = self._reconnect.reopen(self._open, reason)  # raises SourceError when it gives up
