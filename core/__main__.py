@@ -3,8 +3,13 @@
     python -m core run --source clip.mp4 --model PATH_OR_ID --srt out.srt --vtt out.vtt --jsonl out.jsonl
     python -m core run --source rtsp://camera.local/stream --model PATH_OR_ID   # or camera:0, screen:1@0,0,1280,720
     python -m core run --source clip.mp4 --model PATH_OR_ID --speak --voice espeak --speech-wav speech.wav
+    python -m core run --source clip.mp4 --model PATH_OR_ID --question 12.5:"Who is winning?"
     python -m core sources               # the cameras and monitors this machine has
     python -m core build-tiny DIR        # the tiny random-weight model tests and smoke runs use
+
+Questions: `--question TIME:TEXT` (repeatable) is asked in the chunk that reaches TIME; when standard
+input is a terminal, each line typed during the run is asked in the next chunk. Answers are printed,
+written and spoken marked as answers.
 
 Every error a user can cause prints one line (`error: ...`) and exits with status 2. Flags, the config
 file and the output paths are checked before torch and transformers are imported (seconds), so a typo
@@ -19,9 +24,18 @@ import logging
 import os
 import socket
 import sys
+import threading
 from pathlib import Path
 
-from core.cli_args import PORT, SECONDS, ArgumentParser, add_engine_arguments, config_from_args, number
+from core.cli_args import (
+    PORT,
+    SECONDS,
+    ArgumentParser,
+    add_engine_arguments,
+    config_from_args,
+    number,
+    question,
+)
 from core.config import EngineConfig
 from core.errors import ConfigError, StreamVLMError
 from core.paths import check_outputs, recording_outputs, source_file
@@ -95,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="live sources: skip a chunk whose commentary would come more than this many seconds after it",
     )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--question",
+        type=question,
+        action="append",
+        default=[],
+        metavar='TIME:"TEXT"',
+        help="ask this question in the chunk that reaches TIME stream seconds (repeatable); lines typed "
+        "while a run goes are asked too, when standard input is a terminal",
+    )
     speech = run.add_argument_group("speech (docs/speech.md); a file is paced at real time when it is on")
     speech.add_argument("--speak", action="store_true", help="speak the commentary live on a sound output")
     speech.add_argument(
@@ -154,7 +177,18 @@ def check_run(args: argparse.Namespace) -> EngineConfig:
         outputs |= recording_outputs(args.record, "--record")
     check_outputs(outputs, {"--source": source_file(args.source), "--config": args.config})
     check_speech(args)
+    check_questions(args.question, args.duration, "--duration")
     return config
+
+
+def check_questions(questions: list[tuple[float, str]], end: float | None, what: str) -> None:
+    """Refuse a scripted question after the stream's `end` (a --duration, a file's length): never asked."""
+    for seconds, text in questions:
+        if end is not None and seconds > end:
+            raise ConfigError(
+                f"--question {seconds:g}:{text!r} comes after {what} ({end:g} s), so it would never be "
+                f"asked; give a time up to {end:g}"
+            )
 
 
 def speaking(args: argparse.Namespace) -> bool:
@@ -215,6 +249,8 @@ def _run(args: argparse.Namespace, config: EngineConfig, source) -> int:
 
     console = Console(stderr=False, highlight=False)
     live = args.realtime or speaking(args) or not isinstance(source, FileSource)
+    if isinstance(source, FileSource):
+        check_questions(args.question, source.duration, f"the end of {args.source}")
     voice = _open_voice(args.voice, console) if speaking(args) else None  # before any file is created
     # The recording keeps the source's frame rate; the model still sees `fps` frames a second.
     recorder = (
@@ -238,6 +274,11 @@ def _run(args: argparse.Namespace, config: EngineConfig, source) -> int:
         _fetch_model(config.model.path, console)
         with console.status(f"loading model {args.model}"):
             engine = open_engine(config)
+        for seconds, text in args.question:  # the model's tokenizer counts a question's length
+            try:
+                engine.conversation.check_question(text)
+            except StreamVLMError as exc:
+                raise ConfigError(f"--question {seconds:g}: {exc}") from None
         instruction = args.instruction if args.instruction is not None else DEFAULT_INSTRUCTION
         session = engine.start(instruction=instruction, previous_text=args.previous_text)
         return _stream(args, config, console, source, live, recorder, session, voice)
@@ -264,7 +305,10 @@ def _stream(args, config, console, source, live: bool, recorder, session: Commen
         task = progress.add_task("streaming", total=total)
 
         def show(line) -> None:
-            progress.console.print(f"[{_clock(line.start)} - {_clock(line.end)}] {line.text}")
+            asked = f"  (Q: {line.question})" if line.is_answer else ""
+            progress.console.print(
+                f"[{_clock(line.start)} - {_clock(line.end)}] {line.marked}{asked}", markup=False
+            )
 
         clock = StreamClock()
         speaker = None
@@ -287,7 +331,13 @@ def _stream(args, config, console, source, live: bool, recorder, session: Commen
             recorder=recorder,
             sinks=(writers.write, show, *([speaker.say] if speaker else [])),
             clock=clock,
+            questions=args.question,
         )
+        if sys.stdin is not None and sys.stdin.isatty():
+            progress.console.print("Type a question and press Enter to ask it.")
+            threading.Thread(
+                target=ask_typed, args=(sys.stdin, pipeline, progress.console.print), daemon=True
+            ).start()
         finished = False
         try:
             with pipeline:
@@ -305,9 +355,24 @@ def _stream(args, config, console, source, live: bool, recorder, session: Commen
             if speaker is not None:
                 speaker.close(finish=finished)  # the last line is heard to its end; Ctrl+C cuts it
                 log.info("%s", speaker.stats().summary())
+            unasked = getattr(session, "questions_waiting", 0)
+            if unasked:  # one question a chunk: the stream ended before their turn
+                log.warning("%d question(s) were not asked: the stream ended first", unasked)
         if live and pipeline.summary():
             log.info("%s", pipeline.summary())
     return 0
+
+
+def ask_typed(lines, pipeline, say) -> None:
+    """Each non-empty line read from `lines` (a terminal) is asked in the pipeline's next chunk; a question
+    it cannot ask is reported with `say` and the run goes on. Runs until the input ends (a daemon thread)."""
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            pipeline.ask(line)
+        except (StreamVLMError, ValueError, RuntimeError) as exc:  # RuntimeError: the session has closed
+            say(f"question not asked: {exc}", markup=False)
 
 
 def _open_voice(name: str, console):

@@ -52,6 +52,27 @@ def setting(cls: type, name: str) -> Callable[[str], int | float]:
 PORT = number(0, 65535, integer=True)  # 0: any free port, the one taken is printed
 SECONDS = number(0, 86_400, low_open=True)  # a duration, timeout or budget: positive, at most a day
 COUNT = number(1, 1_000_000, integer=True)  # how many of something: at least one
+STREAM_TIME = number(0, 10**7)  # a moment of a stream, in seconds: about four months at most
+
+
+def question(text: str) -> tuple[float, str]:
+    """`--question TIME:TEXT`: the stream second to ask at, and the question (as one line)."""
+    from core.types import one_line
+
+    when, colon, words = text.partition(":")
+    example = '12.5:"Who is winning?"'
+    if not colon:
+        raise argparse.ArgumentTypeError(f"'{text}' is not TIME:QUESTION; write it as {example}")
+    try:
+        seconds = STREAM_TIME(when.strip())
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(
+            f"the time (seconds) in '{text}' {exc}; write it as {example}"
+        ) from None
+    words = one_line(words)
+    if not words:
+        raise argparse.ArgumentTypeError(f"'{text}' has no question after its time; write it as {example}")
+    return seconds, words
 
 
 # -- the engine's settings as flags --------------------------------------------------------------------

@@ -8,6 +8,8 @@ The StreamingVLM checkpoint was trained on exactly this layout (Qwen's chat form
     <|im_start|>assistant\\n\\n word word ...<|im_end|>\\n
     <|im_start|>user\\nTime=1.0-2.0s <|vision_start|>{video pads}<|vision_end|><|im_end|>\\n
     <|im_start|>assistant\\n\\n ...<|im_end|>\\n                       (a silent second)
+    <|im_start|>user\\nTime=2.0-3.0s {question}<|vision_start|>{video pads}<|vision_end|><|im_end|>\\n
+    <|im_start|>assistant\\n{answer}\\n word ...<|im_end|>\\n           (a question asked in that second)
 
 Where the published training and inference code disagree we follow training, since that is
 what the weights saw: the reply opens with a newline after the assistant header (so the prompt
@@ -16,6 +18,11 @@ label, and the previous-text turn keeps the first `sink` and last `window` token
 content. The instruction, which training never shows, goes after the first chunk's video as the
 published inference does. Each piece is tokenized on its own; special tokens are written as ids,
 so no text is ever parsed for special tokens.
+
+Questions follow the trainer's QA samples (trainer/data/builder.py builds them with this class): at most
+one a round, its text right after the time label, and the reply opens with the answer and a newline
+before the round's words. Inference prompts a question's round with the answered turn's header up to
+where the answer starts (`answer_open`), so the model writes `{answer}\\n words ...` as it was trained to.
 """
 
 from __future__ import annotations
@@ -25,11 +32,20 @@ from dataclasses import dataclass
 
 import torch
 
+from core.errors import StreamVLMError
 from core.positions import piece_positions
 from core.spec import DEFAULT_SYSTEM_PROMPT, ModelSpec
+from core.types import one_line
 
 MARKER = " ..."  # every reply ends with it; the engine removes it at token level
 PREVIOUS_TEXT_ROLE = "previous text"
+# A question is part of its round's text, which a pool slot reserves room for (core.pool.ROUND_TEXT_TOKENS):
+# the longest question, the turn headers and the longest time label together fit in it.
+MAX_QUESTION_TOKENS = 24
+
+
+class QuestionError(StreamVLMError, ValueError):
+    """A question that cannot be asked (empty, or longer than a round has room for)."""
 
 
 class Part(enum.Enum):
@@ -63,6 +79,13 @@ def time_label(t_start: float, t_end: float) -> str:
     return f"Time={t_start:.1f}-{t_end:.1f}s"
 
 
+def split_answer(text: str) -> tuple[str, str]:
+    """(answer, words) of an asked round's reply text, `{answer}\\n words`: the answer is everything
+    before the first newline (all of it when the model wrote none)."""
+    answer, _, words = text.partition("\n")
+    return answer, words
+
+
 class Conversation:
     """Builds the pieces of the layout above for one tokenizer."""
 
@@ -75,6 +98,22 @@ class Conversation:
         self.marker = tuple(self._encode(MARKER))
         self.turn_end = (self.special.im_end, *nl)
         self.assistant_open = (self.special.im_start, *self._encode("assistant\n\n"))
+        # An answered turn's header up to its answer: the prompt of a round with a question, and where
+        # the trainer's labels of such a turn begin.
+        self.answer_open = (self.special.im_start, *self._encode("assistant\n"))
+
+    def check_question(self, text: str) -> str:
+        """The question as it is asked (one line), or QuestionError saying what is wrong with it."""
+        question = one_line(text)
+        if not question:
+            raise QuestionError("a question needs some text; it was empty")
+        tokens = len(self._encode(question))
+        if tokens > MAX_QUESTION_TOKENS:
+            raise QuestionError(
+                f"a question is at most {MAX_QUESTION_TOKENS} tokens and this one is {tokens} "
+                f"({question[:40]!r}...); ask it in fewer words"
+            )
+        return question
 
     def _turn_open(self, role: str) -> tuple[int, ...]:
         return (self.special.im_start, *self._encode(f"{role}\n"))
@@ -112,7 +151,8 @@ class Conversation:
         instruction: str | None = None,
         question: str = "",
     ) -> list[Piece]:
-        """The user turn of one chunk and the assistant header that prompts its reply."""
+        """The user turn of one chunk and the assistant header that prompts its reply (with a
+        `question`, the answered turn's header up to its answer: `answer_open`)."""
         # Training writes 'Time=...s' + question on the first turn and 'Time=...s ' + question after.
         label = time_label(t_start, t_end) + ("" if first else " ") + question
         vision = self._vision(vision_tokens)
@@ -122,7 +162,7 @@ class Conversation:
             Piece(Part.TIME_LABEL, tuple(self._encode(label))),
             Piece(Part.VISION, vision),
             Piece(Part.PROMPT_CLOSE, close + self.turn_end),
-            Piece(Part.ASSISTANT_OPEN, self.assistant_open),
+            Piece(Part.ASSISTANT_OPEN, self.answer_open if question else self.assistant_open),
         ]
 
     def offline_question(self, vision_tokens: int, question: str, answer_prefix: str) -> list[Piece]:
@@ -141,13 +181,14 @@ class Conversation:
             Piece(Part.ASSISTANT_OPEN, self._turn_open("assistant") + tuple(self._encode(answer_prefix))),
         ]
 
-    def reply(self, words: str, answer: str = "") -> list[Piece]:
+    def reply(self, words: str, answer: str = "", *, asked: bool = False) -> list[Piece]:
         """A whole reply as the trainer writes it: words of this second, then the marker and turn end.
 
         `words` is the text spoken in the second, each word prefixed by one space (empty when silent).
+        A round with a question (`asked`, or an `answer`) brings its own header, with the answer in it.
         """
         pieces = []
-        if answer:
+        if answer or asked:
             # A QA answer precedes the commentary: 'assistant\n{answer}\n words ...'. The header then
             # differs from the plain one, so the whole turn is tokenized as the template writes it.
             header = (self.special.im_start, *self._encode(f"assistant\n{answer}\n"))

@@ -9,6 +9,10 @@ for one stream. Per chunk, `Session.push(frames, t_start, t_end)`:
 4. decode: sample up to `max_new_tokens`, one forward per token, stopping at <|im_end|>;
 5. return the reply, with the ` ...` marker removed at token level, as `Commentary`.
 
+`Session.ask(text)` (from any thread) queues a question; the next chunk asks it in its user turn in
+the trainer's QA layout (core/conversation.py), one question a chunk (later ones wait for the next),
+and that chunk's reply opens with the answer: a `Commentary` with its `question` set.
+
 The last sampled token is not fed at once: it opens the next chunk's prefill, which saves one
 forward per chunk. The only host synchronisation in the token loop is reading each token back to
 decide whether to stop; on a GPU the next step is already queued behind the draw by then, so the
@@ -32,7 +36,7 @@ from torch.profiler import record_function
 
 from core.cache import PREFIX_ROUND, StreamCache
 from core.config import AccelerationConfig, CachePolicy, EvictionMode, GenerationConfig, StreamConfig
-from core.conversation import MARKER, Conversation, Part, Piece
+from core.conversation import MARKER, Conversation, Part, Piece, split_answer
 from core.decode_step import StaticDecodeStep
 from core.frames import VideoInput, video_input
 from core.model import StreamModel
@@ -41,7 +45,7 @@ from core.positions import temporal_step
 from core.sampling import TokenSampler
 from core.scheduler import PrefillJob, Scheduler
 from core.spec import ModelSpec
-from core.types import Closeable, Commentary, Frame
+from core.types import Closeable, Commentary, Frame, one_line
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +235,8 @@ class Session(Closeable):
         self._static_step = None
         self._token_reader = _TokenReader(model.device)
         self._deadline = float("inf")  # the current chunk's, for the scheduler's ordering
+        self._questions: deque[str] = deque()  # asked, not yet in a chunk (deque: `ask` is any thread's)
+        self._asking = ""  # the question of the chunk being pushed
         acceleration = engine.acceleration
         if acceleration.static_decode:  # with a scheduler: for the steps this session takes alone
             self._static_step = StaticDecodeStep(
@@ -239,7 +245,19 @@ class Session(Closeable):
 
     # -- public interface ----------------------------------------------------------------------------
 
-    @torch.inference_mode()
+    def ask(self, text: str) -> None:
+        """Queue a question (safe from any thread): the next chunk asks it, and its answer comes back from
+        that `push` as a `Commentary` whose `question` is set. `core.conversation.QuestionError` for an
+        empty question or one longer than a round has room for."""
+        if self.closed:
+            raise RuntimeError("this session is closed; start a new one")
+        self._questions.append(self.conv.check_question(text))
+
+    @property
+    def questions_waiting(self) -> int:
+        """Questions asked that no chunk has asked the model yet."""
+        return len(self._questions)
+
     def push(
         self,
         frames: Sequence[np.ndarray | Frame],
@@ -252,6 +270,23 @@ class Session(Closeable):
 
         `deadline` (a `time.perf_counter()` value): when the chunk's commentary is due; with other sessions
         on the engine's scheduler, the earliest deadline goes first. Default: one chunk's duration from now."""
+        question = self._questions.popleft() if self._questions else ""
+        try:
+            return self._push(frames, t_start, t_end, deadline, question)
+        except BaseException:
+            if question:  # the chunk was refused or failed: the question waits for the next one
+                self._questions.appendleft(question)
+            raise
+
+    @torch.inference_mode()
+    def _push(
+        self,
+        frames: Sequence[np.ndarray | Frame],
+        t_start: float,
+        t_end: float,
+        deadline: float | None,
+        question: str,
+    ) -> list[Commentary]:
         if self.closed:
             raise RuntimeError("this session is closed; start a new one")
         if not t_end > t_start:
@@ -260,6 +295,7 @@ class Session(Closeable):
             raise ValueError(f"chunks must move forward in time (got {t_start} after {self.last_t_end})")
         arrays = [f.rgb if isinstance(f, Frame) else f for f in frames]
         model, cache, device = self.model, self.cache, self.model.device
+        self._asking = question
         self._deadline = deadline if deadline is not None else time.perf_counter() + (t_end - t_start)
 
         clock = Stopwatch(device)
@@ -323,7 +359,7 @@ class Session(Closeable):
         )
         self.round += 1
         self.last_t_end = t_end
-        return commentary(model.spec, words, t_start, t_end)
+        return commentary(model.spec, words, t_start, t_end, question)
 
     def _open_chunk(self, video: VideoInput, features: torch.Tensor, t_start: float, t_end: float):
         """Apply the cache policy and build this chunk's prefill: (embeds [n, hidden], positions [3, n],
@@ -378,7 +414,12 @@ class Session(Closeable):
             add(self._pending, self._pending_round)
         self._pending = []
         turn = self.conv.user_turn(
-            t_start, t_end, video.num_tokens, first=self.round == 0, instruction=self.instruction
+            t_start,
+            t_end,
+            video.num_tokens,
+            first=self.round == 0,
+            instruction=self.instruction,
+            question=self._asking,
         )
         add(turn, self.round, video.merged_grid, self.engine.dt, features)
 
@@ -606,15 +647,21 @@ class _TextStream:
             self.sent = text
 
 
-def one_line(text: str) -> str:
-    """Commentary is one spoken line: whitespace runs (newlines too) become one space, control characters go."""
-    return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
-
-
-def commentary(spec: ModelSpec, words: list[int], t_start: float, t_end: float) -> list[Commentary]:
-    """A reply's word ids as the chunk's commentary: one line, or none for a silent second."""
-    text = one_line(spec.decode(words))
-    return [Commentary(t_start, t_end, text)] if text else []
+def commentary(
+    spec: ModelSpec, words: list[int], t_start: float, t_end: float, question: str = ""
+) -> list[Commentary]:
+    """A reply's word ids as the chunk's commentary: one line, or none for a silent second. The reply to a
+    `question` is `{answer}\\n words` (core/conversation.py): the answer line, then any commentary."""
+    text = spec.decode(words)
+    lines = []
+    if question:
+        answer, text = split_answer(text)
+        if one_line(answer):
+            lines.append(Commentary(t_start, t_end, one_line(answer), question=question))
+        else:
+            log.warning("the model gave no answer to %r (asked at %.1f-%.1f s)", question, t_start, t_end)
+    text = one_line(text)
+    return lines + ([Commentary(t_start, t_end, text)] if text else [])
 
 
 def _marker_prefix_overlap(ids: list[int], marker: list[int]) -> int:

@@ -13,6 +13,11 @@ as the model goes, every chunk in order; a live source (or a file paced like one
 budget. The recording keeps the source's own frame rate (`open_recording`), while the model
 sees `stream.fps` frames a second picked from it by the chunker.
 
+Questions are one more input: `Pipeline.ask(text)` (from any thread: a typed line, the app's
+question box) hands a question to the session, which asks it in its next chunk; `questions`
+are scripted ones, each asked in the first chunk that reaches its stream time. Answers come back
+as commentary lines marked as answers (`Commentary.question`) and go to the same sinks.
+
 This module and core/__main__.py are the assembly points that may import the engine and both wings.
 """
 
@@ -22,10 +27,12 @@ import logging
 import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from core.config import StreamConfig
+from core.errors import StreamVLMError
 from core.media.chunker import chunks
 from core.media.realtime import ChunkReport, RealtimeRunner, tee
 from core.media.recorder import Recorder, recording_fps
@@ -37,6 +44,34 @@ from core.types import Closeable, Commentary, CommentarySession, Frame
 log = logging.getLogger(__name__)
 
 Sink = Callable[[Commentary], None]
+ScriptedQuestion = tuple[float, str]  # (stream seconds, question)
+
+
+class ScriptedQuestions(Closeable):
+    """A session whose scripted questions are asked on time: before each chunk, every question whose time
+    the chunk reaches (time <= its end; the trainer asks one in the chunk whose (start, end] holds it)
+    goes to the session, which asks one a chunk, in order. A question whose chunk was skipped goes
+    with the next chunk that runs."""
+
+    def __init__(self, session: CommentarySession, questions: Iterable[ScriptedQuestion]) -> None:
+        self.session = session
+        self._script = deque(sorted(questions, key=lambda q: q[0]))
+
+    def push(self, frames, t_start: float, t_end: float) -> list[Commentary]:
+        while self._script and self._script[0][0] <= t_end:
+            ask_session(self.session, self._script.popleft()[1])
+        return self.session.push(frames, t_start, t_end)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def ask_session(session: CommentarySession, text: str) -> None:
+    """Ask `session` a question (its next chunk asks it); StreamVLMError for a session that takes none."""
+    ask = getattr(session, "ask", None)
+    if ask is None:
+        raise StreamVLMError(f"this session ({type(session).__name__}) takes no questions")
+    ask(text)
 
 
 def open_recording(
@@ -105,12 +140,16 @@ class Pipeline(Closeable):
         sinks: Sequence[Sink] = (),
         on_frame: Callable[[Frame], None] | None = None,
         clock: StreamClock | None = None,
+        questions: Sequence[ScriptedQuestion] = (),
     ) -> None:
         """`live`: pace by the latency `budget` (a live source, or a file paced like one); otherwise
         every chunk is processed in turn. `duration`: stop after this much stream time. `recorder`
         gets every frame and every line; `sinks` every line; `on_frame` every frame (capture thread).
-        `clock` is started by the first frame (a speaker shares it)."""
+        `clock` is started by the first frame (a speaker shares it). `questions`: (time, text) pairs,
+        each asked in the first chunk that reaches its time."""
         self.source, self.session, self.stream = source, session, stream
+        # What chunks are pushed to: the session, asking the scripted questions on time.
+        self._pushed = ScriptedQuestions(session, questions) if questions else session
         self.live, self.budget = live, budget
         self.end = duration if duration is not None else float("inf")
         self.recorder, self.sinks, self.on_frame = recorder, tuple(sinks), on_frame
@@ -137,6 +176,12 @@ class Pipeline(Closeable):
         finally:
             if self._runner is not None:
                 self._runner.stop()
+
+    def ask(self, text: str) -> None:
+        """Ask a question now (safe from any thread): the session's next chunk asks it, and its answer
+        reaches the sinks as a line marked as an answer. Raises a one-line StreamVLMError (or ValueError)
+        for a question the session cannot ask (empty, too long) or a session that takes none."""
+        ask_session(self.session, text)
 
     def stop(self) -> None:
         """End the run after the chunk in progress (safe from any thread, and twice)."""
@@ -173,12 +218,12 @@ class Pipeline(Closeable):
             if chunk.t_start >= self.end or self._stopped.is_set():
                 return
             started = time.monotonic()
-            events = self.session.push(chunk.frames, chunk.t_start, chunk.t_end)
+            events = self._pushed.push(chunk.frames, chunk.t_start, chunk.t_end)
             yield ChunkReport(chunk.t_start, chunk.t_end, events, time.monotonic() - started, 0, None)
 
     def _live(self) -> Iterator[ChunkReport]:
         self._runner = RealtimeRunner(
-            self.source, self.session, self.stream, budget=self.budget, on_frame=self._frame
+            self.source, self._pushed, self.stream, budget=self.budget, on_frame=self._frame
         )
         if self._stopped.is_set():  # stopped before it started
             return iter(())

@@ -19,13 +19,33 @@ class Frame:
     t: float
 
 
+def one_line(text: str) -> str:
+    """Text as one line: whitespace runs (newlines too) become one space, control characters go.
+    A line of commentary is one spoken line; a question goes into its turn as one line."""
+    return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
+
+
+ANSWER_PREFIX = "A: "  # how an answer is marked where it shows as text (subtitles, the CLI)
+
+
 @dataclass(frozen=True, slots=True)
 class Commentary:
-    """One line of commentary for the chunk spanning [start, end) stream seconds."""
+    """One line of commentary for the chunk spanning [start, end) stream seconds; with a `question`,
+    the line is the model's answer to it (asked in that chunk), not commentary."""
 
     start: float
     end: float
     text: str
+    question: str | None = None
+
+    @property
+    def is_answer(self) -> bool:
+        return self.question is not None
+
+    @property
+    def marked(self) -> str:
+        """The text as shown: an answer prefixed with ANSWER_PREFIX, commentary as it is."""
+        return ANSWER_PREFIX + self.text if self.is_answer else self.text
 
 
 class Closeable:

@@ -58,7 +58,7 @@ def test_another_protocol_version_is_refused_with_a_clear_message(server):
         with pytest.raises(Exception) as closed:
             ws.recv(timeout=10)
     assert closed.value.rcvd.code == p.CLOSE_BAD_VERSION
-    assert "this server speaks protocol 1, the client 99" in closed.value.rcvd.reason
+    assert f"this server speaks protocol {p.VERSION}, the client 99" in closed.value.rcvd.reason
 
 
 def test_malformed_and_oversized_messages_close_only_their_connection(server):

@@ -3,6 +3,8 @@
 Each writer appends one cue per `write`, then flushes and fsyncs, so the file on disk is a
 complete, parseable SRT / WebVTT / JSON-lines file after every cue and a crash (or a killed
 process) loses nothing already written. `open_writers` bundles the formats a run asked for.
+Answers to questions are marked: SRT and WebVTT cues prefixed with `core.types.ANSWER_PREFIX`, JSON
+lines with the question beside the answer's text.
 """
 
 from __future__ import annotations
@@ -43,14 +45,14 @@ class SubtitleWriter(Closeable, abc.ABC):
                 f"the subtitle writer for '{self.path}' is closed; open a new one to write more cues"
             )
         self._cues += 1
-        self._append(self._cue(self._cues, commentary.start, commentary.end, text))
+        self._append(self._cue(self._cues, commentary, text))
 
     def close(self) -> None:
         self._file.close()
 
     @abc.abstractmethod
-    def _cue(self, index: int, start: float, end: float, text: str) -> str:
-        """The cue's complete text, including the separator that ends it."""
+    def _cue(self, index: int, line: Commentary, text: str) -> str:
+        """The cue of `line` (its `text` stripped), including the separator that ends it."""
 
     def _append(self, text: str) -> None:
         if not text:
@@ -63,9 +65,10 @@ class SubtitleWriter(Closeable, abc.ABC):
 class SrtWriter(SubtitleWriter):
     """SubRip: numbered cues with HH:MM:SS,mmm times."""
 
-    def _cue(self, index: int, start: float, end: float, text: str) -> str:
+    def _cue(self, index: int, line: Commentary, text: str) -> str:
+        text = _marked(line, text)
         # strict=True drops blank lines inside the text, which would end the cue early.
-        return Subtitle(index, _timedelta(start), _timedelta(end), text).to_srt(strict=True)
+        return Subtitle(index, _timedelta(line.start), _timedelta(line.end), text).to_srt(strict=True)
 
 
 class VttWriter(SubtitleWriter):
@@ -73,17 +76,22 @@ class VttWriter(SubtitleWriter):
 
     header = "WEBVTT\n\n"
 
-    def _cue(self, index: int, start: float, end: float, text: str) -> str:
+    def _cue(self, index: int, line: Commentary, text: str) -> str:
+        text = _marked(line, text)
         # WebVTT cue text is HTML-like: & and < must be escaped, and escaping > also defuses "-->".
-        lines = [html.escape(line.strip(), quote=False) for line in text.splitlines() if line.strip()]
-        return f"{_vtt_time(start)} --> {_vtt_time(end)}\n" + "\n".join(lines) + "\n\n"
+        rows = [html.escape(row.strip(), quote=False) for row in text.splitlines() if row.strip()]
+        return f"{_vtt_time(line.start)} --> {_vtt_time(line.end)}\n" + "\n".join(rows) + "\n\n"
 
 
 class JsonlWriter(SubtitleWriter):
-    """JSON lines: one {"start", "end", "text"} object per line, for programs rather than players."""
+    """JSON lines: one {"start", "end", "text"} object per line, for programs rather than players; an
+    answer's object also holds its "question" (its "text" is the answer, unprefixed)."""
 
-    def _cue(self, index: int, start: float, end: float, text: str) -> str:
-        return json.dumps({"start": start, "end": end, "text": text}, ensure_ascii=False) + "\n"
+    def _cue(self, index: int, line: Commentary, text: str) -> str:
+        cue = {"start": line.start, "end": line.end, "text": text}
+        if line.is_answer:
+            cue["question"] = line.question
+        return json.dumps(cue, ensure_ascii=False) + "\n"
 
 
 class MultiWriter(Closeable):
@@ -146,6 +154,11 @@ def _fsync_folder(folder: Path) -> None:
         pass  # some file systems (network shares) refuse fsync on a folder; the cues still are synced
     finally:
         os.close(fd)
+
+
+def _marked(line: Commentary, text: str) -> str:
+    """`text` (the line's, stripped) marked as an answer where the line is one (`Commentary.marked`)."""
+    return Commentary(line.start, line.end, text, line.question).marked
 
 
 def _timedelta(seconds: float) -> datetime.timedelta:

@@ -4,7 +4,8 @@ where the model runs (protocol: core/remote/protocol.py; server: core/remote/ser
 A connection that drops (the server restarts, the network blips, the server stops answering)
 is opened again with backoff, as a new session whose previous text is the old one's plus all
 commentary received so far; the chunk that was in flight goes to the new session. The user sees
-a gap, not an end. Refusals that a retry cannot fix (a wrong token, another protocol version, a
+a gap, not an end. Questions (`ask`) go to the server before the next chunk; one not yet answered when
+the connection drops is asked again by the new session. Refusals that a retry cannot fix (a wrong token, another protocol version, a
 message the server rejected) end the session with the server's reason, and so does a server
 that failed (1011) on the same chunk twice: it would fail on it forever.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import io
 import threading
+from collections import deque
 from collections.abc import Sequence
 from contextlib import ExitStack
 
@@ -23,7 +25,7 @@ from websockets.sync.client import ClientConnection, connect
 from core.errors import StreamVLMError
 from core.media.reconnect import Backoff, Reconnector, StateCallback
 from core.remote import protocol as p
-from core.types import Closeable, Commentary, Frame
+from core.types import Closeable, Commentary, Frame, one_line
 
 DEFAULT = "<the engine's default instruction>"
 # Closes a new session can get past: the server went away, failed, was full, or timed us out. Every
@@ -76,6 +78,10 @@ class RemoteSession(Closeable):
         self.skipped = 0
         self.reconnects = 0
         self.commentary: list[Commentary] = []  # everything received, the resumed session's context
+        self._questions: deque[str] = deque()  # asked here, not yet sent to the server
+        # Sent, and not yet asked by a chunk the server ran: a new session after a drop is sent it again.
+        self._unasked: str | None = None
+        self._sent = False  # whether this connection's session has been sent `_unasked`
         self._previous_text = previous_text
         self._hello: dict = {"version": p.VERSION, "seed": seed}
         if instruction is not DEFAULT:  # left out: the server's default instruction, as a local Session
@@ -88,6 +94,21 @@ class RemoteSession(Closeable):
         )
         self._stack = ExitStack()  # the connection is a context manager; the session closes it
         self._ws = self._open(previous_text)
+
+    def ask(self, text: str) -> None:
+        """Queue a question (safe from any thread): it goes to the server with the next chunk, which asks
+        it; its answer comes back from that `push` as a `Commentary` whose `question` is set. The server
+        asks one question a chunk; an empty question is refused here (ValueError), one longer than the
+        model's limit by the server, which ends the session with its reason."""
+        question = one_line(text)
+        if not question:
+            raise ValueError("a question needs some text; it was empty")
+        self._questions.append(question)
+
+    @property
+    def questions_waiting(self) -> int:
+        """Questions asked that no chunk the server ran has asked yet."""
+        return len(self._questions) + (self._unasked is not None)
 
     def push(self, frames: Sequence[np.ndarray | Frame], t_start: float, t_end: float) -> list[Commentary]:
         images = [_encode_image(f.rgb if isinstance(f, Frame) else f, self.image_format) for f in frames]
@@ -110,9 +131,16 @@ class RemoteSession(Closeable):
                 )
         header = p.encode("chunk", **fields)
         images = [bytes(image) for image in images]
+        # One question a chunk, as the engine asks them; the next waits here until this one is asked.
+        if self._unasked is None and self._questions:
+            self._unasked = self._questions.popleft()
+            self._sent = False
         failures = 0
         for attempt in range(3):
             try:
+                if self._unasked is not None and not self._sent:
+                    self._send(self._ws, p.encode("question", text=self._unasked))
+                    self._sent = True
                 events = self._exchange(header, images)
             except ServerLost as exc:
                 failures += exc.code == p.CLOSE_INTERNAL
@@ -132,7 +160,8 @@ class RemoteSession(Closeable):
     @property
     def resume_text(self) -> str:
         """The previous text a resumed session starts from: the old one's and all commentary since."""
-        text = " ".join([self._previous_text.strip(), *(c.text for c in self.commentary)]).strip()
+        said = (c.text for c in self.commentary if not c.is_answer)  # answers are not commentary
+        text = " ".join([self._previous_text.strip(), *said]).strip()
         return _shorten(text, RESUME_HEAD_CHARS + RESUME_TAIL_CHARS)
 
     def close(self) -> None:
@@ -188,6 +217,7 @@ class RemoteSession(Closeable):
         if ws is None:
             raise StreamVLMError("the session was closed while reconnecting")
         self._ws = ws
+        self._sent = False  # the new session has not heard the question the old one had not asked
         self.reconnects += 1
 
     def _exchange(self, header: str, images: list[bytes]) -> list[Commentary]:
@@ -198,11 +228,14 @@ class RemoteSession(Closeable):
         while True:
             message = p.decode(self._recv(self._ws), ("commentary", "chunk_done"))
             if message["type"] == "commentary":
-                events.append(Commentary(message["start"], message["end"], message["text"]))
+                question = p.answer_question(message)
+                events.append(Commentary(message["start"], message["end"], message["text"], question))
                 continue
             self.last_latency = message["latency"]
             self.last_timing = _timing(message.get("timing"))  # left out by older servers
             self.skipped += bool(message["skipped"])
+            if not message["skipped"]:  # the server ran the chunk: it asked the question it had
+                self._unasked = None
             return events
 
     def _send(self, ws: ClientConnection, message: str | bytes) -> None:

@@ -1,4 +1,4 @@
-"""The remote-inference wire protocol (version 1), shared by core/remote/server.py and core/remote/client.py.
+"""The remote-inference wire protocol (version 2: questions), shared by core/remote/server.py and core/remote/client.py.
 
 docs/protocol.md is its description for people; this module is the one place its names, limits
 and codes live in code. Messages are WebSocket text frames holding one JSON object with a
@@ -12,7 +12,7 @@ import json
 import math
 from typing import Any
 
-VERSION = 1
+VERSION = 2  # 2: the "question" message, and answers as "commentary" with a "question" field
 
 # Limits a server enforces (it advertises max_image_bytes in "ready").
 MAX_TEXT_BYTES = 64 * 1024  # one JSON message, UTF-8 encoded
@@ -125,6 +125,16 @@ def chunk_header(message: dict[str, Any]) -> tuple[float, float, int]:
     if not t_end > t_start:
         raise ProtocolError(CLOSE_MALFORMED, f"a chunk must end after it starts (got {t_start} to {t_end})")
     return t_start, t_end, field(message, "frames", int, low=1, high=MAX_FRAMES_PER_CHUNK)
+
+
+def question_text(message: dict[str, Any]) -> str:
+    """The text of a "question" message (the engine then checks it is one it can ask)."""
+    return field(message, "text", str)
+
+
+def answer_question(message: dict[str, Any]) -> str | None:
+    """The question a "commentary" message answers (None: it is commentary, not an answer)."""
+    return field(message, "question", (str, type(None)), None)
 
 
 def close_reason(reason: str) -> str:

@@ -5,6 +5,8 @@ address without a token; tokens are compared in constant time. Each connection i
 `hello` (version, token, instruction, previous text, seed) -> `ready`, then per chunk a `chunk`
 message and its frames as binary PNG/JPEG messages -> `commentary` events and `chunk_done` (with
 the chunk's `timing` on the server: its wait for the model and where the model's time went).
+A `question` message between chunks is asked by the session's next chunk; its answer is a
+`commentary` event carrying the question.
 Chunks from all sessions take turns on the model (one at a time); a chunk that waited longer
 than the latency budget is skipped and reported as such (unless the model alone is slower than
 the budget: then a chunk that waited behind at most one other is still answered). A message
@@ -36,6 +38,7 @@ import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from core.conversation import QuestionError
 from core.engine import DEFAULT_INSTRUCTION, ChunkStats, Session, StreamingEngine
 from core.errors import ConfigError, SourceError, StreamVLMError
 from core.frames import target_size
@@ -205,7 +208,11 @@ class InferenceServer:
             raise p.ProtocolError(p.CLOSE_UNSUPPORTED, str(exc)) from None
 
     async def _chunk(self, ws: ServerConnection, session: Session) -> None:
-        t_start, t_end, count = p.chunk_header(p.decode(await self._recv(ws), ("chunk",)))
+        message = p.decode(await self._recv(ws), ("chunk", "question"))
+        if message["type"] == "question":
+            await self._ask(session, p.question_text(message))
+            return
+        t_start, t_end, count = p.chunk_header(message)
         frames = [await self._frame(await self._recv(ws)) for _ in range(count)]
         arrived = time.monotonic()
         async with self._model_lock:
@@ -228,8 +235,17 @@ class InferenceServer:
             self.latency.record(time.monotonic() - started)
             stats = getattr(session, "last_stats", None)
         for event in events:
-            await ws.send(p.encode("commentary", start=event.start, end=event.end, text=event.text))
+            answer = {"question": event.question} if event.is_answer else {}
+            await ws.send(p.encode("commentary", start=event.start, end=event.end, text=event.text, **answer))
         await self._done(ws, t_start, t_end, arrived, waited, skipped=False, stats=stats)
+
+    async def _ask(self, session: Session, text: str) -> None:
+        """Queue a question for the session's next chunk; one it cannot ask closes the connection."""
+        try:
+            # On a thread: checking a question tokenizes it, which must not hold up the event loop.
+            await self._in_thread(session.ask, text)
+        except QuestionError as exc:
+            raise p.ProtocolError(p.CLOSE_MALFORMED, f"the question was refused: {exc}") from None
 
     async def _done(
         self, ws, t_start: float, t_end: float, arrived: float, waited: float, *, skipped: bool, stats=None

@@ -3,7 +3,8 @@
 A line is spoken as soon as it is produced. While one is being spoken, at most one newer line waits;
 a still newer one replaces it (newest wins: the waiting line is dropped and counted), so speech is
 at most one line behind the picture however slow the voice is. A silent second (no line, or an
-empty one) is not spoken. Each line is synthesized when its turn comes, on the speaker's own thread
+empty one) is not spoken. Answers to the user's questions take a priority path: they queue apart
+from the commentary, are never dropped, and each is spoken before any waiting commentary line. Each line is synthesized when its turn comes, on the speaker's own thread
 (the model never waits for a voice), and its samples go to every output with the stream time its
 first sample sounds; the speaker then holds the line for its duration before the next one starts.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -36,7 +38,7 @@ SpeechOutput = Callable[[np.ndarray, int, float], None]
 @dataclass(frozen=True)
 class SpeechStats:
     spoken: int  # lines spoken, being spoken or being synthesized
-    waiting: int  # lines waiting for the one being spoken: 0 or 1
+    waiting: int  # lines waiting for the one being spoken: 0 or 1 of commentary, and any answers
     dropped: int  # lines replaced by a newer one before their turn
     lag: float | None  # of the line spoken last: seconds from the start of its second to its first sound
     max_lag: float  # the largest lag so far
@@ -53,6 +55,7 @@ class Speaker(Closeable):
         self.voice, self.outputs, self.clock = voice, tuple(outputs), clock
         self._cond = threading.Condition()
         self._waiting: Commentary | None = None
+        self._answers: deque[Commentary] = deque()  # answers are not newest-wins: a user waits for each
         self._spoken = self._dropped = 0
         self._lag: float | None = None
         self._max_lag = 0.0
@@ -63,13 +66,18 @@ class Speaker(Closeable):
         self._thread.start()
 
     def say(self, line: Commentary) -> None:
-        """A new line: spoken now if the speaker is idle, otherwise it waits, replacing any waiting line."""
+        """A new line: spoken now if the speaker is idle, otherwise it waits, replacing any waiting line.
+        An answer (`line.is_answer`) is never replaced: it waits in turn, ahead of the commentary."""
         if self.error is not None:
             raise self.error
         if not line.text.strip():
             return  # a silent second
         with self._cond:
             if self._closing:
+                return
+            if line.is_answer:
+                self._answers.append(line)
+                self._cond.notify()
                 return
             if self._waiting is not None:
                 self._dropped += 1
@@ -81,7 +89,7 @@ class Speaker(Closeable):
 
     def stats(self) -> SpeechStats:
         with self._cond:
-            waiting = int(self._waiting is not None)
+            waiting = int(self._waiting is not None) + len(self._answers)
             return SpeechStats(self._spoken, waiting, self._dropped, self._lag, self._max_lag)
 
     def close(self, *, finish: bool = True) -> None:
@@ -92,6 +100,7 @@ class Speaker(Closeable):
             self._closing = True
             if not finish:
                 self._waiting = None
+                self._answers.clear()
                 self._cut.set()
             self._cond.notify()
         self._thread.join()
@@ -106,9 +115,12 @@ class Speaker(Closeable):
     def _speak(self) -> None:
         while True:
             with self._cond:
-                while self._waiting is None and not self._closing:
+                while self._waiting is None and not self._answers and not self._closing:
                     self._cond.wait()
-                line, self._waiting = self._waiting, None
+                if self._answers:
+                    line = self._answers.popleft()
+                else:
+                    line, self._waiting = self._waiting, None
                 if line is None or self._cut.is_set():
                     return
                 self._spoken += 1  # its turn has come: it is no longer waiting, nor can it be dropped

@@ -204,16 +204,18 @@ def _pieces(
         sink, tail = 1 << 62, 0
     out: list[LabelledPiece] = [(p, (False,) * len(p)) for p in conv.preamble(previous, sink, tail)]
     # Qwen's template writes '<|im_start|>assistant\n' + content; the published labels start after it.
-    header = (model.special.im_start, *model.encode("assistant\n"))
+    header = conv.answer_open
     for k, (rnd, grid) in enumerate(zip(rounds, merged, strict=True)):
+        # The question's place in the turn is the conversation's rule, which inference shares.
         turn = conv.user_turn(
             rnd.t_start, rnd.t_end, grid[0] * grid[1] * grid[2], first=k == 0, question=rnd.question
         )
-        if rnd.answer:  # the reply brings its own header with the answer in it
+        asked = bool(rnd.question or rnd.answer)
+        if asked:  # the reply brings its own header with the answer in it
             assert turn[-1].part is Part.ASSISTANT_OPEN
             turn = turn[:-1]
         out += [(p, (False,) * len(p)) for p in turn]
-        for piece in conv.reply(rnd.words, rnd.answer):
+        for piece in conv.reply(rnd.words, rnd.answer, asked=asked):
             if piece.part is Part.ASSISTANT_OPEN:
                 shared = _common_prefix(piece.ids, header)
                 mask = (False,) * shared + (True,) * (len(piece) - shared)
