@@ -15,9 +15,11 @@ so a second track would go unheard; the commentary is spoken over the scene as a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -84,6 +86,7 @@ class Recorder(Closeable):
                 f"cannot record to '{self.path}' ({exc}); check the folder and its permissions"
             ) from None
         self._stream = None
+        self.stopped: str | None = None  # why recording stopped early (a full disk), if it did
         self._size: tuple[int, int] | None = None
         self._last_pts = -1
         self.frames = 0
@@ -102,7 +105,7 @@ class Recorder(Closeable):
     def write(self, frame: Frame) -> None:
         """Encode one frame at its stream time; a frame no later than the previous one is dropped."""
         pts = round(frame.t * self.fps)
-        if pts <= self._last_pts:
+        if pts <= self._last_pts or self._container is None:
             return
         rgb = self.overlay.draw(frame.rgb, frame.t)
         if self._stream is None:
@@ -110,7 +113,7 @@ class Recorder(Closeable):
         rgb = _fit(rgb, self._size)
         video = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         video.pts = pts
-        with self._lock:
+        with self._lock, self._failing(frame.t):
             self._container.mux(self._stream.encode(video))
         self._last_pts = pts
         self.frames += 1
@@ -156,7 +159,7 @@ class Recorder(Closeable):
             np.ascontiguousarray(samples.T, dtype=np.float32), format="fltp", layout=self._audio.layout.name
         )
         frame.sample_rate, frame.pts = rate, start
-        with self._lock:
+        with self._lock, self._failing(t):
             self._container.mux(self._audio.encode(frame))
         self._audio_next = start + len(samples)
         self.audio_samples += len(samples)
@@ -183,8 +186,26 @@ class Recorder(Closeable):
             self._speech = kept
         return np.clip(mixed, -1.0, 1.0)
 
+    @contextlib.contextmanager
+    def _failing(self, t: float) -> Iterator[None]:
+        """A write the disk refuses (full, quota, I/O error) stops the recording, not the run: the file
+        written so far is left as it is (fragmented, it plays up to about a second before `t`), and the
+        commentary and the other outputs go on. Called with the lock held."""
+        try:
+            yield
+        except (OSError, av.error.FFmpegError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            self.stopped = f"recording stopped at t={t:.1f}s: cannot write '{self.path}' ({reason})"
+            log.error(
+                "%s; the file written so far plays, commentary and the other outputs go on", self.stopped
+            )
+            container, self._container = self._container, None
+            with contextlib.suppress(OSError, av.error.FFmpegError):
+                container.close()
+
     def close(self) -> None:
         if self._container is None:
+            self.subtitles.close()
             return
         try:
             with self._lock:

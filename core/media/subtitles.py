@@ -13,6 +13,7 @@ import abc
 import datetime
 import html
 import json
+import logging
 import os
 from pathlib import Path
 from typing import TextIO
@@ -23,6 +24,8 @@ from core.errors import StreamVLMError
 from core.paths import check_output
 from core.types import Closeable, Commentary
 
+log = logging.getLogger(__name__)
+
 
 class SubtitleWriter(Closeable, abc.ABC):
     """One subtitle file, created (or emptied) on open, growing by one flushed cue per `write`."""
@@ -32,6 +35,7 @@ class SubtitleWriter(Closeable, abc.ABC):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._file = _create(self.path)
+        self.stopped: str | None = None  # why cues stopped being written (a full disk), if they did
         self._cues = 0
         self._append(self.header)
 
@@ -47,19 +51,29 @@ class SubtitleWriter(Closeable, abc.ABC):
         self._cues += 1
         self._append(self._cue(self._cues, commentary, text))
 
-    def close(self) -> None:
-        self._file.close()
-
     @abc.abstractmethod
     def _cue(self, index: int, line: Commentary, text: str) -> str:
         """The cue of `line` (its `text` stripped), including the separator that ends it."""
 
     def _append(self, text: str) -> None:
-        if not text:
+        if not text or self.stopped:
             return
-        self._file.write(text)
-        self._file.flush()
-        os.fsync(self._file.fileno())  # flush() only reaches the OS; fsync reaches the disk
+        try:
+            self._file.write(text)
+            self._file.flush()
+            os.fsync(self._file.fileno())  # flush() only reaches the OS; fsync reaches the disk
+        except OSError as exc:
+            # A full disk stops this file, not the run: the cues before stay whole (each was synced), and
+            # the other writers and the commentary go on.
+            self.stopped = f"subtitles stopped: cannot write '{self.path}' ({exc.strerror or exc})"
+            log.error("%s; the cues written so far are complete, the other outputs go on", self.stopped)
+
+    def close(self) -> None:
+        try:
+            self._file.close()  # flushes whatever a failed write left in its buffer: fails again
+        except OSError:
+            if not self.stopped:
+                raise
 
 
 class SrtWriter(SubtitleWriter):
