@@ -1,9 +1,12 @@
 """The run form: what to run (source, model, token, instruction, context), where to record it (a
 folder, picked or the platform's Movies folder, with the file name shown before Start) and with
-which sound, the overlay's style, and the Start / Stop / Export buttons. Every row is labelled.
+which sound, whether and how the commentary is spoken (Speak, the voice, the output device and its
+volume), the overlay's style, and the Start / Stop / Export buttons. Every row is labelled.
 
 The window owns the run; this form owns its rows' rules: sound only with a recording, the note
-under the record row, the default folder made at Start.
+under the record row, the default folder made at Start, the voices and outputs offered (one that
+cannot be used is greyed with the reason; no output at all switches Speak off with a note), and
+what a Start speaks with (`speech_request`, checked first).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from PySide6.QtCore import QStandardPaths, QTimer, Slot
+from PySide6.QtCore import QStandardPaths, Qt, QTimer, Slot
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -23,9 +26,11 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QPlainTextEdit,
     QPushButton,
+    QSlider,
     QWidget,
 )
 
+from app import speech
 from app.run_state import recording_name
 from app.state import is_server_url
 from core.errors import StreamVLMError
@@ -104,6 +109,33 @@ class RunForm(QWidget):
         audio_row.addWidget(self.audio_check)
         audio_row.addWidget(self.audio_box, 1)
 
+        self.speak_check = QCheckBox("Speak")
+        self.speak_check.setToolTip(
+            "speak the commentary as it comes (a recording carries the speech as its sound); "
+            "the voice and output are used from the next Start"
+        )
+        self.voice_box = QComboBox()
+        self.speech_device_box = QComboBox()
+        self.speech_device_box.setToolTip("the sound output the commentary is spoken on")
+        self.volume_slider = QSlider(Qt.Orientation.Horizontal, minimum=0, maximum=100)
+        self.volume_slider.setToolTip("the volume of the speech on this output (changes at once)")
+        self.volume_label = QLabel("")
+        self.volume_label.setMinimumWidth(self.volume_label.fontMetrics().horizontalAdvance("100%"))
+        self.volume_slider.valueChanged.connect(lambda v: self.volume_label.setText(f"{v}%"))
+        self.speech_note = QLabel("")
+        self.speech_note.setWordWrap(True)
+        self.speech_note.setStyleSheet("color: gray;")
+        self.why_no_speech: str | None = None
+        self.running = False  # a run is going (set by the window): Speak, voice and output wait for Start
+        self.speak_check.toggled.connect(self.update_speech_rows)
+        speak_row = QHBoxLayout()
+        speak_row.addWidget(self.speak_check)
+        speak_row.addWidget(self.voice_box, 1)
+        output_row = QHBoxLayout()  # the output's name gets most of the row: it is what must be read
+        output_row.addWidget(self.speech_device_box, 3)
+        output_row.addWidget(self.volume_slider, 2)
+        output_row.addWidget(self.volume_label)
+
         self.position_box = QComboBox()
         self.position_box.addItems(["bottom", "top"])
         self.font_spin = QDoubleSpinBox(minimum=0.5, maximum=3.0, singleStep=0.1, decimals=1)
@@ -134,6 +166,9 @@ class RunForm(QWidget):
         form.addRow("", self.record_note)
         form.addRow("Sound", audio_row)
         form.addRow("", self.audio_note)
+        form.addRow("Speech", speak_row)
+        form.addRow("Speech output", output_row)
+        form.addRow("", self.speech_note)
         form.addRow("Overlay", style_row)
         form.addRow("Run", buttons)
         self._model_changed("")
@@ -153,6 +188,59 @@ class RunForm(QWidget):
                 widget.setToolTip(why_none)
             self.audio_note.setText(f"Sound recording is off: {why_none}.")
         self.update_record_rows()
+
+    # -- speech ----------------------------------------------------------------------------------------
+
+    def set_speech_choices(
+        self,
+        voices: list[speech.VoiceChoice],
+        devices: list[tuple[str, int | None]],
+        why_no_device: str | None,
+    ) -> None:
+        """The voices (one that cannot speak here greyed, its reason as its tooltip) and the outputs
+        (`speech.device_choices`), or why there is none: then Speak is off and the note says why."""
+        model = self.voice_box.model()
+        for row, voice in enumerate(voices):
+            self.voice_box.addItem(
+                voice.label + ("" if voice.problem is None else " (not installed)"), voice.name
+            )
+            self.voice_box.setItemData(row, voice.problem or voice.about, Qt.ItemDataRole.ToolTipRole)
+            model.item(row).setEnabled(voice.problem is None)
+        for label, index in devices:
+            self.speech_device_box.addItem(label, index)
+        self.why_no_speech = None if devices else (why_no_device or "no sound output device was found")
+        if self.why_no_speech:
+            self.speak_check.setChecked(False)
+            self.speech_note.setText(f"Speech is off: {self.why_no_speech}.")
+        self.update_speech_rows()
+
+    @Slot()
+    def update_speech_rows(self, *_) -> None:
+        """Speak can be switched on only where an output exists; the voice and the output are chosen
+        for a Start (fixed while a run goes), the volume at any time."""
+        running = self.running
+        self.speak_check.setEnabled(not self.why_no_speech and not running)
+        on = self.speak_check.isChecked()
+        for widget in (self.voice_box, self.speech_device_box):
+            widget.setEnabled(on and not running)
+        for widget in (self.volume_slider, self.volume_label):
+            widget.setEnabled(on)
+        self.speech_note.setVisible(bool(self.why_no_speech))
+
+    def speech_request(self) -> tuple[speech.SpeechRequest | None, str | None]:
+        """At Start: (what to speak with, None), (None, None) with Speak off, or (None, why it cannot)."""
+        if not self.speak_check.isChecked():
+            return None, None
+        from core.speech.output import default_output
+
+        voice, device = self.voice_box.currentData(), self.speech_device_box.currentData()
+        problem = speech.speech_problem(voice, device, default_output())
+        if problem:
+            return None, problem
+        request = speech.SpeechRequest(
+            voice, device, self.speech_device_box.currentText(), self.volume_slider.value() / 100
+        )
+        return request, None
 
     # -- recording -------------------------------------------------------------------------------------
 

@@ -31,7 +31,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from app.speech import speech_text
 from core.download import DownloadProgress
+from core.speech.speaker import SpeechStats
 from core.types import Commentary
 
 
@@ -69,7 +71,8 @@ FINAL = frozenset(
 
 # The worker's progress: from which phases each one may be entered.
 _PROGRESS = {
-    Phase.LOADING_MODEL: {Phase.STARTING, Phase.DOWNLOADING},  # after a download: reading the weights
+    # After a download: reading the weights; from itself: the voice's weights, then the model's.
+    Phase.LOADING_MODEL: {Phase.STARTING, Phase.LOADING_MODEL, Phase.DOWNLOADING},
     Phase.DOWNLOADING: {Phase.STARTING, Phase.LOADING_MODEL, Phase.DOWNLOADING},  # see `downloaded`
     Phase.PREPARING: {Phase.STARTING, Phase.LOADING_MODEL},
     Phase.CONNECTING: {Phase.STARTING},
@@ -152,11 +155,15 @@ class RunState:
         return True
 
     def downloaded(self, event: DownloadProgress) -> bool:
-        """A download's progress (from the worker, while it finds the model). False if it does not fit:
-        one that comes after Stop (the download thread ends at its next block), or once the weights
-        are being read, is ignored."""
-        if self.phase is Phase.LOADING_MODEL and self.download is not None:
-            return False  # back to loading after a download: that download is over
+        """A download's progress (from the worker, while it finds the voice and the model). False if it
+        does not fit: one that comes after Stop (the download thread ends at its next block), or once
+        that download's weights are being read, is ignored."""
+        if (
+            self.phase is Phase.LOADING_MODEL
+            and self.download is not None
+            and event.repo_id == self.download.repo_id
+        ):
+            return False  # back to loading after a download: that download is over (another may follow)
         if not self.progress(Phase.DOWNLOADING, event.repo_id):
             return False
         self.download = event
@@ -281,6 +288,7 @@ class Figures:
 
     rates: str = ""
     latency: str = ""
+    speech: str = ""  # the speech lag and counters, when the run speaks
     live: bool = False
 
 
@@ -293,6 +301,7 @@ class RunLog:
     skipped: int = 0
     latency: float | None = None
     frames: int = 0  # frames captured so far (the source's count)
+    speech: SpeechStats | None = None  # the speaker's latest counters and lag, when the run speaks
     _first_chunk_at: float | None = None
     _frames_at_first: int = 0
     _last_at: float | None = None
@@ -318,7 +327,7 @@ class RunLog:
     def figures(self, live: bool) -> Figures:
         """The rates and latency, from the first chunk to the last one."""
         if self.chunks == 0:
-            return Figures(live=live)
+            return Figures(speech=speech_text(self.speech), live=live)
         elapsed = self._last_at - self._first_chunk_at
         if elapsed < 1.0:
             rates = "measuring"
@@ -327,7 +336,12 @@ class RunLog:
                 f"in {(self.frames - self._frames_at_first) / elapsed:.1f} FPS, "
                 f"{(self.chunks - 1) / elapsed:.2f} chunks/s"
             )
-        return Figures(f"{rates}, {self.skipped} skipped", f"latency {self.latency:.2f} s", live)
+        return Figures(
+            f"{rates}, {self.skipped} skipped",
+            f"latency {self.latency:.2f} s",
+            speech_text(self.speech),
+            live,
+        )
 
 
 def clock(seconds: float) -> str:

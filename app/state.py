@@ -7,6 +7,7 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from app.speech import SpeechRequest
 from core.config import EngineConfig
 
 DEMO_SOURCE = "demo clip"  # the source list's name for the bundled clip (assets/demo_clip.mp4)
@@ -28,6 +29,7 @@ class RunRequest:
     config: EngineConfig = field(default_factory=EngineConfig)
     latency_budget: float = 2.0
     token: str | None = None  # the remote server's token
+    speech: SpeechRequest | None = None  # speak the commentary (and put it in the recording), or not
 
     @property
     def remote(self) -> bool:

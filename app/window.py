@@ -3,8 +3,9 @@
 Widgets are touched only here, in the GUI thread; the `StreamWorker` (app/worker.py) reports
 through signals. What a run is doing, its log and its figures live in Qt-free objects
 (app/run_state.py: `RunState`, `RunLog`); this module shows them: the state in the status bar's
-first field, the figures beside it (greyed when they are not live), errors in one panel inside the
-window, a model's download in a panel above it (with Cancel). The overlay is
+first field, the figures beside it (greyed when they are not live; with speech on, its lag and its
+waiting and dropped lines), errors in one panel inside the window, a model's download in a panel
+above it (with Cancel). The speech choices (app/speech.py) are remembered like the other fields. The overlay is
 `core.media.overlay.Overlay`, the same renderer the recorder burns in, drawn here at the view's
 resolution in device pixels.
 """
@@ -29,6 +30,7 @@ from PySide6.QtWidgets import (
 )
 
 from app import help as help_texts
+from app import speech
 from app.form import RunForm, default_record_folder, display_path
 from app.icon import app_icon
 from app.run_state import ErrorReport, Phase, RunLog, RunState
@@ -62,8 +64,8 @@ _STATE_COLOURS = {
 # The form's widgets, by the names the window (and its tests) use.
 FORM_WIDGETS = (
     "source_box browse_button model_edit token_edit instruction_edit previous_edit record_check output_edit "
-    "folder_button record_note audio_check audio_box audio_note position_box font_spin start_button "
-    "stop_button export_button"
+    "folder_button record_note audio_check audio_box audio_note speak_check voice_box speech_device_box "
+    "volume_slider volume_label speech_note position_box font_spin start_button stop_button export_button"
 ).split()
 
 
@@ -159,9 +161,18 @@ class MainWindow(QMainWindow):
         self.state_label = QLabel("")
         self.rate_label = QLabel("")
         self.latency_label = QLabel("")
+        self.speech_label = QLabel("")
         self.device_label = QLabel("")
-        for label in (self.state_label, self.rate_label, self.latency_label, self.device_label):
+        for label in (
+            self.state_label,
+            self.rate_label,
+            self.latency_label,
+            self.speech_label,
+            self.device_label,
+        ):
             self.statusBar().addWidget(label, 1 if label is self.state_label else 0)
+            if label is not self.state_label:
+                label.setContentsMargins(14, 0, 0, 0)  # the figures read as separate fields
         self._build_menus()
         self.resize(1200, 680)
 
@@ -214,6 +225,7 @@ class MainWindow(QMainWindow):
         from core.media.audio import input_devices
 
         self.form.set_sound_devices(*input_devices(rescan=self.thread is None))
+        self._restore_speech(saved)
         style = self.overlay.style
         self.position_box.setCurrentText(style.position)
         self.font_spin.setValue(style.font_scale)
@@ -222,6 +234,48 @@ class MainWindow(QMainWindow):
             self.restoreGeometry(geometry)
         if splitter is not None:
             self.splitter.restoreState(splitter)
+
+    def _restore_speech(self, saved) -> None:
+        """The voices and outputs (PortAudio's list as just read for the sound inputs), and the choices
+        of last time: the voice if still usable, the output by its name, the volume, Speak."""
+        from core.speech.output import default_output, output_devices
+
+        voices = speech.voice_choices()
+        devices, why = output_devices()
+        choices = speech.device_choices(devices, default_output())
+        self.form.set_speech_choices(voices, choices, why)
+        self.voice_box.setCurrentIndex(
+            self.voice_box.findData(speech.initial_voice(saved("speech/voice"), voices))
+        )
+        self.speech_device_box.setCurrentIndex(speech.initial_device(saved("speech/device"), choices))
+        volume = (
+            speech.DEFAULT_VOLUME
+            if self.smoke
+            else self.settings.value("speech/volume", speech.DEFAULT_VOLUME, int)
+        )
+        self.volume_slider.setValue(volume)
+        self.volume_label.setText(f"{self.volume_slider.value()}%")
+        on = not self.smoke and self.settings.value("speech/on", False, bool)
+        self.speak_check.setChecked(on and not self.form.why_no_speech)
+        for signal in (
+            self.speak_check.toggled,
+            self.voice_box.currentIndexChanged,
+            self.speech_device_box.currentIndexChanged,
+            self.volume_slider.valueChanged,
+        ):
+            signal.connect(self._speech_changed)
+
+    @Slot()
+    def _speech_changed(self, *_) -> None:
+        """Remembered at once (a smoke check leaves the user's choices alone); the volume heard now."""
+        if self.worker is not None:
+            self.worker.set_volume(self.volume_slider.value() / 100)
+        if self.smoke:
+            return
+        self.settings.setValue("speech/on", self.speak_check.isChecked())
+        self.settings.setValue("speech/voice", self.voice_box.currentData() or "")
+        self.settings.setValue("speech/device", self.speech_device_box.currentText())
+        self.settings.setValue("speech/volume", self.volume_slider.value())
 
     def _overlay_style(self) -> OverlayStyle:
         position = self.settings.value("overlay/position", "bottom", str)
@@ -253,6 +307,9 @@ class MainWindow(QMainWindow):
             record_to, problem = self.form.recording_path(source)
             if problem:
                 problems.append(problem)
+        speech_request, problem = self.form.speech_request()
+        if problem:
+            problems.append(problem)
         if problems:
             self.run.refuse(ErrorReport.from_text("; ".join(problems)))
             self._show_state()
@@ -275,6 +332,7 @@ class MainWindow(QMainWindow):
             audio_device=self.audio_box.currentData() if record_to and self.audio_check.isChecked() else None,
             token=self.token_edit.text().strip() or None,
             config=self.config,
+            speech=speech_request,
         )
         self.request = request
         self.run.begin(remote=request.remote)
@@ -289,6 +347,7 @@ class MainWindow(QMainWindow):
         self.worker.download.connect(self.on_download)
         self.worker.link.connect(self.on_link)
         self.worker.failed.connect(self.on_failed)
+        self.worker.speech.connect(self.on_speech)
         self.worker.finished.connect(self.on_finished)
         self._show_state()
         self.thread.start()
@@ -431,6 +490,11 @@ class MainWindow(QMainWindow):
         self.device_label.setText(_device_line())
         self._show_figures()
 
+    @Slot(object)
+    def on_speech(self, stats) -> None:
+        self.runlog.speech = stats
+        self._show_figures()
+
     @Slot(object, str)
     def on_phase(self, phase: Phase, detail: str) -> None:
         if self.run.progress(phase, detail):
@@ -472,6 +536,8 @@ class MainWindow(QMainWindow):
         self.stop_button.setEnabled(run.running and run.phase is not Phase.STOPPING)
         self.form.recording_to = self.request.record_to if run.running and self.request else None
         self.form.update_record_rows()
+        self.form.running = run.running
+        self.form.update_speech_rows()
         self.errors.show_error(run.error)
         self.download_panel.show_progress(run.download if run.phase is Phase.DOWNLOADING else None)
         if run.phase is Phase.FAILED:
@@ -488,9 +554,13 @@ class MainWindow(QMainWindow):
         figures = self.runlog.figures(self.run.live)
         self.rate_label.setText(figures.rates)
         self.latency_label.setText(figures.latency)
-        for label in (self.rate_label, self.latency_label, self.device_label):
+        self.speech_label.setText(figures.speech)
+        self.speech_label.setVisible(bool(figures.speech))
+        for label in (self.rate_label, self.latency_label, self.speech_label, self.device_label):
             label.setEnabled(figures.live)
-            label.setToolTip("" if figures.live else "the last figures of a run that is not streaming now")
+            over = "" if figures.live else "the last figures of a run that is not streaming now"
+            about = speech.SPEECH_TIP if label is self.speech_label else ""
+            label.setToolTip("\n\n".join(filter(None, [about, over])))
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
         if self.worker is not None:

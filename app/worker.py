@@ -14,6 +14,12 @@ its progress sent as `download` events. The download runs in a thread of its own
 wait for: huggingface_hub reads 10 MB at a time and a cancel takes effect between two reads, which
 on a slow or stalled line may be many seconds away, so Stop ends the run at once and that thread
 ends at its next read, keeping the bytes on disk (a later Start resumes from them, after it).
+
+With speech on (`RunRequest.speech`) the voice is opened first (the neural voice's weights are
+downloaded the same way, with the same progress events), then its sound device: a voice or a device
+that cannot speak fails the run before the model loads. The speaker is one more sink of the pipeline
+on the pipeline's clock, and writes the recording's audio track; its counters and lag go to the
+window after every chunk (`speech`). Stop cuts the line being spoken; a source that ends lets it finish.
 """
 
 from __future__ import annotations
@@ -30,6 +36,15 @@ from app.state import RunRequest
 from core.errors import StreamVLMError
 from core.types import Frame
 
+
+class RunFailure(StreamVLMError):
+    """A failure the worker words for the window itself: its sentence, and what core said as details."""
+
+    def __init__(self, sentence: str, details: str) -> None:
+        super().__init__(sentence)
+        self.details = details
+
+
 FRAME_INTERVAL = 1 / 15  # the view is refreshed at most 15 times a second; it shows the newest frame
 
 
@@ -41,6 +56,7 @@ class StreamWorker(QObject):
     download = Signal(object)  # core.download.DownloadProgress of the model's download
     link = Signal(bool, str)  # a live source or the server: connected again (True) or reconnecting
     failed = Signal(str, str)  # a user-facing reason, and details; the run is over
+    speech = Signal(object)  # core.speech.speaker.SpeechStats: how speech keeps up (with speech on)
     finished = Signal()
 
     # core.config.ModelConfig -> StreamModel: the last model loaded, kept for the next run of the same
@@ -58,6 +74,8 @@ class StreamWorker(QObject):
         self.frames_in = 0  # frames captured (the status bar's input rate)
         self.recorder = None
         self.audio = None
+        self.speaker = None  # core.speech.speaker.Speaker, with speech on
+        self._sound = None  # its core.speech.output.DeviceOutput (the volume is set on it)
         self._clock_offset: float | None = None  # monotonic time - stream time, from the first frame
 
     def run(self) -> None:
@@ -65,13 +83,15 @@ class StreamWorker(QObject):
             self._run()
         except StreamVLMError as exc:
             if not self._stopped.is_set():  # a remote session closed by Stop ends with an error too
-                self.failed.emit(str(exc), self._context())
+                details = getattr(exc, "details", "")
+                self.failed.emit(str(exc), "\n\n".join(filter(None, [details, self._context()])))
         except Exception as exc:  # anything else is a bug, but the window must stay usable
             self.failed.emit(
                 f"Unexpected error ({type(exc).__name__}: {exc}); please report it with the details.",
                 f"{self._context()}\n\n{traceback.format_exc()}",
             )
         finally:
+            self._close_speaker(finish=False)  # a failure or a Stop: cut the line being spoken
             if self.audio is not None:
                 self.audio.close()
             if self.recorder is not None:
@@ -80,28 +100,48 @@ class StreamWorker(QObject):
 
     def stop(self) -> None:
         self._stopped.set()
+        sound = self._sound
+        if sound is not None:
+            sound.clear()  # silent at once; the speaker closes once the chunk in progress is done
         pipeline = self._pipeline
         if pipeline is not None:
             pipeline.stop()
         if self._remote is not None:
             self._remote.close()
 
+    def set_volume(self, volume: float) -> None:
+        """The sound device's level, 0..1, now (GUI thread; the device reads it at every block)."""
+        sound = self._sound
+        if sound is not None:
+            sound.volume = volume
+
     def _run(self) -> None:
         from core.loading import open_engine
         from core.media.sources import FileSource, open_source
         from core.pipeline import Pipeline, open_recording
+        from core.speech.clock import StreamClock
 
         request = self.request
         stream = request.config.stream
         source = open_source(request.source, stream.fps, realtime=True, on_state=self._on_state)
         try:
+            voice = None
+            if request.speech:
+                voice = self._voice()
+                if self._stopped.is_set():
+                    return
+                self._device_opens()  # before the model: a wrong output is said in a moment, not after it
             model = None if request.remote else self._model()
             if self._stopped.is_set():
                 return
             if request.record_to:
                 with_audio = request.audio_device is not None
                 self.recorder = open_recording(
-                    request.record_to, source, stream, audio_rate=48_000 if with_audio else None
+                    request.record_to,
+                    source,
+                    stream,
+                    audio_rate=48_000 if with_audio else None,
+                    speech=voice is not None,  # the speech is the audio track, or mixed into the sound
                 )
                 if with_audio:
                     from core.media.audio import AudioCapture
@@ -118,6 +158,9 @@ class StreamWorker(QObject):
                     instruction=request.instruction or None, previous_text=request.previous_text
                 )
                 where = f"on {model.device}"
+            clock = StreamClock()  # the pipeline's: the speaker places each line on it
+            if voice is not None:
+                self._open_speaker(voice, clock)
             self._pipeline = Pipeline(
                 source,
                 session,
@@ -125,8 +168,9 @@ class StreamWorker(QObject):
                 live=True,  # the app always paces a file like a live feed
                 budget=request.latency_budget,
                 recorder=self.recorder,
-                sinks=(self.commentary.emit,),
+                sinks=(self.commentary.emit, *([self.speaker.say] if self.speaker else [])),
                 on_frame=self._on_frame,
+                clock=clock,
             )
             if self._stopped.is_set():
                 return
@@ -135,8 +179,65 @@ class StreamWorker(QObject):
             with session, self._pipeline:
                 for report in self._pipeline.run():
                     self.report.emit(report)
+                    if self.speaker is not None:
+                        self.speech.emit(self.speaker.stats())
+            if not self._stopped.is_set():
+                self._close_speaker(finish=True)  # the source ended: the last line is heard to its end
         finally:
             source.close()
+
+    def _voice(self):
+        """The request's voice, ready to speak: the neural one's weights are read (downloaded first
+        where the cache lacks them, with progress) in a thread Stop does not wait for. None if stopped."""
+        from core.speech.voices import open_voice
+
+        name = self.request.speech.voice
+        if name != "espeak":  # a voice with weights: the status says they are being read
+            self.phase.emit(Phase.LOADING_MODEL, f"the {name} voice")
+        return self._unless_stopped(
+            lambda: open_voice(name, progress=self._on_download, cancel=self._stopped), "voice-download"
+        )
+
+    def _device_opens(self) -> None:
+        """The chosen output opens (closed again at once: the speaker opens it when the stream is
+        ready), or the run fails naming it."""
+        from core.speech.output import DeviceOutput
+
+        self._on_device(lambda: DeviceOutput(self.request.speech.device).close())
+
+    def _open_speaker(self, voice, clock) -> None:
+        """The speaker on the chosen output at the chosen volume, writing the recording's audio."""
+        from core.pipeline import open_speaker
+        from core.speech.output import DeviceOutput
+
+        speech = self.request.speech
+        self.speaker = self._on_device(
+            lambda: open_speaker(voice, clock, device=speech.device, recorder=self.recorder)
+        )
+        self._sound = next(o for o in self.speaker.outputs if isinstance(o, DeviceOutput))
+        self._sound.volume = speech.volume
+        self.speech.emit(self.speaker.stats())
+
+    def _on_device(self, open_output):
+        """`open_output()`; an output that does not open fails the run with its name from the list (the
+        person chose a name, not PortAudio's index), and core's reason in the details."""
+        from app.speech import device_failure
+
+        try:
+            return open_output()
+        except StreamVLMError as exc:
+            raise RunFailure(device_failure(self.request.speech.device_name), str(exc)) from None
+
+    def _close_speaker(self, *, finish: bool) -> None:
+        """Close the speaker (once) and send its last counters. `finish`: let the lines to speak end."""
+        speaker, self.speaker = self.speaker, None
+        if speaker is None:
+            return
+        try:
+            speaker.close(finish=finish)  # raises, with `finish`, what stopped the voice
+        finally:
+            self._sound = None
+            self.speech.emit(speaker.stats())
 
     def _model(self):
         """The request's model: the one kept from the last run if its settings are the same, else
@@ -161,24 +262,34 @@ class StreamWorker(QObject):
         once. False if stopped first."""
         from core.loading import model_folder
 
+        found = self._unless_stopped(
+            lambda: model_folder(name, progress=self._on_download, cancel=self._stopped), "model-download"
+        )
+        return found is not None
+
+    def _unless_stopped(self, work, name: str):
+        """`work()`'s result, run in a thread Stop does not wait for (a download ends at its next
+        read); None if stopped first. What it raises is raised here, unless stopped."""
         done = threading.Event()
-        outcome: list[BaseException] = []
+        outcome: list = []
 
         def fetch() -> None:
             try:
-                model_folder(name, progress=self._on_download, cancel=self._stopped)
+                outcome.append(work())
             except BaseException as exc:  # handed to the worker's thread, raised there
                 outcome.append(exc)
             finally:
                 done.set()
 
-        threading.Thread(target=fetch, name="model-download", daemon=True).start()
+        threading.Thread(target=fetch, name=name, daemon=True).start()
         while not done.wait(0.05):
             if self._stopped.is_set():
-                return False
-        if outcome and not self._stopped.is_set():
+                return None
+        if self._stopped.is_set():
+            return None
+        if isinstance(outcome[0], BaseException):
             raise outcome[0]
-        return not self._stopped.is_set()
+        return outcome[0]
 
     def _on_download(self, event) -> None:
         """The download's threads: progress, until the run is stopped."""

@@ -259,3 +259,81 @@ def test_time_left_is_as_precise_as_is_useful(seconds, text):
 def test_percent_is_whole_and_reaches_100_only_when_done():
     assert [percent(progress(d, 1000)) for d in (0, 9, 10, 999, 1000)] == [0, 0, 1, 99, 100]
     assert percent(progress(0, 0)) == 100  # nothing to fetch is done
+
+
+# -- speech: the voice's download before the model's, the choices, the status bar's text --------------
+
+
+def test_a_voices_download_then_the_models_each_show_their_progress_then_preparing():
+    """With the neural voice and a hub model both missing: the voice's weights download and are read,
+    then the model's download shows too (a late event of the voice's is still ignored)."""
+    state = RunState()
+    state.begin()
+    assert state.progress(Phase.LOADING_MODEL, "the pocket voice")
+    assert state.label() == "Loading weights: the pocket voice"
+    voice = DownloadProgress("kyutai/pocket-tts-without-voice-cloning", 50, 100, 1e6)
+    assert state.downloaded(voice) and state.label() == "Downloading weights 50%"
+    assert state.progress(Phase.LOADING_MODEL, "the pocket voice")
+    assert state.progress(Phase.LOADING_MODEL, "org/name") and state.label() == "Loading weights: org/name"
+    assert not state.downloaded(voice)  # the voice's download is over
+    assert state.downloaded(progress(1_000)) and state.download.repo_id == "org/name"
+    assert state.progress(Phase.LOADING_MODEL, "org/name") and not state.downloaded(progress(2_000))
+    assert state.progress(Phase.PREPARING, "cpu") and state.progress(Phase.STREAMING, "(a file) on cpu")
+
+
+def stats(spoken=3, waiting=1, dropped=2, lag=1.23, max_lag=2.46):
+    from core.speech.speaker import SpeechStats
+
+    return SpeechStats(spoken, waiting, dropped, lag, max_lag)
+
+
+def test_the_speech_field_says_the_lag_and_the_waiting_and_dropped_lines():
+    from app.speech import speech_text
+
+    assert speech_text(None) == ""  # no speech in this run: no field
+    assert speech_text(stats(0, 0, 0, None, 0.0)) == "speech: nothing heard yet, 0 waiting, 0 dropped"
+    assert speech_text(stats()) == "speech lag 1.2 s (max 2.5 s), 1 waiting, 2 dropped"
+    log = RunLog()
+    log.speech = stats()
+    assert log.figures(live=True).speech == speech_text(stats())  # before the first chunk too
+    log.chunk(latency=0.4, skipped=0, frames=20, now=100.0)
+    assert log.figures(live=False).speech == speech_text(stats())  # the last figures of a run, kept
+    log.clear()
+    assert log.speech is None and log.figures(live=True).speech == ""
+
+
+def test_the_output_list_starts_with_the_systems_default_and_a_saved_output_is_found_by_name():
+    from app.speech import DEFAULT_DEVICE, device_choices, initial_device
+    from core.speech.output import OutputDevice
+
+    devices = [OutputDevice(3, "USB headset", 48000), OutputDevice(7, "HDMI", 44100)]
+    choices = device_choices(devices, default=3)
+    assert choices == [(DEFAULT_DEVICE, None), ("USB headset", 3), ("HDMI", 7)]
+    assert device_choices(devices, default=None) == [("USB headset", 3), ("HDMI", 7)]  # no default to offer
+    assert device_choices([], default=0) == []  # nothing opens: speech cannot be heard
+    # PortAudio's indexes move when a device comes or goes: the name is what is remembered
+    moved = device_choices([OutputDevice(0, "HDMI", 44100), OutputDevice(1, "USB headset", 48000)], 0)
+    assert moved[initial_device("USB headset", moved)] == ("USB headset", 1)
+    assert initial_device("a headset unplugged since", moved) == 0 and initial_device("", moved) == 0
+
+
+def test_a_voice_is_offered_with_why_it_cannot_speak_and_start_says_what_to_do(monkeypatch):
+    from app import speech
+
+    monkeypatch.setattr("core.speech.espeak.espeak_program", lambda: None)
+    monkeypatch.setattr("core.speech.pocket.installed", lambda: False)
+    choices = {choice.name: choice for choice in speech.voice_choices()}
+    assert set(choices) == {"pocket", "espeak"}
+    assert choices["espeak"].label == "eSpeak NG (espeak)" and "GPL" in choices["espeak"].about
+    assert "apt-get install espeak-ng" in choices["espeak"].problem
+    assert "streamvlm[speech]" in choices["pocket"].problem
+    assert speech.initial_voice("pocket", list(choices.values())) == "espeak"  # the fallback
+    problem = speech.speech_problem("espeak", None, default=0)
+    assert "espeak-ng" in problem and problem.endswith("or choose another voice")
+    monkeypatch.setattr("core.speech.espeak.espeak_program", lambda: "/usr/bin/espeak-ng")
+    choices = speech.voice_choices()
+    assert speech.initial_voice("espeak", choices) == "espeak"
+    assert speech.initial_voice("a voice removed since", choices) == "espeak"  # pocket not installed here
+    assert speech.speech_problem("espeak", None, default=0) is None
+    assert speech.speech_problem("espeak", 4, default=None) is None  # a chosen output needs no default
+    assert "no default sound output" in speech.speech_problem("espeak", None, default=None)

@@ -1,7 +1,8 @@
 """The real app on a real X display (Xvfb): its window class and icon as a desktop sees them, and
 screenshots of its states.
 
-The screenshots (idle, streaming with overlays, recording, an error shown, a hub model's download
+The screenshots (idle, streaming with overlays, speaking it (espeak on a PulseAudio null sink started
+here, the status bar showing the speech lag), recording, an error shown, a hub model's download
 from a local hub server) are kept in
 runs/screenshots/ (a build artefact) for people to look at; with STREAMVLM_UPDATE_SCREENSHOTS=1 they
 also replace the set in docs/images/ that the README shows.
@@ -21,16 +22,24 @@ from pathlib import Path
 import pytest
 
 from hubhelpers import BIG, CHUNK, REPO, FakeHub, repository_files
-from livehelpers import Display, app_env, need
+from livehelpers import Display, SoundServer, app_env, need
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTEFACTS = ROOT / "runs" / "screenshots"
 IMAGES = ROOT / "docs" / "images"
-SHOTS = ("app_idle.png", "app_streaming.png", "app_recording.png", "app_error.png", "app_download.png")
+SHOTS = (
+    "app_idle.png",
+    "app_streaming.png",
+    "app_speech.png",
+    "app_recording.png",
+    "app_error.png",
+    "app_download.png",
+)
 
 
-def test_screenshots_of_idle_streaming_recording_an_error_and_a_download(tiny_dir, tmp_path):
+def test_screenshots_of_idle_streaming_speaking_recording_an_error_and_a_download(tiny_dir, tmp_path):
     pytest.importorskip("PySide6")
+    need(shutil.which("espeak-ng") is not None, "espeak-ng: apt-get install espeak-ng")
     home = tmp_path / "home"  # the default record folder, ~/Videos, is made in a home of this test
     home.mkdir()
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
@@ -39,8 +48,10 @@ def test_screenshots_of_idle_streaming_recording_an_error_and_a_download(tiny_di
     hub = FakeHub(REPO, repository_files(tiny_dir))
     hub.stall_after[BIG] = CHUNK + CHUNK // 2  # the download is grabbed in the middle of the weights
     hub.pace = 4e6  # bytes a second: a line whose rate and time left read as figures of a real one
+    sound = SoundServer(tmp_path).start()  # the speaking window's output: a null sink
     display = Display(1280, 800).start()
     env = {**app_env("xcb"), "HOME": str(home), "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf")}
+    env.update(sound.env)
     env.pop("HF_HUB_OFFLINE")  # the smoke runs need no hub; the download asks the local one
     try:
         with hub:
@@ -54,6 +65,7 @@ def test_screenshots_of_idle_streaming_recording_an_error_and_a_download(tiny_di
             )
     finally:
         display.stop()
+        sound.stop()
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads((ARTEFACTS / "result.json").read_text())
     assert result["title"] == "streamvlm (smoke mode)"
@@ -65,6 +77,12 @@ def test_screenshots_of_idle_streaming_recording_an_error_and_a_download(tiny_di
     assert result["upper_diff"] < 12
     assert result["subtitle_band_diff"] > 3 * result["upper_diff"] + 10
     assert result["stopped_state"] == "Stopped" and not result["stopped_figures_live"]
+    # speaking: on the null sink (the system's default output here), the lag and counters shown
+    assert result["speech_outputs"][0] == "System default" and "pulse" in result["speech_outputs"]
+    assert result["speech_state"].startswith("Streaming")
+    assert re.fullmatch(
+        r"speech lag \d+\.\d s \(max \d+\.\d s\), [01] waiting, \d+ dropped", result["speech_text"]
+    )
     # recording: into ~/Videos, which did not exist and was made at Start, the file named beforehand
     assert not result["record_folder_before"]
     named = re.search(r"streamvlm-\d{8}-\d{6}\.mp4", result["record_note_before"])

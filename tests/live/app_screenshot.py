@@ -3,8 +3,9 @@
     DISPLAY=:N QT_QPA_PLATFORM=xcb python tests/live/app_screenshot.py OUT_FOLDER
 
 Opens the app in smoke mode (the tiny model on the demo clip) as `python -m app --smoke` does, and
-grabs the screen through mss in four states: idle; streaming with commentary over the video;
-recording into the default folder (created at Start); an error shown. Each picture is checked
+grabs the screen through mss in five states: idle; streaming with commentary over the video;
+speaking it with espeak on the sound server the test started (the status bar showing the speech
+lag); recording into the default folder (created at Start); an error shown. Each picture is checked
 against what the window painted, and the numbers go to OUT_FOLDER/result.json for the test.
 Then, with HF_ENDPOINT set (the test's hub server, stopping in the middle of the weights), a window
 of its own picks hub model org/name and is grabbed downloading it, before its Cancel.
@@ -98,6 +99,29 @@ def main() -> None:
     wait(lambda: window.thread is None)
     result["stopped_state"] = window.state_label.text()
     result["stopped_figures_live"] = window.rate_label.isEnabled()
+
+    # Speaking: espeak on the system's default output (the test's null sink), until a line has been
+    # heard and the status bar says its lag.
+    window.speak_check.setChecked(True)
+    window.voice_box.setCurrentIndex(window.voice_box.findData("espeak"))
+    result["speech_outputs"] = [
+        window.speech_device_box.itemText(i) for i in range(window.speech_device_box.count())
+    ]
+    window.start()
+    wait(
+        lambda: (
+            window.run.phase is Phase.STREAMING
+            and window.speech_label.text().startswith("speech lag")
+            and window.runlog.chunks >= 4  # the rates measured, as a run some seconds on shows them
+            and overlay_text() >= 12
+        )
+    )
+    grab("app_speech.png")
+    result["speech_state"] = window.state_label.text()
+    result["speech_text"] = window.speech_label.text()
+    window.stop()
+    wait(lambda: window.thread is None)
+    window.speak_check.setChecked(False)
 
     folder = default_record_folder()
     result["record_folder_before"] = folder.exists()
