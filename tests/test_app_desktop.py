@@ -105,7 +105,17 @@ def test_every_row_has_a_label_and_the_sound_note_shows_only_with_recording(qtbo
         for row in range(form.rowCount())
         if form.itemAt(row, QFormLayout.ItemRole.LabelRole) is not None
     }
-    assert {"Source", "Model", "Token", "Record", "Sound", "Overlay", "Run"} <= labels
+    assert {
+        "Source",
+        "Model",
+        "Token",
+        "Record",
+        "Sound",
+        "Speech",
+        "Speech output",
+        "Overlay",
+        "Run",
+    } <= labels
     assert not win.audio_note.isVisible() and not win.audio_check.isEnabled()
     win.record_check.setChecked(True)
     assert win.audio_note.isVisible() and "no audio input device" in win.audio_note.text()
