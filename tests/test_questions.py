@@ -27,15 +27,33 @@ from core.pipeline import Pipeline, ScriptedQuestions
 from core.pool import ROUND_TEXT_TOKENS
 from core.speech.clock import StreamClock
 from core.speech.speaker import Speaker
-from core.types import Commentary, Frame
+from core.types import Commentary, Frame, one_line
 from trainer.data import IGNORE_INDEX, FrameBudget, build_sample
 from trainer.data.video import read_clip
 from trainer.fixture import make_fixture
 
 VIDEO = "videos/match_00.mp4"
 QUESTION = "Who is winning?"
-# Greedy, and no newline ever sampled: the whole reply to a question is its answer, never empty.
-ANSWERING = GenerationConfig(temperature=0.0, max_new_tokens=5, min_new_tokens=5, suppress=("\n",))
+
+
+def wordless_tokens(model) -> list[str]:
+    """The texts of the tokens that could end or empty an answer: those holding a newline (where an asked
+    round's answer ends) and those with nothing printable (the random model likes control bytes)."""
+    tokenizer, special = model.tokenizer, set(model.tokenizer.all_special_ids)
+    texts = [tokenizer.decode([i]) for i in range(len(tokenizer)) if i not in special]
+    return [text for text in texts if "\n" in text or not one_line(text)]
+
+
+def answering_config(model) -> GenerationConfig:
+    """Greedy, and none of those tokens ever sampled: the whole reply to a question is its answer, not empty."""
+    suppress = tuple(wordless_tokens(model))
+    assert "\n" in suppress and all(len(model.encode(text)) == 1 for text in suppress)
+    return GenerationConfig(temperature=0.0, max_new_tokens=5, min_new_tokens=5, suppress=suppress)
+
+
+@pytest.fixture(scope="module")
+def answering(tiny_model) -> GenerationConfig:
+    return answering_config(tiny_model)
 
 
 @pytest.fixture(scope="module")
@@ -61,13 +79,13 @@ PROMPT_PARTS = (Part.TURN_OPEN, Part.TIME_LABEL, Part.VISION, Part.PROMPT_CLOSE,
 
 @pytest.mark.parametrize("asked_in", [0, 1], ids=["first-chunk", "later-chunk"])
 def test_an_asked_question_enters_the_next_chunk_exactly_as_the_trainer_lays_it_out(
-    tiny_model, data_dir, asked_in
+    tiny_model, answering, data_dir, asked_in
 ):
     sample = build_sample(qa_line(asked_in + 0.5), data_dir, tiny_model, "x.jsonl:1")
     clip = read_clip(data_dir / VIDEO, 0.0, 3.0, FrameBudget())
     frames = clip.frames.permute(0, 2, 3, 1).numpy()
     engine = StreamingEngine(
-        tiny_model, stream=StreamConfig(), cache=CachePolicy(mode=EvictionMode.NONE), generation=ANSWERING
+        tiny_model, stream=StreamConfig(), cache=CachePolicy(mode=EvictionMode.NONE), generation=answering
     )
     with engine.start(instruction=None, trace=True) as session:
         lines = []
@@ -94,8 +112,8 @@ def test_an_asked_question_enters_the_next_chunk_exactly_as_the_trainer_lays_it_
     assert answers[0].text and answers[0].marked == "A: " + answers[0].text
 
 
-def test_one_question_a_chunk_and_later_ones_wait_for_the_next(tiny_model, rng):
-    engine = StreamingEngine(tiny_model, stream=SMALL_STREAM, generation=ANSWERING)
+def test_one_question_a_chunk_and_later_ones_wait_for_the_next(tiny_model, answering, rng):
+    engine = StreamingEngine(tiny_model, stream=SMALL_STREAM, generation=answering)
     with engine.start() as session:
         session.ask("First?")
         session.ask("Second?")
@@ -107,8 +125,8 @@ def test_one_question_a_chunk_and_later_ones_wait_for_the_next(tiny_model, rng):
     assert session.questions_waiting == 0
 
 
-def test_a_question_waits_when_its_chunk_is_refused(tiny_model, rng):
-    engine = StreamingEngine(tiny_model, stream=SMALL_STREAM, generation=ANSWERING)
+def test_a_question_waits_when_its_chunk_is_refused(tiny_model, answering, rng):
+    engine = StreamingEngine(tiny_model, stream=SMALL_STREAM, generation=answering)
     with engine.start() as session:
         session.push(random_frames(rng, 56, 56), 1, 2)
         session.ask(QUESTION)
@@ -120,8 +138,8 @@ def test_a_question_waits_when_its_chunk_is_refused(tiny_model, rng):
 
 
 @pytest.mark.parametrize("text, words", [("", "empty"), (" \n\t ", "empty"), ("why " * 40, "at most")])
-def test_a_question_that_cannot_be_asked_is_one_clear_error(tiny_model, text, words):
-    engine = StreamingEngine(tiny_model, stream=SMALL_STREAM, generation=ANSWERING)
+def test_a_question_that_cannot_be_asked_is_one_clear_error(tiny_model, answering, text, words):
+    engine = StreamingEngine(tiny_model, stream=SMALL_STREAM, generation=answering)
     with engine.start() as session:
         with pytest.raises(QuestionError, match=words) as error:
             session.ask(text)
@@ -268,8 +286,8 @@ def test_pipeline_ask_reaches_the_session_and_one_without_questions_is_refused()
         list(Pipeline(frames_for(1), Mute(), StreamConfig(fps=2), live=False, questions=[(0, "Q")]).run())
 
 
-def test_scripted_questions_wrap_the_session_without_changing_what_it_returns(tiny_model, rng):
-    engine = StreamingEngine(tiny_model, stream=SMALL_STREAM, generation=ANSWERING)
+def test_scripted_questions_wrap_the_session_without_changing_what_it_returns(tiny_model, answering, rng):
+    engine = StreamingEngine(tiny_model, stream=SMALL_STREAM, generation=answering)
     with ScriptedQuestions(engine.start(), [(1.5, QUESTION)]) as session:
         replies = [session.push(random_frames(rng, 56, 56), k, k + 1.0) for k in range(3)]
     assert [[line.question for line in lines] for lines in replies] == [[None], [QUESTION], [None]]
