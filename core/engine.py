@@ -45,6 +45,7 @@ from core.positions import temporal_step
 from core.sampling import TokenSampler
 from core.scheduler import PrefillJob, Scheduler
 from core.spec import ModelSpec
+from core.stopwatch import Stopwatch
 from core.types import Closeable, Commentary, Frame, one_line
 
 log = logging.getLogger(__name__)
@@ -577,24 +578,6 @@ class Session(Closeable):
         log.info("cache policy: %s; steady state at most about %s", policy.mode.value, budget)
         # Allocate the steady-state size now, so buffers (and the decode graph) are built once.
         self.cache.ensure_capacity(budget.tokens)
-
-
-class Stopwatch:
-    """Wall-clock laps, synchronised with the device so GPU work is counted where it happens."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.last = self._now()
-
-    def _now(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
-    def lap(self) -> float:
-        now = self._now()
-        elapsed, self.last = (now - self.last) * 1000.0, now
-        return elapsed
 
 
 class _TokenReader:

@@ -34,6 +34,7 @@ import torch
 from core.batch import BatchedDecode, DecodeRow
 from core.model import StreamModel
 from core.pool import CachePool
+from core.stopwatch import Stopwatch
 
 log = logging.getLogger(__name__)
 
@@ -293,8 +294,8 @@ class Scheduler:
     def _run_prefills(self, jobs: list[PrefillJob]) -> None:
         if not jobs:
             return
-        clock = _Clock(self._cuda)
-        started = clock.now
+        clock = Stopwatch(self.model.device)
+        started = clock.last
         try:
             for job in jobs:
                 job.queue_ms = (started - job.submitted) * 1000.0
@@ -354,22 +355,3 @@ atexit.register(_close_all)
 
 def _grid_key(job: PrefillJob) -> tuple[int, ...]:
     return (*job.video.grid_thw.flatten().tolist(), job.video.pixel_values.shape[0])
-
-
-class _Clock:
-    """Laps in milliseconds, synchronised with the GPU so each phase's kernels are counted in it."""
-
-    def __init__(self, cuda: bool) -> None:
-        self.cuda = cuda
-        self.now = self._now()
-        self._last = self.now
-
-    def _now(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
-    def lap(self) -> float:
-        now = self._now()
-        elapsed, self._last = (now - self._last) * 1000.0, now
-        return elapsed

@@ -57,7 +57,9 @@ def run_jobs(scheduler: Scheduler, jobs: list[PrefillJob]) -> list[BaseException
     return errors
 
 
-def test_waiting_chunks_run_earliest_deadline_first(engine):
+def behind_a_busy_chunk(engine) -> tuple[list[str], list[PrefillJob]]:
+    """Chunks c, a, b (deadlines 30, 10, 20) queued while a first one holds the model thread; returns
+    the order their inputs were prepared in and the jobs, once all ran."""
     sessions = [engine.start() for _ in range(4)]
     order: list[str] = []
     hold = threading.Event()
@@ -69,30 +71,23 @@ def test_waiting_chunks_run_earliest_deadline_first(engine):
         threading.Event().wait(0.01)
     hold.set()
     runner.join(60)
+    for s in sessions:
+        s.close()
+    return order, jobs
+
+
+def test_waiting_chunks_run_earliest_deadline_first(engine):
+    order, jobs = behind_a_busy_chunk(engine)
     assert order == ["busy", "a", "b", "c"]
     assert engine.scheduler.prefill_batches == 2  # the three waiting ones went in one forward
     assert [j.batch_size for j in jobs] == [1, 3, 3, 3]
-    for s in sessions:
-        s.close()
 
 
 def test_the_token_budget_splits_a_batch_by_deadline(engine):
     engine.scheduler.prefill_tokens = 8  # two 4-token jobs per forward
-    sessions = [engine.start() for _ in range(4)]
-    order: list[str] = []
-    hold = threading.Event()
-    jobs = [text_job(sessions[0], order, "busy", 0.0, hold=hold)]
-    jobs += [text_job(s, order, name, d) for s, name, d in zip(sessions[1:], "cab", (30.0, 10.0, 20.0))]
-    runner = threading.Thread(target=run_jobs, args=(engine.scheduler, jobs))
-    runner.start()
-    while len(engine.scheduler._prefills) < 3:
-        threading.Event().wait(0.01)
-    hold.set()
-    runner.join(60)
+    order, jobs = behind_a_busy_chunk(engine)
     assert order == ["busy", "a", "b", "c"]
     assert [j.batch_size for j in jobs[1:]] == [1, 2, 2]  # c (latest) waited for the next forward
-    for s in sessions:
-        s.close()
 
 
 def test_a_chunk_that_fails_to_prepare_fails_alone(engine):
