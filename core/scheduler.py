@@ -259,14 +259,17 @@ class Scheduler:
             for index, step in enumerate(steps):
                 step.logits = logits[index]
                 if step.sample is not None:
-                    step.token = step.sample(step.logits)
-                    drawn.append(step)
+                    try:  # a session's own draw failing fails that session's step only
+                        step.token = step.sample(step.logits)
+                        drawn.append(step)
+                    except Exception as exc:
+                        step.error = exc
             if drawn:  # one host sync for every row's token
                 for step, token_id in zip(drawn, torch.cat([s.token.view(1) for s in drawn]).tolist()):
                     step.token_id = token_id
-        except BaseException as exc:  # every row of a failed batch hears why
+        except BaseException as exc:  # every row of a failed forward hears why
             for step in steps:
-                step.error = exc
+                step.error = step.error or exc
         finally:
             if self._cuda:
                 torch.cuda.synchronize()

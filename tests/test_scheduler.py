@@ -130,3 +130,45 @@ def test_the_vision_tower_over_several_chunks_gives_each_its_own_features(tiny_m
     for a, b in zip(together, alone, strict=True):
         assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
     assert not torch.allclose(alone[0], alone[1], atol=1e-3)  # each chunk's own: a mix-up would show
+
+
+def test_a_sessions_failing_draw_fails_its_own_step_only(engine):
+    """Two sessions' steps in one batched forward; one's draw raises: the other gets its token."""
+    first, second = engine.start(), engine.start()
+    order: list[str] = []
+    hold = threading.Event()
+    results: dict = {}
+
+    def broken_draw(_logits):
+        raise ValueError("this session's sampler is broken")
+
+    def step(name: str, session, draw) -> None:
+        try:
+            token = torch.zeros(1, dtype=torch.long)
+            results[name] = engine.scheduler.step(session._slot, token, 0.0, 0, 1.0, sample=draw)
+        except Exception as exc:  # recorded for the test
+            results[name] = exc
+
+    busy = threading.Thread(
+        target=run_jobs, args=(engine.scheduler, [text_job(first, order, "busy", 0.0, hold=hold)])
+    )
+    busy.start()
+    while not engine.scheduler._busy:
+        threading.Event().wait(0.01)
+    threads = [
+        threading.Thread(target=step, args=("good", first, lambda logits: logits.argmax().view(1))),
+        threading.Thread(target=step, args=("bad", second, broken_draw)),
+    ]
+    for thread in threads:
+        thread.start()
+    while len(engine.scheduler._steps) < 2:  # both wait for the model thread: one batch
+        threading.Event().wait(0.01)
+    hold.set()
+    for thread in (busy, *threads):
+        thread.join(60)
+    assert engine.scheduler.decode.rows == 2 and engine.scheduler.decode.batches == 1
+    assert isinstance(results["bad"], ValueError)
+    logits, token, token_id = results["good"]
+    assert token_id == int(logits.argmax())
+    first.close()
+    second.close()
