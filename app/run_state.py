@@ -19,7 +19,8 @@ let through. How a run ends is decided once, when the worker finishes: failed if
 reported, stopped if the user asked, ended otherwise.
 
 `RunLog` keeps the commentary of the run (the log's lines and what Export writes), the chunk and
-frame counters and the rates, with the clock passed in, so the figures are tested to the digit.
+frame counters and the rates, with the clock passed in, so the figures are tested to the digit. It
+words the log's lines: commentary, the questions asked ('Q: ...') and their answers ('A: ...').
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ from dataclasses import dataclass, field
 from app.speech import speech_text
 from core.download import DownloadProgress
 from core.speech.speaker import SpeechStats
-from core.types import Commentary
+from core.types import Commentary, one_line
+
+QUESTION_PREFIX = "Q: "  # how the log shows a question asked (its answer: core.types.ANSWER_PREFIX)
 
 
 class Phase(enum.Enum):
@@ -310,9 +313,16 @@ class RunLog:
         self.__init__()
 
     def add(self, line: Commentary) -> str:
-        """Keep a line of commentary; returns its log text, '[mm:ss.s - mm:ss.s] text'."""
+        """Keep a line of commentary; returns its log text, '[mm:ss.s - mm:ss.s] text' (an answer's text
+        marked as one: 'A: ...', as the subtitles and the overlay mark it)."""
         self.lines.append(line)
-        return f"[{clock(line.start)} - {clock(line.end)}] {line.text}"
+        return f"[{clock(line.start)} - {clock(line.end)}] {line.marked}"
+
+    @staticmethod
+    def asked(question: str, t: float | None) -> str:
+        """The log text of a question asked at stream time `t` (the picture shown; None before the
+        first): '[mm:ss.s] Q: question', the question as the session asks it (one line)."""
+        return f"[{'--:--.-' if t is None else clock(t)}] {QUESTION_PREFIX}{one_line(question)}"
 
     def extend(self, lines: Iterable[Commentary]) -> list[str]:
         return [self.add(line) for line in lines]

@@ -8,10 +8,16 @@ waiting and dropped lines), errors in one panel inside the window, a model's dow
 above it (with Cancel). The speech choices (app/speech.py) are remembered like the other fields. The overlay is
 `core.media.overlay.Overlay`, the same renderer the recorder burns in, drawn here at the view's
 resolution in device pixels.
+
+Under the log, a question box (a line, Ask or Enter) is open while a run streams, local or remote: the
+question goes to the worker's pipeline at once (asked in the next chunk), shows in the log as asked
+('Q: ...'), and its answer comes back marked ('A: ...', in the log in colour and over the video). A
+question the session refuses (too long, empty) is said in one sentence under the box; the run goes on.
 """
 
 from __future__ import annotations
 
+import html
 import time
 from pathlib import Path
 
@@ -19,10 +25,13 @@ from PySide6.QtCore import QSettings, Qt, QThread, Slot
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QFileDialog,
+    QHBoxLayout,
     QLabel,
+    QLineEdit,
     QMainWindow,
     QMessageBox,
     QPlainTextEdit,
+    QPushButton,
     QSizePolicy,
     QSplitter,
     QVBoxLayout,
@@ -61,6 +70,17 @@ _STATE_COLOURS = {
     Phase.RECONNECTING: "#975a16",
     Phase.FAILED: "#c53030",
 }
+# How the log shows a question asked and an answer (commentary is in the normal text colour): readable on
+# the light and the dark palettes, and told apart without colour too ('Q: ' italic, 'A: ' bold).
+_LOG_STYLES = {
+    "question": "color: #3182ce; font-style: italic;",
+    "answer": "color: #38a169; font-weight: bold;",
+}
+QUESTION_HINT = "Ask the commentator about what it sees (Enter asks)"
+QUESTION_TIP = (
+    "Asked in the next second of the stream (one question a second; later ones wait their turn). "
+    "The answer shows in the log and over the video marked 'A:', and is spoken with Speak on."
+)
 # The form's widgets, by the names the window (and its tests) use.
 FORM_WIDGETS = (
     "source_box browse_button model_edit token_edit instruction_edit previous_edit record_check output_edit "
@@ -127,6 +147,21 @@ class MainWindow(QMainWindow):
         self.view.resized.connect(self._paint)
         self.log = QPlainTextEdit(readOnly=True)
         self.log.setMaximumBlockCount(5000)
+        # Two lines at the least (Qt's default is about four): the question row below it then fits the
+        # window's smallest height without making that larger.
+        self.log.setMinimumHeight(2 * self.log.fontMetrics().lineSpacing() + 2 * self.log.frameWidth() + 8)
+        self.question_edit = QLineEdit()
+        self.question_edit.setPlaceholderText(QUESTION_HINT)
+        self.question_edit.setToolTip(QUESTION_TIP)
+        self.ask_button = QPushButton("Ask")
+        self.ask_button.setToolTip(QUESTION_TIP)
+        self.question_edit.returnPressed.connect(self.ask)
+        self.ask_button.clicked.connect(self.ask)
+        self.question_edit.textChanged.connect(self._show_question_row)
+        self.question_note = QLabel("")  # why the last question was refused (one sentence), or nothing
+        self.question_note.setWordWrap(True)
+        self.question_note.setStyleSheet("color: #c53030;")
+        self.question_note.setVisible(False)
         self.errors = ErrorPanel()
         self.message = self.errors.summary  # the error sentence shown now ("" when none)
         self.errors.close_button.clicked.connect(self.run.clear_error)  # dismissed for good
@@ -140,6 +175,12 @@ class MainWindow(QMainWindow):
         side.addWidget(self.errors)
         side.addWidget(QLabel("Commentary"))
         side.addWidget(self.log, 1)
+        question_row = QHBoxLayout()
+        question_row.addWidget(QLabel("Question"))
+        question_row.addWidget(self.question_edit, 1)
+        question_row.addWidget(self.ask_button)
+        side.addLayout(question_row)
+        side.addWidget(self.question_note)
         self.splitter = QSplitter()
         self.splitter.addWidget(self.view)
         self.splitter.addWidget(controls)
@@ -320,6 +361,7 @@ class MainWindow(QMainWindow):
             self.settings.setValue("output_folder", self.output_edit.text().strip())
         self.log.clear()
         self.runlog.clear()
+        self._question_refused("")
         self.overlay = Overlay(self._overlay_style())
         self.frame = None
         self._paint()
@@ -351,6 +393,31 @@ class MainWindow(QMainWindow):
         self.worker.finished.connect(self.on_finished)
         self._show_state()
         self.thread.start()
+
+    @Slot()
+    def ask(self) -> None:
+        """Ask the typed question (Ask, or Enter in the box) of the run streaming now: logged as asked and
+        the box emptied, or, refused, the reason under the box (the text kept to be shortened)."""
+        text = self.question_edit.text()
+        if self.worker is None or not self.run.live or not text.strip():
+            return
+        try:
+            self.worker.ask(text)
+        except (StreamVLMError, ValueError, RuntimeError) as exc:  # one line each (see StreamWorker.ask)
+            self._question_refused(ErrorReport.from_text(str(exc)).summary)
+            return
+        self._question_refused("")
+        self.question_edit.clear()
+        self._log(self.runlog.asked(text, self.frame.t if self.frame is not None else None), "question")
+
+    def _question_refused(self, sentence: str) -> None:
+        self.question_note.setText(sentence)
+        self.question_note.setVisible(bool(sentence))
+
+    def _log(self, text: str, kind: str | None = None) -> None:
+        """One line in the log: commentary as it is, a question or an answer in its style."""
+        style = _LOG_STYLES.get(kind, "")
+        self.log.appendHtml(f'<span style="{style}">{html.escape(text)}</span>')
 
     @Slot()
     def stop(self) -> None:
@@ -480,7 +547,7 @@ class MainWindow(QMainWindow):
     @Slot(object)
     def on_commentary(self, line: Commentary) -> None:
         self.overlay.add(line)
-        self.log.appendPlainText(self.runlog.add(line))
+        self._log(self.runlog.add(line), "answer" if line.is_answer else None)
         self._paint()
 
     @Slot(object)
@@ -539,6 +606,7 @@ class MainWindow(QMainWindow):
         self.form.running = run.running
         self.form.update_speech_rows()
         self.errors.show_error(run.error)
+        self._show_question_row()
         self.download_panel.show_progress(run.download if run.phase is Phase.DOWNLOADING else None)
         if run.phase is Phase.FAILED:
             self.view.hint = FAILED_HINT
@@ -548,6 +616,13 @@ class MainWindow(QMainWindow):
             self.view.hint = VIDEO_HINT
         self.view.update()
         self._show_figures()
+
+    @Slot()
+    def _show_question_row(self, *_) -> None:
+        """The question box is open while a run streams (local or remote); Ask once there is a question."""
+        streaming = self.run.live and self.worker is not None
+        self.question_edit.setEnabled(streaming)
+        self.ask_button.setEnabled(streaming and bool(self.question_edit.text().strip()))
 
     def _show_figures(self) -> None:
         """Live figures in the normal colour; those of a run that is over (or not streaming) greyed."""

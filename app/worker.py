@@ -20,6 +20,10 @@ downloaded the same way, with the same progress events), then its sound device: 
 that cannot speak fails the run before the model loads. The speaker is one more sink of the pipeline
 on the pipeline's clock, and writes the recording's audio track; its counters and lag go to the
 window after every chunk (`speech`). Stop cuts the line being spoken; a source that ends lets it finish.
+
+A question typed in the window is handed to the pipeline at once (`ask`, from the GUI thread: the
+pipeline's `ask` is thread-safe and only queues it); the next chunk asks it, and the answer comes back
+as a line of commentary marked as an answer.
 """
 
 from __future__ import annotations
@@ -108,6 +112,17 @@ class StreamWorker(QObject):
             pipeline.stop()
         if self._remote is not None:
             self._remote.close()
+
+    def ask(self, text: str) -> None:
+        """Ask the stream's session a question now (GUI thread): `Pipeline.ask` is safe from any thread,
+        and queues the question for the next chunk, so the window never waits for the model. Its answer
+        comes back through `commentary` like any line, marked as an answer. Raises (one line) for a
+        question the session refuses (core's QuestionError: empty, too long; a remote session's
+        ValueError), a session already closed (RuntimeError), or a run not streaming yet."""
+        pipeline = self._pipeline
+        if pipeline is None or self._stopped.is_set():
+            raise StreamVLMError("the stream is not running; ask once it streams")
+        pipeline.ask(text)
 
     def set_volume(self, volume: float) -> None:
         """The sound device's level, 0..1, now (GUI thread; the device reads it at every block)."""

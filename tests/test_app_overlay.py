@@ -141,3 +141,20 @@ def test_the_app_draws_the_overlay_at_the_views_resolution(qtbot, tmp_path):
     (ink,) = ink_runs(shown)
     assert 0.025 <= ink / shown.shape[0] <= 0.05, f"capitals {ink} px on a {shown.shape[0]} px picture"
     win.close()
+
+
+def test_an_answer_is_marked_over_the_video_as_in_the_subtitles_and_burned_into_recordings(tmp_path):
+    """The overlay (the app's and the recorder's, one renderer) shows an answer as 'A: ...': drawn
+    differently from the same words as commentary; an empty answer shows nothing, marked or not."""
+    from core.media.recorder import Recorder
+
+    answer = Commentary(0.0, 1.0, "Red team", question="Who is winning?")
+    with Recorder(tmp_path / "rec.mp4", 10.0) as recorder:
+        recorder.add(answer)
+        recorder.add(Commentary(1.0, 2.0, "  ", question="And now?"))
+        assert recorder.overlay.lines_at(1.5) == [("A: Red team", 1.0)]
+        answered = recorder.overlay.draw(picture(640, 360), 1.5)
+    said = Overlay()
+    said.add(Commentary(0.0, 1.0, "Red team"))
+    assert said.lines_at(1.5) == [("Red team", 1.0)]
+    assert (said.draw(picture(640, 360), 1.5) != answered).any()

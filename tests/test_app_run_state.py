@@ -337,3 +337,11 @@ def test_a_voice_is_offered_with_why_it_cannot_speak_and_start_says_what_to_do(m
     assert speech.speech_problem("espeak", None, default=0) is None
     assert speech.speech_problem("espeak", 4, default=None) is None  # a chosen output needs no default
     assert "no default sound output" in speech.speech_problem("espeak", None, default=None)
+
+
+def test_the_log_words_a_question_as_asked_and_its_answer_marked():
+    log = RunLog()
+    assert log.asked("  Who is\n winning? ", 75.3) == "[01:15.3] Q: Who is winning?"  # as asked: one line
+    assert log.asked("Now?", None) == "[--:--.-] Q: Now?"  # asked before the first picture
+    answer = Commentary(76.0, 77.0, "Red", question="Who is winning?")
+    assert log.add(answer) == "[01:16.0 - 01:17.0] A: Red" and log.lines == [answer]

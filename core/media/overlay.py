@@ -5,6 +5,7 @@ the video at the recording's resolution; the GUI draws it at the resolution of i
 scaling the frame), so what is recorded is what was seen. The style reads over any background:
 white text with a dark outline on a translucent dark band. The newest line is at the edge (bottom
 or top); older lines stack away from it and fade out over `fade_seconds`; at most `max_lines` show.
+An answer to a question is marked 'A: ' (`Commentary.marked`), here as in the subtitles.
 
 Sizes follow the picture, so the overlay reads the same on a 160x90 source and a 4K one: the text is
 `TEXT_HEIGHT` of the picture's height (times `font_scale`), never below `MIN_TEXT_PX` pixels, and the
@@ -89,11 +90,12 @@ class Overlay:
 
     def add(self, commentary: Commentary, shown_at: float | None = None) -> None:
         """Show `commentary` from `shown_at` (stream seconds; default: the end of its chunk, when a
-        live viewer first sees it)."""
-        text = commentary.text.strip()
-        if text:
+        live viewer first sees it). An answer shows marked as one ('A: ...'), as in the subtitles."""
+        if commentary.text.strip():  # an empty answer is no line, marked or not
             with self._lock:
-                self._lines.append((commentary.end if shown_at is None else shown_at, text))
+                self._lines.append(
+                    (commentary.end if shown_at is None else shown_at, commentary.marked.strip())
+                )
 
     def hold_time(self, t: float) -> float:
         """The time to draw a held last frame at (the stream is over): `t`, or the moment the newest
