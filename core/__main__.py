@@ -22,9 +22,11 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from core.cli_args import (
@@ -61,6 +63,55 @@ _sessions.range = _SESSION_COUNT.range  # type: ignore[attr-defined]  # the coun
 
 
 MAX_RECORD_FPS = 120.0  # high-refresh screens; the encoder's time base is exact up to here
+
+
+class Stopping(KeyboardInterrupt):
+    """Raised in the main thread by the first SIGINT or SIGTERM to `run`: the stack unwinds as for Ctrl+C,
+    so every `with` closes its output (subtitle files, the recording, the remote session)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StopSignals:
+    """SIGINT and SIGTERM while a command runs (the main thread): the first calls `first(signum)` after
+    one line to the user, a second quits at once (os._exit, exit status 128 + the signal) without the
+    clean-up the first started, which may be what hangs. Restores the previous handlers on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, first: Callable[[int], None], doing: str) -> None:
+        self.first, self.doing = first, doing
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignals:
+        for signum in self.SIGNALS:
+            self._previous[signum] = signal.signal(signum, self.handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def handle(self, signum: int, frame: object = None) -> None:
+        name = signal.Signals(signum).name
+        if self.signum is not None:
+            _say(f"{name} again: quitting at once; the outputs end where the last write left them")
+            os._exit(128 + signum)
+        self.signum = signum
+        _say(f"stopping on {name}: {self.doing} (press Ctrl+C again to quit at once)")
+        self.first(signum)
+
+
+def _say(line: str) -> None:
+    """One line to stderr from a signal handler: os.write, since the handler may interrupt a print."""
+    os.write(2, (line + "\n").encode("utf-8", "replace"))
+
+
+def _raise_stopping(signum: int) -> None:
+    raise Stopping(signum)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -237,7 +288,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     # real time when it is on, so a line is heard when its picture would be seen.
     realtime = args.realtime or speaking(args)
     source = open_source(args.source, config.stream.fps, realtime=realtime, cursor=args.cursor)
-    with source:  # _stream closes it too; this covers a failure before streaming starts
+    # SIGTERM stops a run as Ctrl+C does (its default would kill it, leaving the recording's last
+    # fragment and the encoder's queued frames unwritten).
+    stop = StopSignals(_raise_stopping, "closing the subtitles and the recording")
+    with source, stop:  # _stream closes the source too; this covers a failure before streaming starts
         return _run(args, config, source)
 
 
@@ -437,11 +491,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         async with listening:
             scheme = "wss" if context else "ws"
             port = listening.sockets[0].getsockname()[1] if listening.sockets else args.port  # --port 0
-            print(f"serving {model.name} at {scheme}://{args.host}:{port}", flush=True)
-            await asyncio.Future()
+            # The first SIGINT or SIGTERM closes every session with a reason (a second quits at once).
+            stopping, loop = asyncio.Event(), asyncio.get_running_loop()
+            # call_soon_threadsafe wakes the loop, which a handler run between its selects would not.
+            stop = StopSignals(
+                lambda signum: loop.call_soon_threadsafe(stopping.set), "closing every session with a reason"
+            )
+            with stop:
+                print(f"serving {model.name} at {scheme}://{args.host}:{port}", flush=True)
+                await stopping.wait()
+                await server.shut_down(listening)
+            return stop.signum
 
-    asyncio.run(run())
-    return 0
+    signum = asyncio.run(run())
+    print(
+        f"stopped on {signal.Signals(signum).name}; every session was told the server shut down",
+        file=sys.stderr,
+    )
+    return 128 + signum
 
 
 def check_listen(host: str, port: int) -> None:
@@ -530,9 +597,14 @@ def main(argv: list[str] | None = None) -> int:
     except StreamVLMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; the subtitles written so far are complete", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Stopping) else signal.SIGINT
+        print(
+            f"stopped on {signal.Signals(signum).name}; the subtitles and the recording written so far are "
+            "complete",
+            file=sys.stderr,
+        )
+        return 128 + signum
 
 
 if __name__ == "__main__":

@@ -48,6 +48,8 @@ from core.remote import protocol as p
 
 log = logging.getLogger(__name__)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+CLOSE_GOING_AWAY = 1001  # RFC 6455's code for a server going down
+SHUTDOWN_REASON = "server shutting down"
 
 
 class InferenceServer:
@@ -128,6 +130,13 @@ class InferenceServer:
             code, reason = p.CLOSE_INTERNAL, "internal error; see the server log"
         log.info("%s closed: %s (code %d)", name, reason, code)
         await ws.close(code, p.close_reason(reason))
+
+    async def shut_down(self, listening: Server) -> None:
+        """Stop taking connections and close every session with 1001 and SHUTDOWN_REASON (a client that
+        retries finds the server again once it is back); returns when every connection's handler has
+        ended (a chunk on the model is finished first)."""
+        listening.close(code=CLOSE_GOING_AWAY, reason=SHUTDOWN_REASON)
+        await listening.wait_closed()
 
     def _admit(self, hello: dict) -> None:
         version = hello.get("version")
@@ -264,6 +273,7 @@ class ServerThread:
     """An `InferenceServer` on a loopback port, its event loop in a thread of its own (tests, load runs)."""
 
     def __init__(self, server: InferenceServer, port: int = 0) -> None:
+        self.server = server
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
         failure: list[BaseException] = []
@@ -288,8 +298,7 @@ class ServerThread:
 
     def stop(self) -> None:
         async def shutdown() -> None:
-            self.ws_server.close()
-            await self.ws_server.wait_closed()
+            await self.server.shut_down(self.ws_server)
 
         asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
