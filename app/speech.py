@@ -103,6 +103,7 @@ def speech_text(stats: SpeechStats | None) -> str:
 
 SPEECH_TIP = (
     "Speech lag: from the start of the second a line describes to its first sound. Waiting: a newer "
-    "line waits while one is spoken (at most one). Dropped: lines replaced by a newer one before "
+    "line waits while one is spoken (at most one of commentary, and any answers to questions, which "
+    "are spoken first and never dropped). Dropped: lines of commentary replaced by a newer one before "
     "their turn, so speech never falls more than a line behind the picture."
 )

@@ -76,7 +76,7 @@ _LOG_STYLES = {
     "question": "color: #3182ce; font-style: italic;",
     "answer": "color: #38a169; font-weight: bold;",
 }
-QUESTION_HINT = "Ask the commentator about what it sees (Enter asks)"
+QUESTION_HINT = "Ask a question (Enter)"
 QUESTION_TIP = (
     "Asked in the next second of the stream (one question a second; later ones wait their turn). "
     "The answer shows in the log and over the video marked 'A:', and is spoken with Speak on."

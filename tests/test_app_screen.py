@@ -2,7 +2,8 @@
 screenshots of its states.
 
 The screenshots (idle, streaming with overlays, speaking it (espeak on a PulseAudio null sink started
-here, the status bar showing the speech lag), recording, an error shown, a hub model's download
+here, the status bar showing the speech lag) with a question typed and its answer marked in the log and
+over the video, recording, an error shown, a hub model's download
 from a local hub server) are kept in
 runs/screenshots/ (a build artefact) for people to look at; with STREAMVLM_UPDATE_SCREENSHOTS=1 they
 also replace the set in docs/images/ that the README shows.
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_questions import wordless_tokens
 
 from hubhelpers import BIG, CHUNK, REPO, FakeHub, repository_files
 from livehelpers import Display, SoundServer, app_env, need
@@ -37,11 +39,18 @@ SHOTS = (
 )
 
 
-def test_screenshots_of_idle_streaming_speaking_recording_an_error_and_a_download(tiny_dir, tmp_path):
+def test_screenshots_of_idle_streaming_speaking_recording_an_error_and_a_download(
+    tiny_dir, tiny_model, tmp_path
+):
     pytest.importorskip("PySide6")
     need(shutil.which("espeak-ng") is not None, "espeak-ng: apt-get install espeak-ng")
     home = tmp_path / "home"  # the default record folder, ~/Videos, is made in a home of this test
     home.mkdir()
+    answering = tmp_path / "answering.toml"  # every reply to a question an answer (test_questions_cli)
+    answering.write_text(
+        "[generation]\nmin_new_tokens = 4\nmax_new_tokens = 10\n"
+        f"suppress = {json.dumps(wordless_tokens(tiny_model))}\n"
+    )
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
     for name in SHOTS:
         (ARTEFACTS / name).unlink(missing_ok=True)
@@ -56,7 +65,12 @@ def test_screenshots_of_idle_streaming_speaking_recording_an_error_and_a_downloa
     try:
         with hub:
             run = subprocess.run(
-                [sys.executable, str(ROOT / "tests" / "live" / "app_screenshot.py"), str(ARTEFACTS)],
+                [
+                    sys.executable,
+                    str(ROOT / "tests" / "live" / "app_screenshot.py"),
+                    str(ARTEFACTS),
+                    str(answering),
+                ],
                 capture_output=True,
                 text=True,
                 timeout=240,
@@ -81,8 +95,13 @@ def test_screenshots_of_idle_streaming_speaking_recording_an_error_and_a_downloa
     assert result["speech_outputs"][0] == "System default" and "pulse" in result["speech_outputs"]
     assert result["speech_state"].startswith("Streaming")
     assert re.fullmatch(
-        r"speech lag \d+\.\d s \(max \d+\.\d s\), [01] waiting, \d+ dropped", result["speech_text"]
+        r"speech lag \d+\.\d s \(max \d+\.\d s\), \d+ waiting, \d+ dropped", result["speech_text"]
     )
+    # ...and a question typed: in the log as asked, its answer marked there (the overlay's checked by the script)
+    assert [line.split("] ", 1)[1] for line in result["question_log"]] == ["Q: Who is winning?"]
+    question, marked = result["answers"][0]
+    assert question == "Who is winning?" and marked.startswith("A: ") and len(marked) > 3
+    assert any(line.endswith("] " + marked) for line in result["answer_log"])
     # recording: into ~/Videos, which did not exist and was made at Start, the file named beforehand
     assert not result["record_folder_before"]
     named = re.search(r"streamvlm-\d{8}-\d{6}\.mp4", result["record_note_before"])

@@ -1,11 +1,12 @@
 """Screenshots of the real app window on an X display (run by tests/test_app_screen.py under Xvfb).
 
-    DISPLAY=:N QT_QPA_PLATFORM=xcb python tests/live/app_screenshot.py OUT_FOLDER
+    DISPLAY=:N QT_QPA_PLATFORM=xcb python tests/live/app_screenshot.py OUT_FOLDER [ANSWERING_CONFIG]
 
 Opens the app in smoke mode (the tiny model on the demo clip) as `python -m app --smoke` does, and
 grabs the screen through mss in five states: idle; streaming with commentary over the video;
 speaking it with espeak on the sound server the test started (the status bar showing the speech
-lag); recording into the default folder (created at Start); an error shown. Each picture is checked
+lag) and a question typed and answered (with ANSWERING_CONFIG, an engine config in which the random
+model's every reply to a question is an answer); recording into the default folder (created at Start); an error shown. Each picture is checked
 against what the window painted, and the numbers go to OUT_FOLDER/result.json for the test.
 Then, with HF_ENDPOINT set (the test's hub server, stopping in the middle of the weights), a window
 of its own picks hub model org/name and is grabbed downloading it, before its Cancel.
@@ -28,8 +29,10 @@ from app.form import default_record_folder
 from app.run_state import Phase
 from app.widgets import scaled_rgb
 from app.window import MainWindow
+from core.config import resolve_config
 
 DEADLINE = time.monotonic() + 150
+QUESTION = "Who is winning?"
 
 
 def main() -> None:
@@ -100,25 +103,38 @@ def main() -> None:
     result["stopped_state"] = window.state_label.text()
     result["stopped_figures_live"] = window.rate_label.isEnabled()
 
-    # Speaking: espeak on the system's default output (the test's null sink), until a line has been
+    # Speaking and answering: espeak on the system's default output (the test's null sink), a question
+    # typed and asked with Enter, until its answer is in the log and over the video, a line has been
     # heard and the status bar says its lag.
+    if len(sys.argv) > 2:
+        window.config = resolve_config(sys.argv[2])
     window.speak_check.setChecked(True)
     window.voice_box.setCurrentIndex(window.voice_box.findData("espeak"))
     result["speech_outputs"] = [
         window.speech_device_box.itemText(i) for i in range(window.speech_device_box.count())
     ]
     window.start()
+    wait(lambda: window.run.phase is Phase.STREAMING and window.runlog.chunks >= 2)
+    window.question_edit.setText(QUESTION)
+    window.question_edit.returnPressed.emit()  # Enter in the box
+
+    def answer_shown() -> bool:
+        t = window.paint_time()
+        return t is not None and any(text.startswith("A: ") for text, _ in window.overlay.lines_at(t))
+
     wait(
         lambda: (
-            window.run.phase is Phase.STREAMING
-            and window.speech_label.text().startswith("speech lag")
+            window.speech_label.text().startswith("speech lag")
             and window.runlog.chunks >= 4  # the rates measured, as a run some seconds on shows them
-            and overlay_text() >= 12
+            and answer_shown()
         )
     )
     grab("app_speech.png")
     result["speech_state"] = window.state_label.text()
     result["speech_text"] = window.speech_label.text()
+    result["question_log"] = [line for line in window.log.toPlainText().splitlines() if "Q: " in line]
+    result["answers"] = [[line.question, line.marked] for line in window.lines if line.is_answer]
+    result["answer_log"] = [line for line in window.log.toPlainText().splitlines() if "] A: " in line]
     window.stop()
     wait(lambda: window.thread is None)
     window.speak_check.setChecked(False)
