@@ -15,7 +15,9 @@ names the problem (a bug of the server's: 1011 and its traceback in the log); th
 the other sessions go on. Frames are decoded as PNG or JPEG only, sized from their header
 first, on threads: the event loop never decodes. A session slot is held from a valid hello
 until that session closes, on every path. Idle connections are closed after `idle_timeout`
-seconds. Each session's open and close are logged with the peer and the reason.
+seconds. Each session's open and close are logged with the peer and the reason. A wrong token is
+refused after a wait that grows with each one from that address (core/remote/guard.py), logged once
+per burst. `shut_down` closes every session with 1001 "server shutting down" (SIGINT, SIGTERM).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from core.frames import target_size
 from core.latency import LatencyBudget
 from core.pool import CapacityError
 from core.remote import protocol as p
+from core.remote.guard import TokenGuard
 
 log = logging.getLogger(__name__)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -66,6 +69,7 @@ class InferenceServer:
         # An engine with a cache pool carries as many sessions as it has slots (its memory decides).
         self.max_sessions = engine.pool.slots if engine.pool is not None else max_sessions
         self.idle_timeout = idle_timeout
+        self.guard = TokenGuard()  # wrong tokens from one address: refused ever more slowly
         self.sessions = 0  # slots held: sessions starting or open
         self._ids = itertools.count(1)
         # Without batched decode steps, one chunk is on the model at a time and sessions take turns;
@@ -100,7 +104,10 @@ class InferenceServer:
         name = f"connection from {_peer(ws)}"
         try:
             hello = p.decode(await self._recv(ws), ("hello",))
-            self._admit(hello)
+            if not self._admit(hello):  # a wrong token: refused after the guard's wait, logged by it
+                await self.guard.refuse(_host(ws), ws.wait_closed())
+                await ws.close(p.CLOSE_POLICY, "missing or wrong token")
+                return
             with self._slot():
                 session = await self._start(hello)
                 try:
@@ -138,7 +145,8 @@ class InferenceServer:
         listening.close(code=CLOSE_GOING_AWAY, reason=SHUTDOWN_REASON)
         await listening.wait_closed()
 
-    def _admit(self, hello: dict) -> None:
+    def _admit(self, hello: dict) -> bool:
+        """Whether the hello's token is right; ProtocolError for a version this server does not speak."""
         version = hello.get("version")
         if type(version) is not int or version != p.VERSION:
             raise p.ProtocolError(
@@ -146,8 +154,7 @@ class InferenceServer:
                 f"this server speaks protocol {p.VERSION}, the client {p.show(version)}; update the older side",
             )
         offered = p.field(hello, "token", str, "")
-        if self.token and not hmac.compare_digest(offered.encode(), self.token.encode()):
-            raise p.ProtocolError(p.CLOSE_POLICY, "missing or wrong token")
+        return not self.token or hmac.compare_digest(offered.encode(), self.token.encode())
 
     @contextlib.contextmanager
     def _slot(self) -> Iterator[None]:
@@ -343,6 +350,12 @@ def chunk_timing(queue_s: float, total_s: float, stats: ChunkStats | None = None
     queue_ms = queue_s * 1000 + float(getattr(stats, "queue_ms", 0.0))  # + the wait for the model thread
     timing = {"queue_ms": queue_ms, **stages, "total_ms": total_s * 1000}
     return {name: round(max(0.0, value), 3) for name, value in timing.items()}
+
+
+def _host(ws: ServerConnection) -> str:
+    """The peer's address without its port: what token guessing is counted by."""
+    address = ws.remote_address
+    return str(address[0]) if isinstance(address, tuple) and address else str(address)
 
 
 def _peer(ws: ServerConnection) -> str:
