@@ -220,6 +220,29 @@ def build_random_model(
     acceleration: AccelerationConfig | None = None,
 ) -> StreamModel:
     """Full-size random weights (no checkpoint needed): the right way to measure speed and memory."""
+    model, tokenizer, processor = _random_checkpoint(preset, device, dtype, attn, seed)
+    return StreamModel(
+        model, tokenizer, name=f"random-{preset}", processor=processor, acceleration=acceleration
+    )
+
+
+def write_random_checkpoint(
+    folder: str | os.PathLike, preset: str = "7b", *, device: str = "auto", dtype: str = "auto", seed: int = 0
+) -> Path:
+    """Random weights of `preset` saved as a checkpoint folder (what a user's `--model DIR` is), for
+    measuring loading and startup. The plain transformers model is saved: a `StreamModel` adapts its
+    modules for inference (the vision MLP padded on a GPU), which a checkpoint must not carry."""
+    folder = Path(folder)
+    model, tokenizer, processor = _random_checkpoint(preset, device, dtype, "auto", seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def _random_checkpoint(preset: str, device: str, dtype: str, attn: str, seed: int):
+    """(the transformers model, tokenizer, processor) of `preset` with random weights."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     presets = {"7b": qwen25_vl_7b_config, "tiny": tiny_config}
@@ -238,7 +261,4 @@ def build_random_model(
             model = Qwen2_5_VLForConditionalGeneration(config)
     finally:
         torch.set_default_dtype(previous)
-    stream_processor = _processor(tokenizer, 100 * 28 * 28, 768 * 28 * 28)
-    return StreamModel(
-        model, tokenizer, name=f"random-{preset}", processor=stream_processor, acceleration=acceleration
-    )
+    return model, tokenizer, _processor(tokenizer, 100 * 28 * 28, 768 * 28 * 28)

@@ -105,6 +105,19 @@ _HELP = {
 }
 
 
+def parse_resolution(text: str, flag: str = "--resolution", minimum: int = 1) -> tuple[int, int]:
+    """A frame size written WIDTHxHEIGHT (1280x720) as (width, height); a one-line error otherwise."""
+    from core.errors import ConfigError
+
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"{flag} must look like 1280x720 (got {text!r})") from None
+    if width < minimum or height < minimum:
+        raise ConfigError(f"{flag} must be at least {minimum}x{minimum} (got {text!r})")
+    return width, height
+
+
 def add_engine_arguments(
     parser: argparse.ArgumentParser, flags: tuple[str, ...] | None = None, *, switches: bool = True
 ) -> None:

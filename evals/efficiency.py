@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from core.cli_args import add_engine_arguments, engine_overrides, number, setting
+from core.cli_args import add_engine_arguments, engine_overrides, number, parse_resolution, setting
 from core.config import EvictionMode, GenerationConfig, StreamConfig, resolve_config
 from core.errors import ConfigError
 from core.provenance import git_revision, package_version
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     unknown = [p for p in policies if p not in POLICIES]
     if unknown:
         raise ConfigError(f"unknown policies {', '.join(unknown)}; use {', '.join(POLICIES)}")
-    width, height = _resolution(args.resolution)
+    width, height = parse_resolution(args.resolution)
     config = resolve_config(  # checked before torch loads
         args.config,
         {
@@ -218,14 +218,6 @@ def _write(
 
 
 # -- pieces ----------------------------------------------------------------------------------------
-
-
-def _resolution(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ConfigError(f"resolution must look like 1280x720 (got {text!r})") from None
-    return width, height
 
 
 def _frame_source(args, stream: StreamConfig, width: int, height: int):

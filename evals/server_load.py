@@ -35,7 +35,15 @@ from pathlib import Path
 
 import numpy as np
 
-from core.cli_args import COUNT, SECONDS, add_engine_arguments, engine_overrides, number, setting
+from core.cli_args import (
+    COUNT,
+    SECONDS,
+    add_engine_arguments,
+    engine_overrides,
+    number,
+    parse_resolution,
+    setting,
+)
 from core.config import StreamConfig, resolve_config
 from core.errors import ConfigError, StreamVLMError
 
@@ -460,10 +468,7 @@ def run(args: argparse.Namespace) -> int:
     levels = args.clients if isinstance(args.clients, list) else [args.clients]
     if not levels or min(levels) < 1 or args.seconds < 1:
         raise ConfigError("--clients and --seconds must be at least 1")
-    try:
-        width, height = (int(x) for x in args.resolution.lower().split("x"))
-    except ValueError:
-        raise ConfigError(f"--resolution must look like 112x112, not {args.resolution!r}") from None
+    width, height = parse_resolution(args.resolution)
     if args.content == "synthetic" and min(width, height) < 32:
         raise ConfigError(f"--content synthetic needs frames of at least 32x32 (got {width}x{height})")
     config = resolve_config(args.config, {**engine_overrides(args), "stream": {"fps": args.fps}})

@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from core.cli_args import add_engine_arguments, engine_overrides, number
+from core.cli_args import add_engine_arguments, engine_overrides, number, parse_resolution
 from core.config import resolve_config
 from core.errors import ConfigError
 from core.types import Frame
@@ -82,9 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from evals.startup import _resolution, _write_random
+    from evals.startup import write_random
 
-    width, height = _resolution(args.resolution)
+    width, height = parse_resolution(args.resolution, minimum=32)
     overrides = engine_overrides(args)
     if args.tokens:
         overrides["generation"] = {"max_new_tokens": args.tokens, "min_new_tokens": args.tokens, "seed": 0}
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         )
     config = resolve_config(args.config, overrides)  # checked before torch loads
     if args.random_weights:
-        folder = _write_random(args.random_weights, args.weights_dir, config)
+        folder = write_random(args.random_weights, args.weights_dir, config)
         overrides["model"] = {**overrides.get("model", {}), "path": str(folder)}
     else:
         overrides["model"] = {**overrides.get("model", {}), "path": args.model}

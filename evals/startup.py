@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from core.cli_args import add_engine_arguments, engine_overrides, number
+from core.cli_args import add_engine_arguments, engine_overrides, number, parse_resolution
 from core.config import resolve_config
 from core.errors import ConfigError
 from evals.report import table, write_outputs
@@ -86,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    width, height = _resolution(args.resolution)
+    width, height = parse_resolution(args.resolution, minimum=32)
     overrides = engine_overrides(args)
     if args.tokens:
         overrides["generation"] = {"max_new_tokens": args.tokens, "min_new_tokens": args.tokens, "seed": 0}
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / f"startup-{time.strftime('%Y%m%d-%H%M%S')}"
 
     if args.random_weights:
-        folder = _write_random(args.random_weights, args.weights_dir, config)
+        folder = write_random(args.random_weights, args.weights_dir, config)
     else:
         from rich.console import Console
 
@@ -251,19 +251,12 @@ def child(spec: dict) -> dict:
 # -- pieces ----------------------------------------------------------------------------------------
 
 
-def _write_random(preset: str, folder: Path, config) -> Path:
-    """Random weights of `preset` as a checkpoint folder, on the device the runs use."""
-    from core.builders import build_random_model
+def write_random(preset: str, folder: Path, config) -> Path:
+    """Random weights of `preset` as a checkpoint folder, on the device and in the dtype the runs use."""
+    from core.builders import write_random_checkpoint
 
     log.info("writing random %s weights to %s", preset, folder)
-    m = config.model
-    model = build_random_model(preset, device=m.device, dtype=m.dtype, attn=m.attn)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.model.save_pretrained(folder)
-    model.tokenizer.save_pretrained(folder)
-    if model.processor is not None:
-        model.processor.save_pretrained(folder)
-    return folder
+    return write_random_checkpoint(folder, preset, device=config.model.device, dtype=config.model.dtype)
 
 
 def _disk_read(files: list[Path]) -> dict:
@@ -336,16 +329,6 @@ def _markdown(results: dict) -> str:
         f"(medians); weights {meta['weights_bytes'] / 1e9:.2f} GB, read from disk at {rate}.\n\n"
         + table(HEADER, rows)
     )
-
-
-def _resolution(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ConfigError(f"resolution must look like 1280x720 (got {text!r})") from None
-    if width < 32 or height < 32:
-        raise ConfigError(f"resolution must be at least 32x32 (got {text!r})")
-    return width, height
 
 
 def _device_name(device) -> str:

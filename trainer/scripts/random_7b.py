@@ -12,10 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-from transformers import Qwen2_5_VLForConditionalGeneration
-
-from core.builders import _processor, build_tokenizer, qwen25_vl_7b_config
+from core.builders import write_random_checkpoint
 
 
 def main(directory: str) -> None:
@@ -24,15 +21,7 @@ def main(directory: str) -> None:
         print(f"{path} exists")
         return
     begin = time.perf_counter()
-    # The plain transformers model: a StreamModel would adapt it for inference (padded vision MLP).
-    tokenizer = build_tokenizer()
-    torch.manual_seed(0)
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = Qwen2_5_VLForConditionalGeneration(qwen25_vl_7b_config(tokenizer))
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    _processor(tokenizer, 100 * 28 * 28, 768 * 28 * 28).save_pretrained(path)
+    write_random_checkpoint(path, "7b", dtype="bfloat16")
     print(f"wrote {path} in {time.perf_counter() - begin:.0f} s")
 
 
