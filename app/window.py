@@ -390,6 +390,7 @@ class MainWindow(QMainWindow):
         self.worker.link.connect(self.on_link)
         self.worker.failed.connect(self.on_failed)
         self.worker.speech.connect(self.on_speech)
+        self.worker.question_refused.connect(self._question_refused)
         self.worker.finished.connect(self.on_finished)
         self._show_state()
         self.thread.start()

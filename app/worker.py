@@ -61,6 +61,7 @@ class StreamWorker(QObject):
     link = Signal(bool, str)  # a live source or the server: connected again (True) or reconnecting
     failed = Signal(str, str)  # a user-facing reason, and details; the run is over
     speech = Signal(object)  # core.speech.speaker.SpeechStats: how speech keeps up (with speech on)
+    question_refused = Signal(str)  # one sentence: a remote server refused a question (the run goes on)
     finished = Signal()
 
     # core.config.ModelConfig -> StreamModel: the last model loaded, kept for the next run of the same
@@ -192,8 +193,12 @@ class StreamWorker(QObject):
             kind = "a file" if isinstance(source, FileSource) else "live"
             self.phase.emit(Phase.STREAMING, f"({kind}) {where}")
             with session, self._pipeline:
+                refused = getattr(session, "refused", None)  # a remote session's refused questions
                 for report in self._pipeline.run():
                     self.report.emit(report)
+                    while refused:
+                        question, reason = refused.pop(0)
+                        self.question_refused.emit(f"The server refused the question: {reason}")
                     if self.speaker is not None:
                         self.speech.emit(self.speaker.stats())
             if not self._stopped.is_set():

@@ -153,6 +153,12 @@ def test_a_remote_session_takes_typed_questions_too(qtbot, window, tiny_model, a
     try:
         stream(qtbot, window, running.url)
         assert window.question_edit.isEnabled()
+        # Too long for the model: the client cannot count its tokens, so the server refuses it with the
+        # reason, which shows under the box; the run goes on.
+        type_question(qtbot, window, " ".join(["why"] * (MAX_QUESTION_TOKENS + 10)))
+        qtbot.waitUntil(window.question_note.isVisible, timeout=60_000)
+        assert f"at most {MAX_QUESTION_TOKENS}" in window.question_note.text()
+        assert window.run.phase is Phase.STREAMING and not window.errors.isVisible()
         type_question(qtbot, window, QUESTION)
         answer = answered(qtbot, window, QUESTION)
         assert any(line.endswith(f"] A: {answer.text}") for line in log_lines(window))

@@ -13,6 +13,7 @@ that failed (1011) on the same chunk twice: it would fail on it forever.
 from __future__ import annotations
 
 import io
+import logging
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -26,6 +27,8 @@ from core.errors import StreamVLMError
 from core.media.reconnect import Backoff, Reconnector, StateCallback
 from core.remote import protocol as p
 from core.types import Closeable, Commentary, Frame, one_line
+
+log = logging.getLogger(__name__)
 
 DEFAULT = "<the engine's default instruction>"
 # Closes a new session can get past: the server went away, failed, was full, or timed us out. Every
@@ -79,6 +82,9 @@ class RemoteSession(Closeable):
         self.reconnects = 0
         self.commentary: list[Commentary] = []  # everything received, the resumed session's context
         self._questions: deque[str] = deque()  # asked here, not yet sent to the server
+        # (question, reason) of each question the server refused (too long for its model), oldest first;
+        # the stream went on. A caller that shows refusals takes them from here.
+        self.refused: list[tuple[str, str]] = []
         # Sent, and not yet asked by a chunk the server ran: a new session after a drop is sent it again.
         self._unasked: str | None = None
         self._sent = False  # whether this connection's session has been sent `_unasked`
@@ -99,7 +105,7 @@ class RemoteSession(Closeable):
         """Queue a question (safe from any thread): it goes to the server with the next chunk, which asks
         it; its answer comes back from that `push` as a `Commentary` whose `question` is set. The server
         asks one question a chunk; an empty question is refused here (ValueError), one longer than the
-        model's limit by the server, which ends the session with its reason."""
+        model's limit by the server, which says why (`refused`) and goes on with the stream."""
         question = one_line(text)
         if not question:
             raise ValueError("a question needs some text; it was empty")
@@ -226,7 +232,12 @@ class RemoteSession(Closeable):
             self._send(self._ws, image)
         events = []
         while True:
-            message = p.decode(self._recv(self._ws), ("commentary", "chunk_done"))
+            message = p.decode(self._recv(self._ws), ("commentary", "question_refused", "chunk_done"))
+            if message["type"] == "question_refused":  # the stream goes on; the caller hears why
+                refusal = (p.field(message, "question", str, ""), p.field(message, "reason", str, ""))
+                log.warning("the server refused the question %r: %s", *refusal)
+                self.refused.append(refusal)
+                continue
             if message["type"] == "commentary":
                 question = p.answer_question(message)
                 events.append(Commentary(message["start"], message["end"], message["text"], question))

@@ -226,7 +226,7 @@ class InferenceServer:
     async def _chunk(self, ws: ServerConnection, session: Session) -> None:
         message = p.decode(await self._recv(ws), ("chunk", "question"))
         if message["type"] == "question":
-            await self._ask(session, p.question_text(message))
+            await self._ask(ws, session, p.question_text(message))
             return
         t_start, t_end, count = p.chunk_header(message)
         frames = [await self._frame(await self._recv(ws)) for _ in range(count)]
@@ -255,13 +255,15 @@ class InferenceServer:
             await ws.send(p.encode("commentary", start=event.start, end=event.end, text=event.text, **answer))
         await self._done(ws, t_start, t_end, arrived, waited, skipped=False, stats=stats)
 
-    async def _ask(self, session: Session, text: str) -> None:
-        """Queue a question for the session's next chunk; one it cannot ask closes the connection."""
+    async def _ask(self, ws: ServerConnection, session: Session, text: str) -> None:
+        """Queue a question for the session's next chunk. One the session cannot ask (too long: the
+        client cannot count the model's tokens) is answered with `question_refused` and the stream goes
+        on; a malformed question message has already closed the connection (`p.question_text`)."""
         try:
             # On a thread: checking a question tokenizes it, which must not hold up the event loop.
             await self._in_thread(session.ask, text)
         except QuestionError as exc:
-            raise p.ProtocolError(p.CLOSE_MALFORMED, f"the question was refused: {exc}") from None
+            await ws.send(p.encode("question_refused", question=text, reason=str(exc)))
 
     async def _done(
         self, ws, t_start: float, t_end: float, arrived: float, waited: float, *, skipped: bool, stats=None
