@@ -74,14 +74,24 @@ class Reconnector:
         reason: str,
         retry_on: tuple[type[Exception], ...] = (SourceError,),
         give_up: type[Exception] = SourceError,
+        since: float | None = None,
     ) -> T | None:
         """Call `open_once` until it succeeds; None if stopped.
 
-        Failures of the `retry_on` kinds are retried; once it gives up it raises `give_up`.
+        Failures of the `retry_on` kinds are retried; once it gives up it raises `give_up`. `since`
+        (monotonic; default now) is when the source last worked: the give-up time counts from it, so a
+        source that connects again and again but never delivers (core/media/watchdog.py) still gives up.
         """
-        lost = time.monotonic()
+        lost = time.monotonic() if since is None else min(since, time.monotonic())
         attempt = 0
         while not self.stop.is_set():
+            if (attempt or since is not None) and time.monotonic() - lost >= self.backoff.give_up_after:
+                message = (
+                    f"{self.name} could not be reached again for {self.backoff.give_up_after:.0f} s "
+                    f"({reason}); check that it is on and reachable"
+                )
+                self.report(SourceState.FAILED, message)
+                raise give_up(message)
             delay = self.backoff.delay(attempt)
             self.report(
                 SourceState.RECONNECTING,
@@ -97,11 +107,4 @@ class Reconnector:
                 self.report(SourceState.CONNECTED, f"reconnected after {time.monotonic() - lost:.1f} s")
                 return opened
             attempt += 1
-            if time.monotonic() - lost >= self.backoff.give_up_after:
-                message = (
-                    f"{self.name} could not be reached again for {self.backoff.give_up_after:.0f} s "
-                    f"({reason}); check that it is on and reachable"
-                )
-                self.report(SourceState.FAILED, message)
-                raise give_up(message)
         return None

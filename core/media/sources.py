@@ -45,6 +45,7 @@ import numpy as np
 from core.errors import SourceError
 from core.media.orientation import displayed_rgb
 from core.media.reconnect import Backoff, Reconnector, SourceState, StateCallback
+from core.media.watchdog import FRAME_TIMEOUT, FrameWatchdog, SourceStalled
 from core.types import Closeable, Frame
 
 logger = logging.getLogger(__name__)
@@ -310,7 +311,9 @@ class _Decoded:
     Like a media player it decodes packets the demuxer flagged as corrupt (the seam of two
     concatenated transport streams is flagged, yet decodes fine), drops packets the decoder
     rejects and frames it could only partly reconstruct, and stops where the demuxer cannot read
-    on. `take_damage()` says whether something was dropped since the consumer last asked.
+    on. `take_damage()` says whether something was dropped since the consumer last asked. With a
+    `watchdog` (live streams), every stream's packets are read so that it is checked at each one: a
+    connection that delivers only audio must not keep the demuxer busy out of the watchdog's sight.
     """
 
     def __init__(
@@ -319,9 +322,11 @@ class _Decoded:
         stream: av.video.stream.VideoStream,
         stop: threading.Event,
         damage: Damage,
+        watchdog: FrameWatchdog | None = None,
     ) -> None:
         self.container, self.stream, self.stop = container, stream, stop
         self.counts = damage
+        self.watchdog = watchdog
         self._damage: str | None = None
 
     def take_damage(self) -> str | None:
@@ -331,14 +336,23 @@ class _Decoded:
 
     def __iter__(self) -> Iterator[av.VideoFrame]:
         last_corrupt = False
+        watchdog = self.watchdog
+        packets = self.container.demux() if watchdog else self.container.demux(self.stream)
         try:
-            for packet in self.container.demux(self.stream):
+            for packet in packets:
                 if self.stop.is_set():
                     return
+                if watchdog is not None:
+                    watchdog.check()  # raises SourceStalled
+                    if packet.stream.index != self.stream.index:
+                        continue
                 if packet.size:
                     last_corrupt = packet.is_corrupt
                     self.counts.damaged += packet.is_corrupt
-                yield from self._decode(packet)  # the last, empty packet flushes the decoder
+                for frame in self._decode(packet):  # the last, empty packet flushes the decoder
+                    if watchdog is not None:
+                        watchdog.frame()
+                    yield frame
         except av.error.FFmpegError as exc:
             self._damage = f"FFmpeg could not read further ({_reason(exc)})"
             yield from self._decode(None)  # frames the decoder still holds from good packets
@@ -391,8 +405,10 @@ class RtspSource(_ContainerSource):
     """A live network stream FFmpeg reads: RTSP (over TCP), RTMP, HTTP(S), UDP, SRT.
 
     Frames are sampled at `fps` by presentation time, like a file. When the stream stalls for
-    `read_timeout` seconds, ends or errors, it is opened again with backoff (`Backoff`), and the
+    `read_timeout` seconds, delivers data but no frame for `frame_timeout` seconds
+    (core/media/watchdog.py), ends or errors, it is opened again with backoff (`Backoff`), and the
     new connection's frames continue after the old ones, shifted by the time spent reconnecting.
+    The backoff gives up once no frame came for its `give_up_after`, however often it reconnected.
     """
 
     def __init__(
@@ -404,14 +420,18 @@ class RtspSource(_ContainerSource):
         on_state: StateCallback | None = None,
         open_timeout: float = 5.0,
         read_timeout: float = 5.0,
+        frame_timeout: float = FRAME_TIMEOUT,
     ) -> None:
         if not fps > 0:
             raise ValueError(f"fps must be positive (got {fps})")
+        if not frame_timeout > 0:
+            raise ValueError(f"frame_timeout must be positive (got {frame_timeout})")
         scheme = _scheme(url)
         if scheme not in STREAM_SCHEMES:
             raise SourceError(_unsupported_scheme(scheme))
         self.url, self.fps = url, fps
         self.timeouts = (open_timeout, read_timeout)
+        self.frame_timeout = frame_timeout
         super().__init__()
         self._reconnect = Reconnector(f"stream {url}", backoff or Backoff(), on_state, self._stop)
         self._container = self._open()  # fail here, not mid-stream
@@ -442,26 +462,32 @@ class RtspSource(_ContainerSource):
             return
         container = container or self._open()
         samples = _LiveSampler(self.fps)
+        watchdog = FrameWatchdog(self.frame_timeout)
         offset = 0.0  # stream time of this connection's first frame
         while container is not None:
             stream = container.streams.video[0]
             clock = _Clock(stream, self.damage, live=True)
             # Damaged packets are skipped as in a file; only a demuxer that cannot read on is a drop.
-            decoded = _Decoded(container, stream, self._stop, self.damage)
-            reason = "the stream ended"
+            watchdog.connected()
+            decoded = _Decoded(container, stream, self._stop, self.damage, watchdog)
+            reason, stalled = "the stream ended", None
             try:
                 for frame in decoded:
                     if self._stop.is_set():
                         return
                     yield from samples.add(frame, stream, offset + clock.time_of(frame))
+            except SourceStalled as exc:
+                stalled = str(exc)
             except (av.error.FFmpegError, OSError) as exc:
                 reason = _reason(exc)
             finally:
                 container.close()
-            reason = decoded.take_damage() or reason
+            reason = stalled or decoded.take_damage() or reason
             if self._stop.is_set():
                 return
-            container = self._reconnect.reopen(self._open, reason)  # raises SourceError when it gives up
+            # Raises SourceError when it gives up, counting from the last frame (a stalled source that
+            # reconnects again and again still gives up).
+            container = self._reconnect.reopen(self._open, reason, since=watchdog.last_frame)
             offset = samples.resume_time()
 
 
