@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
+from core.chunk_guard import GuardedSession
 from core.config import StreamConfig
 from core.errors import StreamVLMError
 from core.media.chunker import chunks
@@ -148,8 +149,9 @@ class Pipeline(Closeable):
         `clock` is started by the first frame (a speaker shares it). `questions`: (time, text) pairs,
         each asked in the first chunk that reaches its time."""
         self.source, self.session, self.stream = source, session, stream
-        # What chunks are pushed to: the session, asking the scripted questions on time.
-        self._pushed = ScriptedQuestions(session, questions) if questions else session
+        # What chunks are pushed to: the session, asking the scripted questions on time, a chunk that runs
+        # out of GPU memory failing alone (one error line; the run goes on with the next chunk).
+        self._pushed = GuardedSession(ScriptedQuestions(session, questions) if questions else session)
         self.live, self.budget = live, budget
         self.end = duration if duration is not None else float("inf")
         self.recorder, self.sinks, self.on_frame = recorder, tuple(sinks), on_frame

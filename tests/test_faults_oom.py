@@ -1,18 +1,45 @@
 """GPU out of memory in one chunk (issue 21, fault 1), on the CPU: the error is injected in the model
-call. The GPU test (a memory cap forcing a real one on an H200) is pending: docs/reliability.md."""
+call, in the session alone, in `python -m core run` and in the server (whose other sessions go on).
+The GPU test (a memory cap forcing a real one on an H200) is pending: docs/reliability.md."""
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from websockets.sync.client import connect
 
 import core.engine
+from clihelpers import CLIP
+from conftest import SMALL_STREAM
+from core.__main__ import main as core_main
 from core.chunk_guard import GuardedSession
 from core.config import GenerationConfig, StreamConfig
 from core.engine import StreamingEngine
+from core.remote import protocol as p
+from serverhelpers import RunningServer
+
+OOM = "CUDA out of memory. Tried to allocate 2.00 GiB"
+
+
+def fail_call(monkeypatch, which: set[int]) -> dict:
+    """Model calls (counted from 1) in `which` raise torch's out-of-memory error; returns the count."""
+    real = core.engine.video_input
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] in which:
+            raise torch.OutOfMemoryError(OOM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core.engine, "video_input", flaky)
+    return calls
 
 
 @pytest.fixture
@@ -48,3 +75,65 @@ def test_a_chunk_out_of_gpu_memory_fails_alone_and_the_session_goes_on(engine, m
 def test_other_errors_pass_through(engine):
     with GuardedSession(engine.start()) as session, pytest.raises(ValueError, match="end after it starts"):
         session.push([np.zeros((56, 56, 3), np.uint8)] * 2, 1.0, 1.0)
+
+
+def test_core_run_reports_the_failed_chunk_and_goes_on(tiny_dir, tmp_path, monkeypatch, caplog):
+    jsonl = tmp_path / "out.jsonl"
+    argv = ["run", "--source", str(CLIP), "--model", str(tiny_dir), "--device", "cpu", "--seed", "3",
+            "--min-new-tokens", "3", "--duration", "5", "--jsonl", str(jsonl), "--quiet"]  # fmt: skip
+    fail_call(monkeypatch, {2})
+    with caplog.at_level(logging.ERROR):
+        assert core_main(argv) == 0
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "chunk 1.0-2.0s failed: the GPU ran out of memory" in errors[0], errors
+    starts = [json.loads(line)["start"] for line in jsonl.read_text().splitlines()]
+    assert 1.0 not in starts and max(starts) >= 3.0, starts  # the run went on after the failed chunk
+
+
+def png(frame: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def send_chunk(ws, frames: list[np.ndarray], t_start: float) -> tuple[list[str], dict]:
+    """One chunk over the wire: (its commentary texts, its chunk_done)."""
+    ws.send(p.encode("chunk", t_start=t_start, t_end=t_start + 1.0, frames=len(frames)))
+    for frame in frames:
+        ws.send(png(frame))
+    texts = []
+    while True:
+        message = p.decode(ws.recv(timeout=60), ("commentary", "chunk_done"))
+        if message["type"] == "chunk_done":
+            return texts, message
+        texts.append(message["text"])
+
+
+def test_the_server_fails_the_chunk_alone_and_another_session_is_unaffected(tiny_model, monkeypatch):
+    generation = GenerationConfig(temperature=0.0, min_new_tokens=3, max_new_tokens=6)
+    engine = StreamingEngine(tiny_model, stream=SMALL_STREAM, generation=generation)
+    rng = np.random.default_rng(0)
+    a_frames, b_frames = ([rng.integers(0, 256, (56, 56, 3), np.uint8)] * 2 for _ in range(2))
+    with engine.start() as alone:  # what B says on a server that never fails
+        expected = [alone.push(b_frames, t, t + 1.0)[0].text for t in (0.0, 1.0)]
+    calls = fail_call(monkeypatch, {2})  # A's second chunk
+    server = RunningServer(engine, max_sessions=2, budget=60.0)
+    hello = p.encode("hello", version=p.VERSION)
+    try:
+        with connect(server.url, max_size=None) as a, connect(server.url, max_size=None) as b:
+            for ws in (a, b):
+                ws.send(hello)
+                p.decode(ws.recv(timeout=30), ("ready",))
+            first, done = send_chunk(a, a_frames, 0.0)
+            assert first and "failed" not in done
+            lost, done = send_chunk(a, a_frames, 1.0)
+            assert lost == [] and not done["skipped"]
+            assert "chunk 1.0-2.0s failed: the GPU ran out of memory" in done["failed"]
+            b_texts = [send_chunk(b, b_frames, t) for t in (0.0, 1.0)]
+            after, done = send_chunk(a, a_frames, 2.0)  # A's session goes on
+            assert after and "failed" not in done
+    finally:
+        server.stop()
+    assert calls["n"] == 5
+    assert [texts for texts, _ in b_texts] == [[text] for text in expected]
+    assert all("failed" not in done for _, done in b_texts)

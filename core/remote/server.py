@@ -40,6 +40,7 @@ import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from core.chunk_guard import GuardedSession
 from core.conversation import QuestionError
 from core.engine import DEFAULT_INSTRUCTION, ChunkStats, Session, StreamingEngine
 from core.errors import ConfigError, SourceError, StreamVLMError
@@ -242,18 +243,22 @@ class InferenceServer:
             try:
                 # Batched, the scheduler runs the chunk with the earliest deadline first.
                 deadline = time.perf_counter() + self.latency.budget - (time.monotonic() - arrived)
-                push = functools.partial(session.push, deadline=deadline)
+                # Out of GPU memory fails this chunk alone: its chunk_done says why, the session goes on.
+                guarded = GuardedSession(session)
+                push = functools.partial(guarded.push, deadline=deadline)
                 events = await self._in_thread(push, frames, t_start, t_end)
             except ValueError as exc:  # times that go back before the previous chunk's
                 raise p.ProtocolError(p.CLOSE_MALFORMED, str(exc)) from None
             except StreamVLMError as exc:  # frames the model cannot take
                 raise p.ProtocolError(p.CLOSE_UNSUPPORTED, str(exc)) from None
             self.latency.record(time.monotonic() - started)
-            stats = getattr(session, "last_stats", None)
+            stats = getattr(session, "last_stats", None) if guarded.last_failure is None else None
         for event in events:
             answer = {"question": event.question} if event.is_answer else {}
             await ws.send(p.encode("commentary", start=event.start, end=event.end, text=event.text, **answer))
-        await self._done(ws, t_start, t_end, arrived, waited, skipped=False, stats=stats)
+        await self._done(
+            ws, t_start, t_end, arrived, waited, skipped=False, stats=stats, failed=guarded.last_failure
+        )
 
     async def _ask(self, ws: ServerConnection, session: Session, text: str) -> None:
         """Queue a question for the session's next chunk. One the session cannot ask (too long: the
@@ -266,14 +271,31 @@ class InferenceServer:
             await ws.send(p.encode("question_refused", question=text, reason=str(exc)))
 
     async def _done(
-        self, ws, t_start: float, t_end: float, arrived: float, waited: float, *, skipped: bool, stats=None
+        self,
+        ws,
+        t_start: float,
+        t_end: float,
+        arrived: float,
+        waited: float,
+        *,
+        skipped: bool,
+        stats=None,
+        failed: str | None = None,
     ) -> None:
-        """The chunk's `chunk_done`, with the latency and the server's `timing` of it."""
+        """The chunk's `chunk_done`, with the latency and the server's `timing` of it, and `failed` (why)
+        for a chunk that failed on the server (out of GPU memory)."""
         total = time.monotonic() - arrived
         timing = chunk_timing(waited, total, stats)
+        why = {"failed": failed} if failed is not None else {}
         await ws.send(
             p.encode(
-                "chunk_done", t_start=t_start, t_end=t_end, skipped=skipped, latency=total, timing=timing
+                "chunk_done",
+                t_start=t_start,
+                t_end=t_end,
+                skipped=skipped,
+                latency=total,
+                timing=timing,
+                **why,
             )
         )
 
