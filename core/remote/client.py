@@ -245,6 +245,9 @@ class RemoteSession(Closeable):
             self.last_latency = message["latency"]
             self.last_timing = _timing(message.get("timing"))  # left out by older servers
             self.skipped += bool(message["skipped"])
+            failed = p.field(message, "failed", (str, type(None)), None)  # left out by older servers
+            if failed:  # the chunk failed on the server (out of GPU memory); the session goes on
+                log.error("the server: %s", failed)
             if not message["skipped"]:  # the server ran the chunk: it asked the question it had
                 self._unasked = None
             return events
