@@ -314,13 +314,13 @@ class Scheduler:
                     job.error = exc
                 job.prepare_ms = clock.lap()
             if ready:
-                embeds = torch.cat([s[0] for s in segments])
-                positions = torch.cat([s[1] for s in segments], dim=1)
                 lengths = [s[0].shape[0] for s in segments]
                 if len(segments) == 1:  # alone: the single-session forward, exactly
                     embeds, positions, cache, every = segments[0]
                     logits = [self.model.forward(embeds, positions, cache, all_logits=every)]
                 else:
+                    embeds = torch.cat([s[0] for s in segments])
+                    positions = torch.cat([s[1] for s in segments], dim=1)
                     logits = self.model.forward_ragged(
                         embeds, positions, [s[2] for s in segments], lengths, [s[3] for s in segments]
                     )
