@@ -224,13 +224,31 @@ class InferenceServer:
         except SourceError as exc:
             raise p.ProtocolError(p.CLOSE_UNSUPPORTED, str(exc)) from None
 
+    async def _frames(self, ws: ServerConnection, count: int) -> list:
+        """A chunk's `count` frames, each decoded (off the event loop) while the next one arrives; the
+        first bad frame's error, as soon as it is known, closes the connection."""
+        decoding: list[asyncio.Future] = []
+        try:
+            for _ in range(count):
+                data = await self._recv(ws)
+                for task in decoding:
+                    if task.done():
+                        task.result()  # raises a bad frame's ProtocolError now
+                decoding.append(asyncio.ensure_future(self._frame(data)))
+            return list(await asyncio.gather(*decoding))
+        finally:
+            for task in decoding:  # on an error: the others stop, and none is left unretrieved
+                task.cancel()
+                if task.done() and not task.cancelled():
+                    task.exception()
+
     async def _chunk(self, ws: ServerConnection, session: Session) -> None:
         message = p.decode(await self._recv(ws), ("chunk", "question"))
         if message["type"] == "question":
             await self._ask(ws, session, p.question_text(message))
             return
         t_start, t_end, count = p.chunk_header(message)
-        frames = [await self._frame(await self._recv(ws)) for _ in range(count)]
+        frames = await self._frames(ws, count)
         arrived = time.monotonic()
         async with self._model_lock:
             started = time.monotonic()
