@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from core.cli_args import add_engine_arguments, engine_overrides, number, parse_resolution
+from core.cli_args import add_engine_arguments, number, parse_resolution
 from core.config import resolve_config
 from core.errors import ConfigError
 from core.types import Frame
@@ -82,16 +82,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from evals.startup import write_random
+    from evals.startup import engine_settings, write_random
 
     width, height = parse_resolution(args.resolution, minimum=32)
-    overrides = engine_overrides(args)
-    if args.tokens:
-        overrides["generation"] = {"max_new_tokens": args.tokens, "min_new_tokens": args.tokens, "seed": 0}
-    if args.random_weights and not args.weights_dir:
-        raise ConfigError("--random-weights needs --weights-dir, the folder to write them to")
-    if args.weights_dir and not args.random_weights:
-        raise ConfigError("--weights-dir goes with --random-weights; pass a checkpoint folder with --model")
+    overrides = engine_settings(args)
     if (
         args.weights_dir
         and args.weights_dir.exists()

@@ -85,16 +85,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_engine_arguments(parser, ("device", "dtype", "attn"))
 
 
-def run(args: argparse.Namespace) -> int:
-    width, height = parse_resolution(args.resolution, minimum=32)
+def engine_settings(args: argparse.Namespace) -> dict:
+    """The engine overrides of the flags, `--tokens` forced per chunk; `--random-weights` and
+    `--weights-dir` checked to go together (startup's and soak's rule)."""
     overrides = engine_overrides(args)
     if args.tokens:
         overrides["generation"] = {"max_new_tokens": args.tokens, "min_new_tokens": args.tokens, "seed": 0}
-    config = resolve_config(args.config, overrides)  # checked before torch loads
     if args.random_weights and not args.weights_dir:
         raise ConfigError("--random-weights needs --weights-dir, the folder to write them to")
     if args.weights_dir and not args.random_weights:
         raise ConfigError("--weights-dir goes with --random-weights; pass a checkpoint folder with --model")
+    return overrides
+
+
+def run(args: argparse.Namespace) -> int:
+    width, height = parse_resolution(args.resolution, minimum=32)
+    overrides = engine_settings(args)
+    config = resolve_config(args.config, overrides)  # checked before torch loads
     for flag, folder in (("--weights-dir", args.weights_dir), ("--compile-cache", args.compile_cache)):
         if folder is not None and folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
             raise ConfigError(f"{flag} {folder} is not an empty folder; pass a new or empty one")
