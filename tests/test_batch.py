@@ -117,7 +117,6 @@ def test_concurrent_sessions_get_their_solo_tokens_from_batched_steps(tiny_model
     decode = engine.scheduler.decode
     assert decode.batches > 0 and decode.rows > decode.batches  # really batched
     assert engine.scheduler.prefill_jobs > engine.scheduler.prefill_batches  # prefills shared forwards
-    assert engine.scheduler.vision_chunks > engine.scheduler.vision_calls  # and tower calls
     lengths = {n for stream in solo for _, _, n in stream}
     assert min(lengths) < max(lengths)  # replies that stop early and ones that run to their limit
     assert engine.pool.in_use == 0  # every slot back
