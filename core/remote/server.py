@@ -18,6 +18,10 @@ until that session closes, on every path. Idle connections are closed after `idl
 seconds. Each session's open and close are logged with the peer and the reason. A wrong token is
 refused after a wait that grows with each one from that address (core/remote/guard.py), logged once
 per burst. `shut_down` closes every session with 1001 "server shutting down" (SIGINT, SIGTERM).
+
+Every rule of a session lives in `InferenceServer.run_session`, whatever carries its messages: a
+`Connection`. `handle` is the WebSocket server's (the `websockets` library, `serve`); the cluster's
+replicas (core/remote/cluster.py) hand it the ASGI WebSocket of Ray Serve's proxy.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
 import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -56,6 +61,59 @@ CLOSE_GOING_AWAY = 1001  # RFC 6455's code for a server going down
 SHUTDOWN_REASON = "server shutting down"
 
 
+class Disconnected(Exception):
+    """The client's connection ended: it closed it, or it dropped."""
+
+
+class Connection(Protocol):
+    """One client's connection, whatever transport carries it. `recv` and `send` raise `Disconnected`
+    once it has ended; `peer` (address:port) names it in the log, `host` is what wrong tokens are counted by."""
+
+    peer: str
+    host: str
+
+    async def recv(self) -> str | bytes: ...
+
+    async def send(self, message: str) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+
+class WebsocketsConnection:
+    """A `Connection` over the `websockets` library's server side (the single server's transport)."""
+
+    def __init__(self, ws: ServerConnection) -> None:
+        self.ws, self.peer, self.host = ws, _peer(ws), _host(ws)
+
+    async def recv(self) -> str | bytes:
+        try:
+            return await self.ws.recv()
+        except ConnectionClosed as exc:
+            raise Disconnected(str(exc)) from None
+
+    async def send(self, message: str) -> None:
+        try:
+            await self.ws.send(message)
+        except ConnectionClosed as exc:
+            raise Disconnected(str(exc)) from None
+
+    async def close(self, code: int, reason: str) -> None:
+        await self.ws.close(code, reason)
+
+    async def wait_closed(self) -> None:
+        await self.ws.wait_closed()
+
+
+def check_exposure(host: str, token: str | None) -> None:
+    """The rule for where a server may listen: loopback, or any address with a token (ConfigError)."""
+    if host not in LOOPBACK and not token:
+        raise ConfigError(
+            f"refusing to listen on {host} without a token; pass --token-file or bind to 127.0.0.1"
+        )
+
+
 class InferenceServer:
     def __init__(
         self,
@@ -65,8 +123,10 @@ class InferenceServer:
         max_sessions: int = 4,
         idle_timeout: float = 60.0,
         budget: float = 2.0,
+        replica: str | None = None,
     ) -> None:
         self.engine, self.token = engine, token
+        self.replica = replica  # a cluster replica's id, told to clients in "ready" (None: a single server)
         # An engine with a cache pool carries as many sessions as it has slots (its memory decides).
         self.max_sessions = engine.pool.slots if engine.pool is not None else max_sessions
         self.idle_timeout = idle_timeout
@@ -93,51 +153,56 @@ class InferenceServer:
         }
 
     async def serve(self, host: str = "127.0.0.1", port: int = 8765, ssl=None) -> Server:
-        if host not in LOOPBACK and not self.token:
-            raise ConfigError(
-                f"refusing to listen on {host} without a token; pass --token-file or bind to 127.0.0.1"
-            )
-        # The largest message is a frame; text messages are held to MAX_TEXT_BYTES by p.decode.
+        check_exposure(host, self.token)
+        # The largest message is a frame (the library refuses a larger one, 1009, before buffering it);
+        # text messages are held to MAX_TEXT_BYTES by p.decode.
         return await serve(self.handle, host, port, max_size=p.MAX_IMAGE_BYTES, ssl=ssl)
 
     async def handle(self, ws: ServerConnection) -> None:
+        """The WebSocket server's handler: one connection, one session (`run_session`)."""
+        await self.run_session(WebsocketsConnection(ws))
+
+    async def run_session(self, conn: Connection) -> None:
         """One connection, one session: whatever ends it, its slot is freed and the close is logged."""
-        name = f"connection from {_peer(ws)}"
+        name = f"connection from {conn.peer}"
         try:
-            hello = p.decode(await self._recv(ws), ("hello",))
+            hello = p.decode(await self._recv(conn), ("hello",))
             if not self._admit(hello):  # a wrong token: refused after the guard's wait, logged by it
-                await self.guard.refuse(_host(ws), ws.wait_closed())
-                await ws.close(p.CLOSE_POLICY, "missing or wrong token")
+                await self.guard.refuse(conn.host, conn.wait_closed())
+                await conn.close(p.CLOSE_POLICY, "missing or wrong token")
                 return
             with self._slot():
                 session = await self._start(hello)
                 try:
                     number = next(self._ids)
-                    name = f"session {number} ({_peer(ws)})"
-                    await ws.send(
+                    name = f"session {number} ({conn.peer})"
+                    # Old clients ignore `replica`, which only a cluster's replicas send.
+                    where = {"replica": self.replica} if self.replica is not None else {}
+                    await conn.send(
                         p.encode(
                             "ready",
                             version=p.VERSION,
                             session=number,
                             max_image_bytes=p.MAX_IMAGE_BYTES,
                             config=self._settings,
+                            **where,
                         )
                     )
                     log.info("%s opened", name)
                     while True:
-                        await self._chunk(ws, session)
+                        await self._chunk(conn, session)
                 finally:
                     session.close()
         except p.ProtocolError as exc:
             code, reason = exc.code, exc.reason
-        except ConnectionClosed as exc:
+        except Disconnected as exc:
             log.info("%s closed: %s", name, exc)
             return
         except Exception:  # a bug of the server's: its traceback once here, a reason for the client
             log.exception("%s failed", name)
             code, reason = p.CLOSE_INTERNAL, "internal error; see the server log"
         log.info("%s closed: %s (code %d)", name, reason, code)
-        await ws.close(code, p.close_reason(reason))
+        await conn.close(code, p.close_reason(reason))
 
     async def shut_down(self, listening: Server) -> None:
         """Stop taking connections and close every session with 1001 and SHUTDOWN_REASON (a client that
@@ -205,11 +270,19 @@ class InferenceServer:
         """Model work on a thread of the sessions' pool (one per session slot), never on the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._pushers, functools.partial(call, *args))
 
-    async def _recv(self, ws: ServerConnection) -> str | bytes:
+    async def _recv(self, conn: Connection) -> str | bytes:
         try:
-            return await asyncio.wait_for(ws.recv(), self.idle_timeout)
+            message = await asyncio.wait_for(conn.recv(), self.idle_timeout)
         except TimeoutError:
             raise p.ProtocolError(p.CLOSE_IDLE, f"idle for {self.idle_timeout:.0f} s") from None
+        # The largest message is a frame. The `websockets` transport refuses a larger one itself; a
+        # transport that hands over whatever came (an ASGI proxy's, up to its own limit) is held to it here.
+        if isinstance(message, bytes) and len(message) > p.MAX_IMAGE_BYTES:
+            raise p.ProtocolError(
+                p.CLOSE_TOO_BIG,
+                f"a message of {len(message)} bytes is over the limit of {p.MAX_IMAGE_BYTES} bytes",
+            )
+        return message
 
     async def _frame(self, data: str | bytes) -> np.ndarray:
         if isinstance(data, str):
@@ -224,13 +297,13 @@ class InferenceServer:
         except SourceError as exc:
             raise p.ProtocolError(p.CLOSE_UNSUPPORTED, str(exc)) from None
 
-    async def _frames(self, ws: ServerConnection, count: int) -> list:
+    async def _frames(self, conn: Connection, count: int) -> list:
         """A chunk's `count` frames, each decoded (off the event loop) while the next one arrives; the
         first bad frame's error, as soon as it is known, closes the connection."""
         decoding: list[asyncio.Future] = []
         try:
             for _ in range(count):
-                data = await self._recv(ws)
+                data = await self._recv(conn)
                 for task in decoding:
                     if task.done():
                         task.result()  # raises a bad frame's ProtocolError now
@@ -242,13 +315,13 @@ class InferenceServer:
                 if task.done() and not task.cancelled():
                     task.exception()
 
-    async def _chunk(self, ws: ServerConnection, session: Session) -> None:
-        message = p.decode(await self._recv(ws), ("chunk", "question"))
+    async def _chunk(self, conn: Connection, session: Session) -> None:
+        message = p.decode(await self._recv(conn), ("chunk", "question"))
         if message["type"] == "question":
-            await self._ask(ws, session, p.question_text(message))
+            await self._ask(conn, session, p.question_text(message))
             return
         t_start, t_end, count = p.chunk_header(message)
-        frames = await self._frames(ws, count)
+        frames = await self._frames(conn, count)
         arrived = time.monotonic()
         async with self._model_lock:
             started = time.monotonic()
@@ -256,7 +329,7 @@ class InferenceServer:
             # A session sends its next chunk only after this one is done, so each chunk is its stream's
             # newest; one that waited behind at most one other session's chunk still counts as fresh.
             if not self.latency.allows(waited, newest=waited < self.latency.seconds_per_chunk):
-                await self._done(ws, t_start, t_end, arrived, waited, skipped=True)
+                await self._done(conn, t_start, t_end, arrived, waited, skipped=True)
                 return
             try:
                 # Batched, the scheduler runs the chunk with the earliest deadline first.
@@ -273,12 +346,14 @@ class InferenceServer:
             stats = getattr(session, "last_stats", None) if guarded.last_failure is None else None
         for event in events:
             answer = {"question": event.question} if event.is_answer else {}
-            await ws.send(p.encode("commentary", start=event.start, end=event.end, text=event.text, **answer))
+            await conn.send(
+                p.encode("commentary", start=event.start, end=event.end, text=event.text, **answer)
+            )
         await self._done(
-            ws, t_start, t_end, arrived, waited, skipped=False, stats=stats, failed=guarded.last_failure
+            conn, t_start, t_end, arrived, waited, skipped=False, stats=stats, failed=guarded.last_failure
         )
 
-    async def _ask(self, ws: ServerConnection, session: Session, text: str) -> None:
+    async def _ask(self, conn: Connection, session: Session, text: str) -> None:
         """Queue a question for the session's next chunk. One the session cannot ask (too long: the
         client cannot count the model's tokens) is answered with `question_refused` and the stream goes
         on; a malformed question message has already closed the connection (`p.question_text`)."""
@@ -286,11 +361,11 @@ class InferenceServer:
             # On a thread: checking a question tokenizes it, which must not hold up the event loop.
             await self._in_thread(session.ask, text)
         except QuestionError as exc:
-            await ws.send(p.encode("question_refused", question=text, reason=str(exc)))
+            await conn.send(p.encode("question_refused", question=text, reason=str(exc)))
 
     async def _done(
         self,
-        ws,
+        conn: Connection,
         t_start: float,
         t_end: float,
         arrived: float,
@@ -305,7 +380,7 @@ class InferenceServer:
         total = time.monotonic() - arrived
         timing = chunk_timing(waited, total, stats)
         why = {"failed": failed} if failed is not None else {}
-        await ws.send(
+        await conn.send(
             p.encode(
                 "chunk_done",
                 t_start=t_start,
