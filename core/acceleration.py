@@ -7,6 +7,8 @@ the decision and nothing else, so no module keeps a switch of its own.
 
 - `compile`: torch.compile of the language model's norms and MLPs and of the vision blocks
   (GPU only by default: on a CPU the fusion does not pay for its compile time);
+- `compile_in_background`: compile on a thread while the first chunks run eagerly, and switch when
+  it is done (core/warmup.py), rather than stall the first chunk for the compilation;
 - `cuda_graphs`: the vision tower and the decode step replayed as CUDA graphs (CUDA only);
 - `static_decode`: decode over fixed-shape buffers (needed for graphs; runs on a CPU for tests);
 - `decode_attention`: the static step's attention kernel (`matmul`, or a PyTorch SDPA backend);
@@ -32,6 +34,7 @@ class Acceleration:
     """What runs, and why each option that is off is off."""
 
     compile: bool
+    compile_in_background: bool
     cuda_graphs: bool
     static_decode: bool
     decode_attention: str
@@ -56,6 +59,9 @@ class Acceleration:
 
         gpu = "a CUDA GPU"
         compile_ = choose("compile", requested.compile, True, cuda, gpu)
+        background = choose(
+            "compile_in_background", requested.compile_in_background, compile_, True, "compile on"
+        )
         static = choose("static_decode", requested.static_decode, True, cuda, gpu)
         graphs = choose("cuda_graphs", requested.cuda_graphs, cuda, True, gpu)
         has_triton = importlib.util.find_spec("triton") is not None
@@ -68,7 +74,7 @@ class Acceleration:
             "CUDA graphs (a launch must return before the step runs)" if static else "the static decode step",
         )
         attention = requested.decode_attention if static else "none"  # only the static step has one
-        return cls(compile_, graphs, static, attention, overlap, triton, why)
+        return cls(compile_, background, graphs, static, attention, overlap, triton, why)
 
     def describe(self) -> str:
         """One line for the log: every option, and the reason for each one that is off."""
@@ -84,6 +90,14 @@ class Acceleration:
             else:
                 parts.append(f"{f.name} off ({self.why_off.get(f.name, 'off')})")
         return "acceleration: " + ", ".join(parts)
+
+    def while_compiling(self) -> Acceleration:
+        """What runs while the compile runs in the background: the eager modules, no CUDA graphs (a capture
+        must not overlap the compiling thread's GPU work) and so no static step or overlap."""
+        waiting = "waiting for the background compilation"
+        off = {name: False for name in ("compile", "cuda_graphs", "static_decode", "overlap")}
+        why = {**self.why_off, **{name: waiting for name, was in off.items() if getattr(self, name)}}
+        return dataclasses.replace(self, **off, decode_attention="none", why_off=why)
 
     def without(self, name: str, reason: str) -> Acceleration:
         """The same decision with one option turned off, for a reason found when trying it."""

@@ -203,8 +203,9 @@ def build_tiny_model(path: str | os.PathLike, *, num_layers: int = 2, seed: int 
 
 def tiny_model_dir() -> Path:
     """Where `--model tiny` keeps its built model (built on first use, reused after)."""
-    root = Path(os.environ.get("STREAMVLM_CACHE", Path.home() / ".cache" / "streamvlm"))
-    path = root / "tiny-model-v1"
+    from core.paths import cache_root
+
+    path = cache_root() / "tiny-model-v1"
     if not (path / "config.json").is_file():
         build_tiny_model(path)
     return path

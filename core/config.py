@@ -292,11 +292,15 @@ class AccelerationConfig:
     pays and works. core/acceleration.py decides what runs on the device, once per engine."""
 
     compile: bool | None = None  # torch.compile of the norms, MLPs and vision blocks
+    compile_in_background: bool | None = None  # run eagerly while compiling, then switch (core/warmup.py)
     cuda_graphs: bool | None = None  # the vision tower and decode steps replayed as CUDA graphs
     static_decode: bool | None = None  # decode over fixed-shape buffers (what the graphs replay)
     decode_attention: str = "auto"  # the static step's attention: auto, matmul, math, efficient, cudnn
     overlap: bool | None = None  # queue the next decode step before the sampled token is read
     triton: bool | None = None  # the fused rotation kernel of eviction
+    # q/k/v and gate/up projections as one matmul each (core/fused.py); applied when the model loads,
+    # so it is the loading config's that counts; auto is off until measured on a GPU
+    fuse_projections: bool | None = None
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

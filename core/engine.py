@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch.profiler import record_function
 
+from core.acceleration import Acceleration
 from core.cache import PREFIX_ROUND, StreamCache
 from core.config import AccelerationConfig, CachePolicy, EvictionMode, GenerationConfig, StreamConfig
 from core.conversation import MARKER, Conversation, Part, Piece, split_answer
@@ -71,6 +72,7 @@ class ChunkStats:
     max_position: float
     evicted_tokens: int
     queue_ms: float = 0.0  # batched: waiting for the model thread before this chunk's prefill batch
+    compiled: bool = False  # the compiled modules ran (False while they compile in the background)
 
     @property
     def total_ms(self) -> float:
@@ -112,7 +114,7 @@ class StreamingEngine:
         `batched` (with `sessions`): sessions pushed from different threads share one model thread
         (`core.scheduler.Scheduler`) that batches their prefills and their decode steps."""
         self.model = model
-        self.acceleration = model.accelerate(acceleration or model.requested_acceleration)
+        self.decided = model.accelerate(acceleration or model.requested_acceleration)
         self.stream = stream or StreamConfig()
         self.cache_policy = cache or CachePolicy()
         self.generation = generation or GenerationConfig()
@@ -124,7 +126,7 @@ class StreamingEngine:
         self.model_lock = threading.Lock()  # unbatched sessions: one chunk on the model at a time
         # Batched: one model thread for all sessions (needs the pool's slots and the ragged prefill).
         self.scheduler = (
-            Scheduler(model, self.pool, use_graphs=self.acceleration.cuda_graphs)
+            Scheduler(model, self.pool, use_graphs=self.decided.cuda_graphs)
             if batched and self.pool and model.ragged_prefill
             else None
         )
@@ -134,6 +136,12 @@ class StreamingEngine:
                 "(use attn_implementation='sdpa')",
                 model.attention_backend,
             )
+
+    @property
+    def acceleration(self) -> Acceleration:
+        """What runs now: `decided` (once, at start), in its eager phase while the model compiles in the
+        background (`StreamModel.phase`)."""
+        return self.model.phase(self.decided)
 
     def _pool(self, sessions: int | str) -> CachePool:
         model, text = self.model, self.model.text
@@ -238,11 +246,6 @@ class Session(Closeable):
         self._deadline = float("inf")  # the current chunk's, for the scheduler's ordering
         self._questions: deque[str] = deque()  # asked, not yet in a chunk (deque: `ask` is any thread's)
         self._asking = ""  # the question of the chunk being pushed
-        acceleration = engine.acceleration
-        if acceleration.static_decode:  # with a scheduler: for the steps this session takes alone
-            self._static_step = StaticDecodeStep(
-                model, self.cache, use_graph=acceleration.cuda_graphs, attention=acceleration.decode_attention
-            )
 
     # -- public interface ----------------------------------------------------------------------------
 
@@ -324,6 +327,7 @@ class Session(Closeable):
         else:
             # The model runs one thing at a time: vision and prefill here.
             with self.engine.model_lock:
+                model.settle()  # to the compiled modules, once they are ready
                 with record_function("streamvlm.vision"):
                     video = video_input(arrays, self.engine.stream, model.vision, device)
                     features = model.encode_video(
@@ -357,6 +361,7 @@ class Session(Closeable):
             max_position=cache.cursor,
             evicted_tokens=eviction.dropped,
             queue_ms=queue_ms,
+            compiled=model.compiled,
         )
         self.round += 1
         self.last_t_end = t_end
@@ -451,8 +456,15 @@ class Session(Closeable):
         recent = torch.tensor(recent_ids, dtype=torch.long, device=device)
         stop = model.special.stops
         text = _TextStream(model, self.conv.marker, self.on_token) if self.on_token else None
-        step_fn = self._static_step
-        overlap = step_fn is not None and self.engine.acceleration.overlap and self.engine.scheduler is None
+        acceleration = self.engine.acceleration  # one phase for the whole reply (core/warmup.py)
+        if acceleration.static_decode and self._static_step is None:
+            # With a scheduler: for the steps this session takes alone. Made at the first reply that runs
+            # with the static step (after the switch from the eager phase, when compiling in the background).
+            self._static_step = StaticDecodeStep(
+                model, self.cache, use_graph=acceleration.cuda_graphs, attention=acceleration.decode_attention
+            )
+        step_fn = self._static_step if acceleration.static_decode else None
+        overlap = step_fn is not None and acceleration.overlap and self.engine.scheduler is None
         scheduler = self.engine.scheduler
         generated: list[int] = []
         drawn = None  # (token, id) the scheduler drew for this step along with its forward

@@ -19,9 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from core import warmup as warmup_module
 from core.acceleration import Acceleration
 from core.config import AccelerationConfig
 from core.spec import ModelSpec, SpecialTokens, TextSpec, VisionSpec
+from core.warmup import CompileWarmup, compile_works
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,10 @@ class StreamModel:
             for block in self.model.model.visual.blocks:
                 align_mlp_width(block.mlp, MATMUL_ALIGNMENT)
         self.requested_acceleration = acceleration or AccelerationConfig()
-        self.compiled = False
+        self.compiled = False  # the language model's norms and MLPs run compiled
+        self.warmup: CompileWarmup | None = None  # compiling in the background (core/warmup.py)
+        self._settled = False  # the warm-up's result has been switched to
+        self._vision_graphs = False  # what the last engine asked for the tower, applied once settled
         self._triton_ready = False
         language_model = self.model.model.language_model
         # transformers renamed `past_key_values` to `cache`; accept checkpoints on either side of it.
@@ -70,42 +75,92 @@ class StreamModel:
         """Decide what runs for an engine on this model, prepare the model for it, and log it once.
 
         Compilation is kept once done (the compiled modules are shared by every engine on the model).
+        With `compile_in_background` (the default where compiling is on) it runs on a thread while the
+        engine runs eagerly (`phase`), and the engine switches when it is done (`settle`).
         """
         from core import kernels
+        from core.compile_cache import compile_cache_dir, use_compile_cache
 
         decided = Acceleration.decide(requested, self.device)
-        if decided.compile and not self.compile_modules():
-            decided = decided.without("compile", "torch.compile does not work here (see the warning)")
+        if decided.compile or decided.triton:  # before anything compiles: the caches outlive the process
+            use_compile_cache(compile_cache_dir(self.model.config, self.dtype, self.device))
         if decided.triton and not self._triton_ready:
             kernels.warm_up(self.text.head_dim, self.dtype, self.device)
             self._triton_ready = True
-        self._vision.use_graph = decided.cuda_graphs
+        self._vision_graphs = decided.cuda_graphs
+        if decided.compile and not self.compiled and self.warmup is None:
+            if decided.compile_in_background:
+                self.warmup = CompileWarmup(self)
+                self._vision.on_new_grid = self.warmup.saw_grid
+                self.warmup.start()
+            elif not self.compile_modules():
+                decided = decided.without("compile", "torch.compile does not work here (see the warning)")
+        if not self.warming:
+            self._vision.use_graph = decided.cuda_graphs
+        if self.warmup is not None and self.warmup.finished.is_set() and not self.warmup.ok:
+            decided = decided.without("compile", self.warmup.error)
         log.info("%s", decided.describe())
         return decided
 
-    def compile_modules(self) -> bool:
+    @property
+    def warming(self) -> bool:
+        """Compiling in the background, not yet switched to (the engine runs its eager phase)."""
+        return self.warmup is not None and not self._settled
+
+    def phase(self, decided: Acceleration) -> Acceleration:
+        """What runs now of what was `decided`: while compiling in the background, no compile, CUDA graphs
+        or static step (core/warmup.py says why); where compilation failed, no compile."""
+        if self.warming:
+            return decided.while_compiling()
+        if decided.compile and not self.compiled:
+            return decided.without("compile", self.warmup.error if self.warmup else "not compiled")
+        return decided
+
+    def settle(self) -> bool:
+        """Switch to the compiled modules if the background compilation has finished; True when it switched.
+
+        Call only where no model work runs (the scheduler's thread between batches, or under the engine's
+        lock): the modules change how they are called, and the tower's CUDA graphs are captured anew."""
+        warmup = self.warmup
+        if warmup is None or self._settled or not warmup.finished.is_set():
+            return False
+        self._settled = True
+        self._vision.on_new_grid = None
+        if warmup.ok:
+            self.compile_modules(vision=warmup.vision_ok, probe=False)
+        self._vision.reset(use_graph=self._vision_graphs)
+        log.info(
+            "switched to %s after %.1f s of background compilation",
+            "the compiled modules" if warmup.ok else "the uncompiled modules with CUDA graphs",
+            warmup.seconds,
+        )
+        return True
+
+    def compile_modules(self, *, vision: bool = True, probe: bool = True) -> bool:
         """Fuse the elementwise work between the matmuls with `torch.compile` on stock submodules.
 
         A decode step is memory-bound and its RMSNorms (float32 upcasts, a mean, a rescale) and
         SiLU-gated MLP glue are dozens of tiny kernels per layer; a vision block's norms, float32
         rotary and MLP glue are the same over 2,880 patches. Compiled, each chain becomes one or two
         kernels (docs/performance.md has the measured gain). The language model's norms and MLPs and
-        the vision blocks and merger are compiled; attention and the cache stay eager. Compilation
-        happens at the first call of each shape (seconds, once per process; the CUDA graphs are
-        captured after it), and a platform where it cannot work is left uncompiled with a warning.
+        (with `vision`) the vision blocks and merger are compiled; attention and the cache stay eager.
+        Compilation happens at the first call of each shape (the background warm-up makes those calls
+        first, core/warmup.py), and a platform where it cannot work (`probe`) is left uncompiled with a
+        warning.
         """
         if self.compiled:
             return True
-        if not _compile_works(self.device):
+        if probe and not compile_works(self.device):
             return False
         language_model, visual = self.model.model.language_model, self.model.model.visual
         for layer in language_model.layers:
             for part in (layer.input_layernorm, layer.post_attention_layernorm, layer.mlp):
-                part.compile()
-        language_model.norm.compile()
-        for block in visual.blocks:
-            block.compile()
-        visual.merger.compile()
+                part.compile(backend=warmup_module.COMPILE_BACKEND)
+        language_model.norm.compile(backend=warmup_module.COMPILE_BACKEND)
+        if vision:
+            for block in visual.blocks:
+                block.compile(backend=warmup_module.COMPILE_BACKEND)
+            visual.merger.compile(backend=warmup_module.COMPILE_BACKEND)
         self.compiled = True
         return True
 
@@ -303,19 +358,6 @@ class StreamModel:
             yield
         finally:
             self.model.set_attn_implementation({"text_config": CAUSAL_PREFILL})
-
-
-def _compile_works(device: torch.device) -> bool:
-    """Compile and run one small function first: torch.compile needs Triton and a C compiler."""
-    try:
-        probe = torch.compile(lambda x: torch.nn.functional.silu(x) * x + 1)
-        probe(torch.ones(8, device=device))
-        return True
-    except Exception as exc:  # any toolchain failure means: run the stock modules eagerly
-        log.warning(
-            "torch.compile does not work here (%s); running uncompiled", str(exc).splitlines()[0][:200]
-        )
-        return False
 
 
 def align_mlp_width(mlp: nn.Module, multiple: int) -> None:

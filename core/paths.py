@@ -1,4 +1,5 @@
-"""Output paths that never destroy input: one check, run before anything is opened or created.
+"""Where files go: output paths that never destroy input (one check, run before anything is opened or
+created), and streamvlm's own cache folder (`cache_root`).
 
 `check_outputs` refuses an output that is the same file as an input (the source video, a config
 file) or as another output, an output that is a folder, and an output whose folder does not exist.
@@ -19,6 +20,12 @@ from pathlib import Path
 from core.errors import ConfigError, StreamVLMError
 
 PathLike = str | os.PathLike
+
+
+def cache_root() -> Path:
+    """streamvlm's own cache folder: `$STREAMVLM_CACHE`, else `~/.cache/streamvlm` (the tiny model, the
+    compile caches)."""
+    return Path(os.environ.get("STREAMVLM_CACHE", Path.home() / ".cache" / "streamvlm"))
 
 
 def source_file(spec: str) -> Path | None:

@@ -17,6 +17,7 @@ The result equals the stock path (a test compares them); only the number of laun
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +44,14 @@ class VisionRunner:
         self.model = model
         self.use_graph = use_graph
         self._plans: dict[tuple[int, ...], _Plan] = {}
+        # Told of each new frame grid and its patches' shape (the background compilation waits for one).
+        self.on_new_grid: Callable[[torch.Tensor, torch.Size], None] | None = None
+
+    def reset(self, *, use_graph: bool) -> None:
+        """Forget every grid's plan and graph (the modules changed: the next call of each grid plans and
+        captures anew)."""
+        self.use_graph = use_graph
+        self._plans.clear()
 
     @torch.inference_mode()
     def __call__(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
@@ -50,6 +59,8 @@ class VisionRunner:
         key = (*grid_thw.flatten().tolist(), pixel_values.shape[0])
         plan = self._plans.get(key)
         if plan is None:
+            if self.on_new_grid is not None:
+                self.on_new_grid(grid_thw, pixel_values.shape)
             plan = self._plans[key] = _Plan(self._precompute(grid_thw.cpu()))
             if self.use_graph:
                 self._capture(plan, pixel_values, grid_thw)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 
+from conftest import random_frames
 from core.acceleration import Acceleration
 from core.config import AccelerationConfig
 from core.engine import StreamingEngine
@@ -45,8 +47,11 @@ def test_the_engine_logs_its_decision_once_and_runs_it(tiny_model, caplog):
         engine = StreamingEngine(tiny_model, acceleration=AccelerationConfig(static_decode=True))
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("acceleration:")]
     assert lines == [engine.acceleration.describe()]
+    rng = np.random.default_rng(0)
     with engine.start() as session:
+        session.push(random_frames(rng, 56, 56), 0, 1)  # the static step is made at the first reply
         assert session._static_step is not None and not session._static_step.use_graph
         assert session.cache.fused_rotation is False
     with StreamingEngine(tiny_model).start() as session:  # the model's request: auto, on a CPU
+        session.push(random_frames(rng, 56, 56), 0, 1)
         assert session._static_step is None

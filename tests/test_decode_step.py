@@ -26,11 +26,11 @@ def run(model, fast_decode: bool, chunks: int = 10, attention: str = "auto"):
         model, stream=SMALL_STREAM, cache=POLICY, generation=GREEDY, acceleration=acceleration
     )
     session = engine.start(previous_text="Blue against red, second half.")
-    if fast_decode:  # the engine really runs the decode attention under test
-        assert session._static_step.attention == attention
     texts = []
     for k in range(chunks):
         texts += [c.text for c in session.push(random_frames(rng, 56, 84), k, k + 1)]
+    if fast_decode:  # the engine really ran the decode attention under test
+        assert session._static_step.attention == attention
     return session.cache.token_ids(), texts
 
 
