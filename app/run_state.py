@@ -79,7 +79,14 @@ _PROGRESS = {
     Phase.DOWNLOADING: {Phase.STARTING, Phase.LOADING_MODEL, Phase.DOWNLOADING},  # see `downloaded`
     Phase.PREPARING: {Phase.STARTING, Phase.LOADING_MODEL},
     Phase.CONNECTING: {Phase.STARTING},
-    Phase.STREAMING: {Phase.STARTING, Phase.LOADING_MODEL, Phase.PREPARING, Phase.CONNECTING},
+    # From itself: what runs changed (the engine switched from eager to its compiled modules).
+    Phase.STREAMING: {
+        Phase.STARTING,
+        Phase.LOADING_MODEL,
+        Phase.PREPARING,
+        Phase.CONNECTING,
+        Phase.STREAMING,
+    },
 }
 
 

@@ -50,6 +50,8 @@ class RunFailure(StreamVLMError):
 
 
 FRAME_INTERVAL = 1 / 15  # the view is refreshed at most 15 times a second; it shows the newest frame
+# While the model compiles in the background (core/warmup.py) the status says the engine runs eagerly.
+WARMING = ", eager until the GPU code is compiled"
 
 
 class StreamWorker(QObject):
@@ -191,11 +193,15 @@ class StreamWorker(QObject):
             if self._stopped.is_set():
                 return
             kind = "a file" if isinstance(source, FileSource) else "live"
-            self.phase.emit(Phase.STREAMING, f"({kind}) {where}")
+            warming = model is not None and model.warming
+            self.phase.emit(Phase.STREAMING, f"({kind}) {where}" + (WARMING if warming else ""))
             with session, self._pipeline:
                 refused = getattr(session, "refused", None)  # a remote session's refused questions
                 for report in self._pipeline.run():
                     self.report.emit(report)
+                    if warming and not model.warming:  # switched to the compiled modules
+                        warming = False
+                        self.phase.emit(Phase.STREAMING, f"({kind}) {where}")
                     while refused:
                         question, reason = refused.pop(0)
                         self.question_refused.emit(f"The server refused the question: {reason}")

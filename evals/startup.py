@@ -8,9 +8,12 @@ slow is pushed at once). The parent notes the wall-clock time just before it sta
 the child notes when Python ran its first line, when the engine was built, and when each chunk
 became complete and when its reply was done, and prints them as one JSON line.
 
-The first run is **cold**: the caches compilation fills (torch inductor's, Triton's and
-streamvlm's own under STREAMVLM_CACHE) point into an empty folder. The next `--warm` runs are
-**warm**: the same folder, as the cold run left it. Reported per run: seconds from process start
+The first run is **cold**: streamvlm's cache (STREAMVLM_CACHE, where the engine keeps the compile
+caches it fills, core/compile_cache.py) points into an empty folder. The next `--warm` runs are
+**warm**: the same folder, as the cold run left it. The engine compiles in the background while the
+first chunks run eagerly (core/warmup.py): each run also reports how many chunks ran before the
+switch, when the first compiled chunk was done, and the slowest chunk (the switch's cost lands on
+the first compiled one). Reported per run: seconds from process start
 to Python running, to the model loaded, to the first chunk done and to the first commentary (the
 first chunk whose reply has text), the first commentary's delay after its chunk of video was
 complete, and the slowest chunk. Also reported once: the weight files' size and the rate they read
@@ -165,10 +168,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _measure(spec: dict, caches: Path) -> dict:
     """Start a fresh process that loads and streams; its timeline in seconds from its start."""
+    from core.compile_cache import CACHE_VARIABLES
+
     env = {
-        **os.environ,
-        "TORCHINDUCTOR_CACHE_DIR": str(caches / "inductor"),
-        "TRITON_CACHE_DIR": str(caches / "triton"),
+        **{k: v for k, v in os.environ.items() if k not in CACHE_VARIABLES},  # the engine's own placement
         "STREAMVLM_CACHE": str(caches / "streamvlm"),  # the model is a folder: no tiny model built here
         "PYTHONPATH": os.pathsep.join(
             filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")])
@@ -194,6 +197,7 @@ def timeline(events: dict, started: float) -> dict:
     """The child's wall-clock events as the reported figures, in seconds from `started`."""
     chunks = events["chunks"]
     spoken = next((c for c in chunks if c["text"].strip()), None)
+    compiled = next((c for c in chunks if c["compiled"]), None)
     return {
         "device": events["device"],
         "dtype": events["dtype"],
@@ -204,6 +208,8 @@ def timeline(events: dict, started: float) -> dict:
         # How long after its video was complete the first commentary came (the issue's target).
         "first_commentary_after_chunk_s": round(spoken["done"] - spoken["complete"], 3) if spoken else None,
         "slowest_chunk_s": round(max(c["done"] - c["pushed"] for c in chunks), 3),
+        "eager_chunks": sum(1 for c in chunks if not c["compiled"]),
+        "first_compiled_chunk_s": round(compiled["done"] - started, 3) if compiled else None,
         "chunk_s": [round(c["done"] - c["pushed"], 3) for c in chunks],
         "first_text": spoken["text"][:80] if spoken else "",
     }
@@ -244,6 +250,7 @@ def child(spec: dict) -> dict:
                     "pushed": pushed,
                     "done": time.time(),
                     "text": " ".join(line.text for line in lines),
+                    "compiled": session.last_stats.compiled,
                 }
             )
     return {
@@ -314,6 +321,8 @@ FIGURES = (
     "first_commentary_s",
     "first_commentary_after_chunk_s",
     "slowest_chunk_s",
+    "eager_chunks",
+    "first_compiled_chunk_s",
 )
 HEADER = [
     "compile cache",
@@ -324,6 +333,8 @@ HEADER = [
     "first commentary (s)",
     "commentary after its chunk (s)",
     "slowest chunk (s)",
+    "eager chunks",
+    "first compiled chunk done (s)",
 ]
 
 

@@ -345,3 +345,20 @@ def test_the_log_words_a_question_as_asked_and_its_answer_marked():
     assert log.asked("Now?", None) == "[--:--.-] Q: Now?"  # asked before the first picture
     answer = Commentary(76.0, 77.0, "Red", question="Who is winning?")
     assert log.add(answer) == "[01:16.0 - 01:17.0] A: Red" and log.lines == [answer]
+
+
+def test_the_streaming_status_says_when_the_engine_leaves_its_eager_phase():
+    """While the model compiles in the background the status says the engine runs eagerly; the worker
+    reports the switch as streaming again, with the plain detail."""
+    from app.worker import WARMING
+
+    state = RunState()
+    state.begin()
+    assert state.progress(Phase.PREPARING, "cuda:0")
+    assert state.label() == "Preparing the GPU, commentary starts in eager mode"
+    assert state.progress(Phase.STREAMING, "(live) on cuda:0" + WARMING)
+    assert state.label() == "Streaming (live) on cuda:0, eager until the GPU code is compiled"
+    assert state.progress(Phase.STREAMING, "(live) on cuda:0")
+    assert state.label() == "Streaming (live) on cuda:0"
+    state.stop()
+    assert not state.progress(Phase.STREAMING, "(live) on cuda:0") and state.phase is Phase.STOPPING

@@ -60,6 +60,7 @@ def test_startup_benchmark_times_fresh_processes_cold_then_warm(tmp_path):
         assert r["first_chunk_s"] >= r["loaded_s"] + 1.0
         assert len(r["chunk_s"]) == 2 and r["slowest_chunk_s"] == max(r["chunk_s"])
         assert r["first_text"] and (r["device"], r["dtype"]) == ("cpu", "torch.bfloat16")
+        assert r["eager_chunks"] == 2 and r["first_compiled_chunk_s"] is None  # a CPU does not compile
     assert [s["cache"] for s in data["summary"]] == ["cold", "warm"]
     assert data["meta"]["weights_bytes"] == sum(
         p.stat().st_size for p in weights.glob("*.safetensors")
@@ -69,18 +70,27 @@ def test_startup_benchmark_times_fresh_processes_cold_then_warm(tmp_path):
 
 
 def test_the_first_commentary_is_the_first_chunk_with_text():
-    chunk = lambda k, text: {"complete": 10.0 + k, "pushed": 10.2 + k, "done": 10.5 + k, "text": text}  # noqa: E731
+    def chunk(k: int, text: str, compiled: bool = False) -> dict:
+        return {
+            "complete": 10.0 + k,
+            "pushed": 10.2 + k,
+            "done": 10.5 + k,
+            "text": text,
+            "compiled": compiled,
+        }
+
     events = {
         "python": 1.0,
         "loaded": 9.0,
         "device": "cpu",
         "dtype": "torch.float32",
-        "chunks": [chunk(0, ""), chunk(1, " "), chunk(2, "goal")],
+        "chunks": [chunk(0, ""), chunk(1, " "), chunk(2, "goal"), chunk(3, "", compiled=True)],
     }
     figures = timeline(events, started=0.0)
     assert figures["loaded_s"] == 9.0 and figures["first_chunk_s"] == 10.5
     assert figures["first_commentary_s"] == 12.5 and figures["first_commentary_after_chunk_s"] == 0.5
     assert figures["first_text"] == "goal"
+    assert figures["eager_chunks"] == 3 and figures["first_compiled_chunk_s"] == 13.5
     events["chunks"] = [chunk(0, ""), chunk(1, "")]
     silent = timeline(events, started=0.0)
     assert silent["first_commentary_s"] is None and silent["first_commentary_after_chunk_s"] is None
