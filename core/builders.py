@@ -17,8 +17,9 @@ import torch
 
 from core.config import AccelerationConfig
 from core.errors import ConfigError
-from core.loading import resolve_attention, resolve_device, resolve_dtype
+from core.loading import adapt_weights, resolve_attention, resolve_device, resolve_dtype
 from core.model import StreamModel
+from core.quantize import require
 from core.spec import QWEN_SPECIAL_TOKENS, SPECIAL_NAMES
 
 # The chat template Qwen2.5-VL checkpoints ship (the processor needs one to be complete).
@@ -219,9 +220,13 @@ def build_random_model(
     attn: str = "auto",
     seed: int = 0,
     acceleration: AccelerationConfig | None = None,
+    weights: str = "bf16",
 ) -> StreamModel:
-    """Full-size random weights (no checkpoint needed): the right way to measure speed and memory."""
+    """Full-size random weights (no checkpoint needed): the right way to measure speed and memory.
+    `weights` and `acceleration.fuse_projections` transform them as `core.loading.load_model` does."""
+    require(weights, resolve_device(device))
     model, tokenizer, processor = _random_checkpoint(preset, device, dtype, attn, seed)
+    adapt_weights(model, weights, acceleration)
     return StreamModel(
         model, tokenizer, name=f"random-{preset}", processor=processor, acceleration=acceleration
     )

@@ -84,6 +84,7 @@ ENGINE_FLAGS: dict[str, tuple[str, str]] = {
     "device": ("model", "device"),
     "dtype": ("model", "dtype"),
     "attn": ("model", "attn"),
+    "weights": ("model", "weights"),
     "fps": ("stream", "fps"),
     "max_pixels": ("stream", "max_pixels"),
     "cache_mode": ("cache", "mode"),
@@ -97,11 +98,13 @@ ENGINE_FLAGS: dict[str, tuple[str, str]] = {
 }
 # Flags whose presence turns one setting off.
 ENGINE_SWITCHES: dict[str, tuple[str, str]] = {"no_compile": ("acceleration", "compile")}
-_RUNTIME = ("device", "dtype", "attn")
+_RUNTIME = ("device", "dtype", "attn", "weights")
 _HELP = {
     "device": "auto, cpu, cuda or cuda:N",
     "dtype": "auto, bfloat16, float16 or float32",
     "attn": "attention backend: auto, sdpa, eager, flash_attention_2",
+    "weights": "the language model's linear weights: bf16 (as loaded), or fp8 (needs torchao and a GPU "
+    "of compute capability 8.9 or newer; fp8-dynamic and fp8-weight-only name its two recipes)",
 }
 
 
@@ -121,10 +124,10 @@ def parse_resolution(text: str, flag: str = "--resolution", minimum: int = 1) ->
 def add_engine_arguments(
     parser: argparse.ArgumentParser, flags: tuple[str, ...] | None = None, *, switches: bool = True
 ) -> None:
-    """`--config`, the runtime flags (`--device`, `--dtype`, `--attn`, `--no-compile`) and the
+    """`--config`, the runtime flags (`--device`, `--dtype`, `--attn`, `--weights`, `--no-compile`) and the
     overrides of config settings (`flags`: a subset of ENGINE_FLAGS' dests, default all but `model`),
     each held to its setting's own rule. `--model` is the caller's: it is required or not by command."""
-    from core.config import SECTIONS, EvictionMode
+    from core.config import SECTIONS, WEIGHT_FORMATS, EvictionMode
 
     parser.add_argument(
         "--config",
@@ -134,7 +137,13 @@ def add_engine_arguments(
     )
     chosen = [f for f in (flags or ENGINE_FLAGS) if f != "model"]
     for dest in chosen:
-        if dest in _RUNTIME:
+        if dest == "weights":
+            parser.add_argument(
+                "--weights",
+                choices=WEIGHT_FORMATS,
+                help=_HELP[dest] + " (default: bf16, or the config file's)",
+            )
+        elif dest in _RUNTIME:
             parser.add_argument("--" + dest, help=_HELP[dest] + " (default: auto, or the config file's)")
     if switches:
         parser.add_argument(

@@ -255,6 +255,9 @@ class GenerationConfig:
 
 
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
+# The language model's linear weights: "bf16" as loaded (in the dtype above), or FP8 through torchao;
+# "fp8" is the recipe core/quantize.py picks, the other two name a recipe (core/quantize.py, RECIPES).
+WEIGHT_FORMATS = ("bf16", "fp8", "fp8-dynamic", "fp8-weight-only")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -266,10 +269,13 @@ class ModelConfig:
     device: str = "auto"  # auto, cpu, cuda or cuda:N
     dtype: str = "auto"  # auto: bfloat16 on a GPU that has it, float32 on a CPU
     attn: str = "auto"  # the language model's attention implementation
+    weights: str = "bf16"  # bf16 (as loaded), or fp8 on a GPU of compute capability >= 8.9 (torchao)
 
     def __post_init__(self) -> None:
         coerce_fields(self, "model")
         problems = []
+        if self.weights not in WEIGHT_FORMATS:
+            problems.append(f"weights must be one of {', '.join(WEIGHT_FORMATS)} (got {self.weights!r})")
         if not _DEVICE.match(self.device):
             problems.append(f"device must be auto, cpu, cuda or cuda:N (got {self.device!r})")
         if self.dtype not in DTYPE_NAMES:

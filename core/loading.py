@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from core import quantize
 from core.config import ATTENTION_BACKENDS, DTYPE_NAMES, AccelerationConfig, EngineConfig
 from core.errors import ConfigError, ModelNotFoundError
 from core.model import StreamModel
@@ -105,10 +106,12 @@ def load_model(
     dtype: str = "auto",
     attn: str = "auto",
     acceleration: AccelerationConfig | None = None,
+    weights: str = "bf16",
 ) -> StreamModel:
     """Load a Qwen2.5-VL checkpoint from a local folder or a hub id (downloading it if needed).
 
     `name_or_path == "tiny"` builds (once) and loads the tiny random-weight model: a smoke mode.
+    `weights` and `acceleration.fuse_projections`: the load-time transforms (`adapt_weights`).
     """
     from transformers import AutoProcessor, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
@@ -122,6 +125,7 @@ def load_model(
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     backend = resolve_attention(attn, torch_device, torch_dtype)
+    quantize.require(weights, torch_device)  # before reading gigabytes of weights
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         try:
@@ -137,15 +141,35 @@ def load_model(
             f"model '{name}' could not be found locally or downloaded from the hub ({reason[:160]}); "
             "check the id, your network and HF_TOKEN, or pass a local folder"
         ) from None
+    adapt_weights(model, weights, acceleration)
     return StreamModel(model, tokenizer, name=name, processor=processor, acceleration=acceleration)
 
 
+def adapt_weights(model: torch.nn.Module, weights: str, acceleration: AccelerationConfig | None) -> None:
+    """The load-time transforms of the language model's linear layers (transformers model, in place),
+    in their one order: projections fused first (core/fused.py, when `acceleration.fuse_projections`
+    asks), so a fused projection is quantized as the one matmul it is; then `weights` (core/quantize.py)."""
+    from core import fused
+
+    if fused.wanted(acceleration.fuse_projections if acceleration else None):
+        fused.fuse_projections(model)
+    quantize.quantize_language_model(model, weights)
+
+
 def model_from_config(config: EngineConfig) -> StreamModel:
-    """The model of `config.model` (path, device, dtype, attention), asking for `config.acceleration`."""
+    """The model of `config.model` (path, device, dtype, attention, weights), asking for
+    `config.acceleration`."""
     m = config.model
     if not m.path:
         raise ConfigError("no model given; pass --model (a checkpoint folder, a hub id or 'tiny')")
-    return load_model(m.path, device=m.device, dtype=m.dtype, attn=m.attn, acceleration=config.acceleration)
+    return load_model(
+        m.path,
+        device=m.device,
+        dtype=m.dtype,
+        attn=m.attn,
+        acceleration=config.acceleration,
+        weights=m.weights,
+    )
 
 
 def open_engine(

@@ -71,8 +71,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="first chunks left out of the summary",
     )
     parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/efficiency-TIME)")
+    parser.add_argument(
+        "--fuse-projections",
+        choices=["auto", "on", "off"],
+        help="[acceleration] fuse_projections: q/k/v and gate/up as one matmul each (core/fused.py)",
+    )
+    parser.add_argument(
+        "--drift",
+        action="store_true",
+        help="instead of streaming: the numerical drift of each FP8 recipe against the weights as loaded, "
+        "on one chunk's inputs (evals/drift.py; leave --weights at bf16)",
+    )
+    parser.add_argument(
+        "--drift-steps", type=number(1, 1000, integer=True), default=20, help="greedy tokens compared"
+    )
     # --config's [cache] sets the window sizes (each policy sets the mode), --fps and --tokens win over it.
-    add_engine_arguments(parser, ("device", "dtype", "attn"))
+    add_engine_arguments(parser, ("device", "dtype", "attn", "weights"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,19 +95,28 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"unknown policies {', '.join(unknown)}; use {', '.join(POLICIES)}")
     width, height = parse_resolution(args.resolution)
+    overrides = engine_overrides(args)
+    if args.fuse_projections:
+        fuse = {"on": True, "off": False, "auto": None}[args.fuse_projections]
+        overrides["acceleration"] = {**overrides.get("acceleration", {}), "fuse_projections": fuse}
     config = resolve_config(  # checked before torch loads
         args.config,
         {
-            **engine_overrides(args),
+            **overrides,
             "stream": {"fps": args.fps},
             "generation": {"max_new_tokens": args.tokens, "min_new_tokens": args.tokens, "seed": 0},
         },
     )
+    if args.drift and config.model.weights != "bf16":
+        raise ConfigError(
+            "--drift loads the weights as they are and measures every FP8 recipe against them; leave out --weights"
+        )
 
     import torch
     from rich.console import Console
     from rich.progress import Progress
 
+    from core import fused
     from core.builders import build_random_model
     from core.engine import StreamingEngine
     from core.loading import model_from_config
@@ -107,23 +130,42 @@ def run(args: argparse.Namespace) -> int:
     if args.random_weights:
         m = config.model
         model = build_random_model(
-            args.random_weights, device=m.device, dtype=m.dtype, attn=m.attn, acceleration=config.acceleration
+            args.random_weights,
+            device=m.device,
+            dtype=m.dtype,
+            attn=m.attn,
+            acceleration=config.acceleration,
+            weights=m.weights,
         )
     else:
         model = model_from_config(config)
-    decided = model.accelerate(config.acceleration)  # what every engine below runs with
-    load_s = time.perf_counter() - started
     stream, generation = config.stream, config.generation
     frames = _frame_source(args, stream, width, height)
+    resolution = f"{width}x{height}" if not args.source else str(args.source)
+    if args.drift:
+        from evals.drift import run_drift
+
+        meta = {"model": model.name, "device": _device_name(model.device), "dtype": str(model.dtype)}
+        table = run_drift(
+            model, next(frames()), stream, {**meta, "resolution": resolution}, out, args.drift_steps
+        )
+        console.print(f"wrote {out}/drift.json and drift.md")
+        print(table)
+        return 0
+    decided = model.accelerate(config.acceleration)  # what every engine below runs with
+    load_s = time.perf_counter() - started
 
     meta = {
         "model": model.name,
         "device": _device_name(model.device),
         "dtype": str(model.dtype),
+        "weights": _weights_name(config.model.weights),
+        "fuse_projections": fused.wanted(config.acceleration.fuse_projections),
         "attention": model.attention_backend,
         "compiled": decided.compile,
         "acceleration": decided.describe(),
-        "resolution": f"{width}x{height}" if not args.source else str(args.source),
+        **_decode_bytes(model),
+        "resolution": resolution,
         "fps": args.fps,
         "tokens_per_chunk": args.tokens,
         "seconds": args.seconds,
@@ -165,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
                         **asdict(stats),
                         "total_ms": stats.total_ms,
                         "decode_ms_per_token": stats.decode_ms_per_token,
+                        "decode_gbps": _decode_gbps(meta, stats.cached_tokens, stats.decode_ms_per_token),
                         "peak_memory_gib": _peak_gib(model.device),
                     }
                 )
@@ -247,6 +290,42 @@ def _frame_source(args, stream: StreamConfig, width: int, height: int):
     return synthetic
 
 
+def _weights_name(weights: str) -> str:
+    from core.quantize import recipe_of
+
+    recipe = recipe_of(weights)
+    return recipe.name if recipe else weights
+
+
+def _decode_bytes(model) -> dict:
+    """What one decode step must read, and the copy ceiling it is judged against (as gpt-fast prints
+    it: bytes read per step over the step's time). The weights: the decoder layers, final norm and LM
+    head as stored (FP8 ones as their float8 data and scales); the K/V: per cached token. The ceiling is
+    measured on a GPU only (`python -m evals ceilings`' copy: read + write bandwidth)."""
+    from core.quantize import weight_bytes
+
+    language_model = model.model.model.language_model
+    weights = sum(weight_bytes(m) for m in (language_model.layers, language_model.norm, model.model.lm_head))
+    ceiling = None
+    if model.device.type == "cuda":
+        from evals.ceilings import measure
+
+        ceiling = measure(model.device)["copy_gbps"]
+    return {
+        "decode_weight_bytes": weights,
+        "kv_bytes_per_token": model.text.kv_bytes_per_token(model.dtype),
+        "copy_ceiling_gbps": ceiling,
+    }
+
+
+def _decode_gbps(meta: dict, cached_tokens: int, ms_per_token: float) -> float | None:
+    """Achieved bandwidth of one decode step: its weights and the cache it attends to, over its time."""
+    if ms_per_token <= 0:
+        return None
+    read = meta["decode_weight_bytes"] + cached_tokens * meta["kv_bytes_per_token"]
+    return read / (ms_per_token / 1000) / 1e9
+
+
 def _reset_peak(device: torch.device) -> None:
     import torch
 
@@ -284,6 +363,9 @@ def _summarise(rows, policies, status, warmup: int, chunk_seconds: float) -> lis
                 "prefill_ms": med("prefill_ms"),
                 "decode_ms": med("decode_ms"),
                 "decode_ms_per_token": med("decode_ms_per_token"),
+                "decode_gbps": statistics.median(r["decode_gbps"] for r in steady if r.get("decode_gbps"))
+                if any(r.get("decode_gbps") for r in steady)
+                else None,
                 "total_ms": med("total_ms"),
                 "last_total_ms": mine[-1]["total_ms"],
                 "cached_tokens_end": mine[-1]["cached_tokens"],
@@ -337,21 +419,22 @@ def _factors(rows: list[dict], policies, window: float = 5.0) -> list[dict]:
 
 def _markdown(meta: dict, summary: list[dict], factors: list[dict] = ()) -> str:
     lines = [
-        f"Model {meta['model']} on {meta['device']} ({meta['dtype']}, {meta['attention']}), {meta['resolution']} at "
+        f"Model {meta['model']} on {meta['device']} ({meta['dtype']}, weights {meta.get('weights', 'bf16')}, "
+        f"fused projections {'on' if meta.get('fuse_projections') else 'off'}, {meta['attention']}), {meta['resolution']} at "
         f"{meta['fps']:g} FPS, {meta['tokens_per_chunk']} tokens forced per chunk, {meta['seconds']} s stream. "
         "Medians over chunks after warm-up; ms per token counts the decode forwards.",
         "",
-        "| policy | vision ms | evict ms | prefill ms | decode ms | ms/token | total ms | last chunk ms | cached tokens | peak GiB | x real time | status |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| policy | vision ms | evict ms | prefill ms | decode ms | ms/token | total ms | last chunk ms | cached tokens | peak GiB | x real time | decode GB/s (of copy ceiling) | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
         if "vision_ms" not in s:
-            lines.append(f"| {s['policy']} | | | | | | | | | | | {s['status']} |")
+            lines.append(f"| {s['policy']} | | | | | | | | | | | | {s['status']} |")
             continue
         lines.append(
             f"| {s['policy']} | {s['vision_ms']:.1f} | {s['evict_ms']:.1f} | {s['prefill_ms']:.1f} | {s['decode_ms']:.1f} | "
             f"{s['decode_ms_per_token']:.2f} | {s['total_ms']:.1f} | {s['last_total_ms']:.1f} | {s['cached_tokens_end']:,} | "
-            f"{s['peak_memory_gib']:.2f} | {s['realtime_factor']:.2f} | {s['status']} |"
+            f"{s['peak_memory_gib']:.2f} | {s['realtime_factor']:.2f} | {_bandwidth(s.get('decode_gbps'), meta)} | {s['status']} |"
         )
     if factors:
         lines += [
@@ -364,6 +447,13 @@ def _markdown(meta: dict, summary: list[dict], factors: list[dict] = ()) -> str:
                 f"| {f['policy']} | {f['seconds']} s | {f['ms']:.1f} | {f['streaming_ms']:.1f} | {f['factor']:.2f} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _bandwidth(gbps: float | None, meta: dict) -> str:
+    if gbps is None:
+        return ""
+    ceiling = meta.get("copy_ceiling_gbps")
+    return f"{gbps:,.0f} ({gbps / ceiling:.0%})" if ceiling else f"{gbps:,.0f}"
 
 
 def _plot(rows: list[dict], policies: list[str], out: Path) -> None:

@@ -89,7 +89,9 @@ def add_common_arguments(
     )
     parser.add_argument("--limit", type=COUNT, help="use only the first N items (smoke runs)")
     add_engine_arguments(
-        parser, ("device", "dtype", "attn", "max_pixels", "temperature", "max_new_tokens"), switches=False
+        parser,
+        ("device", "dtype", "attn", "weights", "max_pixels", "temperature", "max_new_tokens"),
+        switches=False,
     )
     if judge:
         group = parser.add_argument_group("judge (any OpenAI-compatible endpoint)")
