@@ -51,12 +51,12 @@ def make_fixtures(root: Path, videos: int = 2, seconds: int = SECONDS) -> dict[s
     }
 
 
-def _link(folder: Path, clips: list[Path]) -> list[str]:
+def _link(folder: Path, clips: list[Path], sub: str = "videos") -> list[str]:
     """Videos placed in the benchmark's folder (symlinks), named as its annotations refer to them."""
-    (folder / "videos").mkdir(parents=True, exist_ok=True)
+    (folder / sub).mkdir(parents=True, exist_ok=True)
     names = []
     for clip in clips:
-        target = folder / "videos" / clip.name
+        target = folder / sub / clip.name
         if not target.exists():
             target.symlink_to(clip.resolve())
         names.append(clip.name)
@@ -130,24 +130,27 @@ def _ovobench(folder: Path, clips: list[Path]) -> Path:
 
 
 def _vqa(folder: Path, clips: list[Path], benchmark: str) -> Path:
-    names = _link(folder, clips)
+    """VLMEvalKit's local layout (what its own download step leaves): `<benchmark>.tsv` beside the videos
+    its dataset classes open: Video-MME `video/<video>.mp4`, MVBench `<prefix>/<video>`, LongVideoBench
+    `<video_path>`."""
+    names = _link(folder, clips, "video" if benchmark == "Video-MME" else "videos")
     rows = []
     for i, name in enumerate(names * 2):
         opts = ["white", "red", "blue", "green"]
         if benchmark == "Video-MME":
-            rows.append({"index": i, "video": Path(name).stem, "video_path": f"./videos/{name}", "duration": "short",
-                         "domain": "Sports", "candidates": str([f"{chr(65 + k)}. {o}" for k, o in enumerate(opts)]),
-                         "sub_category": "Football", "task_type": "Object Recognition" if i % 2 else "Counting",
+            rows.append({"index": i, "video": Path(name).stem, "video_path": f"./video/{name}", "duration": "short",
+                         "domain": "Sports Competition", "candidates": str([f"{chr(65 + k)}. {o}" for k, o in enumerate(opts)]),
+                         "sub_category": "Football", "task_type": "Object Recognition" if i % 2 else "Counting Problem",
                          "subtitle_path": f"./subtitle/{Path(name).stem}.srt",
-                         "question": "What colour is the ball?", "answer": "A"})  # fmt: skip
+                         "question": "What colour is the ball?", "answer": "ABCD"[i % 4]})  # fmt: skip
         elif benchmark == "MVBench":
             rows.append({"index": i, "task_type": "Moving Direction", "prefix": "./videos", "data_type": "video",
                          "bound": "True" if i % 2 else "False", "start": 1.0, "end": 5.0, "video": name,
-                         "question": "Where does the ball go?", "answer": "left",
+                         "question": "Where does the ball go?", "answer": ["left", "right", "up"][i % 3],
                          "candidates": str(["left", "right", "up"])})  # fmt: skip
         else:
-            rows.append({"index": i, "video": Path(name).stem, "video_path": f"./videos/{name}", "duration": 12,
-                         "question": "What colour is the ball?", "candidates": str(opts), "correct_choice": 0,
+            rows.append({"index": i, "video": Path(name).stem, "video_path": f"./videos/{name}", "duration": 12, "duration_group": 15,
+                         "question": "What colour is the ball?", "candidates": str(opts), "correct_choice": i % 4,
                          "question_category": "T2O", "subtitle_path": f"{Path(name).stem}.json",
                          "starting_timestamp_for_subtitles": 0})  # fmt: skip
     with open(folder / f"{benchmark}.tsv", "w", newline="") as f:

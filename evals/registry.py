@@ -43,6 +43,11 @@ TASKS: dict[str, Task] = {
             "write tiny datasets in every benchmark's format (for smoke runs and CI)",
         ),
         Task("ovobench", "evals.ovobench", "OVO-Bench: accuracy per task, Real-Time / Backward / Forward"),
+        Task(
+            "report",
+            "evals.report",
+            "runs side by side from their records of how each number was made (refuses mixed methods)",
+        ),
         Task("server-load", "evals.server_load", "many clients streaming into one inference server at once"),
         Task("soak", "evals.soak", "a long stream through the whole pipeline, watched for leaks"),
         Task("startup", "evals.startup", "process start to model loaded, first chunk, first commentary"),

@@ -8,7 +8,8 @@ with a warning and its item is redone.
 
 `Shard` picks this process's share of the items (`--shard i/n`, else torchrun's RANK and
 WORLD_SIZE). `run_meta` is what every results file records: git revision, config, package
-versions, judge and counts.
+versions, judge, and under `provenance` how its numbers were made (`provenance`, the one place that
+builds that record; `python -m evals report` compares runs by it).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from core.provenance import git_revision, package_version
 
 log = logging.getLogger(__name__)
 
-VERSIONED_PACKAGES = ("streamvlm", "torch", "transformers", "openai", "av", "numpy")
+VERSIONED_PACKAGES = ("streamvlm", "torch", "transformers", "openai", "av", "numpy", "nvidia-vlmeval")
 
 
 @dataclass(frozen=True)
@@ -120,18 +121,95 @@ def read_records(path: Path) -> dict[str, dict]:
     return records
 
 
-def run_meta(task: str, config: dict[str, Any], judge: dict | None = None) -> dict:
-    """What every results file records besides its numbers."""
+# The fields of a provenance record that must agree before two runs' numbers share a table
+# (`python -m evals report`); the others (model, git, versions) are shown, and differ freely.
+COMPARED_FIELDS = ("task", "benchmark", "sampling", "frames", "pixels", "cache", "judge", "baseline", "seed")
+NOT_APPLICABLE = "n/a"
+
+
+def provenance(
+    task: str,
+    *,
+    benchmark: str | None = None,
+    model: str | None = None,
+    sampling: str,
+    frames: dict | str,
+    pixels: dict | str,
+    cache: dict | str,
+    judge: dict | None = None,
+    baseline: dict | None = None,
+    seed: int | None = None,
+) -> dict:
+    """How a run's numbers were made: the one record every results file carries (`meta.provenance`).
+
+    `sampling` is "streaming" (the engine's chunked stream with its cache policy) or "offline" (the
+    whole clip in one forward); `frames` the sampling rate or count; `pixels` the pixel budget;
+    `judge` the judge's model and endpoint; `baseline` what the numbers are compared against and where
+    its outputs came from; `seed` the generation seed (None: not seeded, or greedy with no sampling).
+    """
+    if sampling not in ("streaming", "offline"):
+        raise ValueError(f"sampling must be 'streaming' or 'offline' (got {sampling!r})")
+    return _jsonable({
+        "task": task,
+        "benchmark": benchmark or task,
+        "model": model,
+        "sampling": sampling,
+        "frames": frames,
+        "pixels": pixels,
+        "cache": cache,
+        "judge": {"model": judge.get("model"), "url": judge.get("url")} if judge else None,
+        "baseline": baseline,
+        "seed": seed,
+        "git": git_revision(),
+        "versions": versions(),
+    })  # fmt: skip
+
+
+def streaming_provenance(task: str, config: dict[str, Any], judge: dict | None) -> dict:
+    """The record of a commentary benchmark streamed through the engine (its config under "engine")."""
+    engine = config["engine"]
+    stream = engine["stream"]
+    if config.get("baseline_run"):
+        baseline = {"kind": "run", "source": str(config["baseline_run"])}
+    elif config.get("baseline_api_model"):
+        baseline = {
+            "kind": "api",
+            "model": config["baseline_api_model"],
+            "url": config.get("baseline_api_url"),
+        }
+    else:
+        baseline = None
+    seed = config.get("seed", engine["generation"].get("seed"))
+    return provenance(
+        task,
+        model=config.get("model"),
+        sampling="streaming",
+        frames={"fps": stream["fps"], "chunk_seconds": stream["chunk_seconds"]},
+        pixels={"min_pixels": stream["min_pixels"], "max_pixels": stream["max_pixels"]},
+        cache=engine["cache"],
+        judge=judge,
+        baseline=baseline,
+        seed=seed,
+    )
+
+
+def versions() -> dict[str, str]:
+    return {"python": platform.python_version(), **{p: package_version(p) for p in VERSIONED_PACKAGES}}
+
+
+def run_meta(task: str, config: dict[str, Any], judge: dict | None = None, how: dict | None = None) -> dict:
+    """What every results file records besides its numbers; `how` is the run's `provenance` record
+    (built from the engine config when the run streamed through the engine and passes none)."""
+    if how is None and isinstance(config.get("engine"), dict):
+        how = streaming_provenance(task, config, judge)
     return {
         "task": task,
         "git": git_revision(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": _jsonable(config),
         "judge": judge,
-        "versions": {
-            "python": platform.python_version(),
-            **{p: package_version(p) for p in VERSIONED_PACKAGES},
-        },
+        "versions": versions(),
+        "provenance": how,
     }
 
 

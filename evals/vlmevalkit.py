@@ -3,14 +3,17 @@
 `VideoQAAdapter` answers a VLMEvalKit message (a list of `{type: text|video|image, value}` parts)
 with one forward and one new token restricted to the option letters the prompt lists, plus Yes
 and No (evals/offline_qa.py); frames are read from the video at the dataset's rate (`fps`) or
-count (`nframe`), as VLMEvalKit tells a video model.
+count (`nframe`), as VLMEvalKit tells a video model. The question is the message's text parts, each
+stripped, joined by newlines, in order (as VLMEvalKit's own Qwen2-VL wrapper puts them all in the
+user turn), so the builtin reader and VLMEvalKit's prompt builders give the same tokens.
 
-With VLMEvalKit installed (`pip install git+https://github.com/open-compass/VLMEvalKit`),
-`register` adds `model_class()` (a `vlmeval.vlm.base.BaseModel` with `VIDEO_LLM = True` and
-`generate_inner(message, dataset)`) to `vlmeval.config.supported_VLM` under a name, and `run`
-drives VLMEvalKit's own video inference (`infer_data_job_video`) and scoring (`dataset.evaluate`
-with exact matching) on its dataset of that name. Without it, evals/vqa.py reads the same TSV
-files itself and calls the same adapter.
+VLMEvalKit is installed from the package index as `nvidia-vlmeval` (`pip install 'streamvlm[vlmeval]'`,
+see pyproject.toml for why that packaging and why with --no-deps). `register` adds `model_class()`
+(a `vlmeval.vlm.base.BaseModel` with `VIDEO_LLM = True` and `generate_inner(message, dataset)`) to
+`vlmeval.config.supported_VLM` under a name, and `run` drives VLMEvalKit's own video inference
+(`infer_data_job_video`: its `build_prompt`, frame sampling settings and result files) and scoring
+(`dataset.evaluate` with exact matching) on its dataset class, reading `<DATA>/<benchmark>.tsv` and
+the videos in the layout its download step leaves (`local_dataset`), so nothing is fetched.
 """
 
 from __future__ import annotations
@@ -68,7 +71,8 @@ class VideoQAAdapter:
         else:
             times = sample_times(start, end, fps=fps or 1.0, max_frames=self.max_frames)
         frames = [f.rgb for f in frames_at(path, times)]
-        question = "\n".join(p["value"] for p in message if p["type"] == "text" and str(p["value"]).strip())
+        texts = (str(p["value"]).strip() for p in message if p["type"] == "text")
+        question = "\n".join(t for t in texts if t)
         answers = [*answer_letters(question), "Yes", "No"]
         return self.qa.answer(
             frames, len(times) / max(end - start, 1e-3), question, answers, prefix=""
@@ -77,11 +81,13 @@ class VideoQAAdapter:
 
 # -- VLMEvalKit (only imported when installed) ---------------------------------------------------
 
+INSTALL = "pip install 'streamvlm[vlmeval]' (VLMEvalKit from the package index as nvidia-vlmeval)"
 DATASETS = {
     "Video-MME": "Video-MME_1fps",
     "MVBench": "MVBench_64frame",
     "LongVideoBench": "LongVideoBench_1fps",
 }
+MODEL_NAME = "streamvlm"
 
 
 def model_class():
@@ -101,8 +107,10 @@ def model_class():
             from evals.offline_qa import FrameBudget
 
             max_pixels = load.pop("max_pixels", None)
+            max_frames = load.pop("max_frames", MAX_FRAMES)
             self.fps, self.nframe = fps, nframe  # VLMEvalKit sets these from the dataset
-            self.adapter = VideoQAAdapter(load_model(model_path, **load), FrameBudget.capped(max_pixels))
+            model = load_model(model_path, **load)
+            self.adapter = VideoQAAdapter(model, FrameBudget.capped(max_pixels), max_frames)
 
         def generate_inner(self, message, dataset=None):
             fps = self.fps if self.fps and self.fps > 0 else None
@@ -120,19 +128,59 @@ def register(name: str, **kwargs) -> None:
     supported_VLM[name] = partial(model_class(), **kwargs)
 
 
-def run(benchmark: str, model_path: str, work_dir: Path, **load) -> dict:
-    """Run VLMEvalKit's own inference and exact-match scoring of `benchmark`; returns its rating."""
-    from vlmeval.dataset.video_dataset_config import supported_video_datasets
-    from vlmeval.inference_video import infer_data_job_video
+def local_dataset(benchmark: str, data: Path):
+    """VLMEvalKit's dataset `DATASETS[benchmark]` over `<data>/<benchmark>.tsv` and its videos.
 
-    dataset_name = DATASETS[benchmark]
-    dataset = supported_video_datasets[dataset_name]()
-    per_frame = {"nframe": dataset.nframe} if getattr(dataset, "nframe", 0) > 0 else {"fps": dataset.fps}
-    name = "streamvlm"
-    register(name, model_path=model_path, **per_frame, **load)
+    VLMEvalKit's `prepare_dataset` downloads the data and then checks the TSV's MD5 against the
+    published one; this subclass returns the local folder instead (the layout that step leaves:
+    Video-MME `video/<video>.mp4`, MVBench `<prefix>/<video>`, LongVideoBench `<video_path>`) and
+    leaves everything else (prompts, frame settings, scoring) to VLMEvalKit's class.
+    """
+    from vlmeval.dataset.video_dataset_config import supported_video_datasets
+
+    made = supported_video_datasets[
+        DATASETS[benchmark]
+    ]  # functools.partial(Class, dataset=..., fps|nframe=...)
+    tsv = data / f"{benchmark}.tsv"
+
+    class Local(made.func):
+        def prepare_dataset(self, dataset_name: str = benchmark, repo_id: str | None = None) -> dict:
+            return {"data_file": str(tsv), "root": str(data)}
+
+    Local.__name__ = f"Local{made.func.__name__}"
+    return Local(**made.keywords)
+
+
+def run(benchmark: str, data: Path, model_path: str, work_dir: Path, **load) -> tuple[dict, dict, dict]:
+    """VLMEvalKit's own inference and exact-match scoring of `benchmark` on the local data.
+
+    Returns its rating, and its prediction and score (1 or 0; -1 where it could not score) of each
+    question by the TSV's `index`.
+    """
+    import os
+
+    from vlmeval.inference_video import infer_data_job_video
+    from vlmeval.smp import load as vlmeval_load
+
     work_dir.mkdir(parents=True, exist_ok=True)
-    result_file = f"{name}_{dataset_name}.xlsx"
+    # VLMEvalKit keeps extracted frames under $LMUData (default ~/LMUData); keep them with the run.
+    lmu = work_dir / "LMUData"
+    lmu.mkdir(exist_ok=True)
+    os.environ.setdefault("LMUData", str(lmu))
+    dataset = local_dataset(benchmark, data)
+    per_frame = {"nframe": dataset.nframe} if dataset.nframe > 0 else {"fps": dataset.fps}
+    register(MODEL_NAME, model_path=model_path, **per_frame, **load)
+    result_file = f"{MODEL_NAME}_{DATASETS[benchmark]}.xlsx"
     infer_data_job_video(
-        name, work_dir=str(work_dir), model_name=name, dataset=dataset, result_file_name=result_file
+        MODEL_NAME,
+        work_dir=str(work_dir),
+        model_name=MODEL_NAME,
+        dataset=dataset,
+        result_file_name=result_file,
     )
-    return dataset.evaluate(str(work_dir / result_file), model="exact_matching")
+    rating = dataset.evaluate(str(work_dir / result_file), model="exact_matching")
+    scored = vlmeval_load(str(work_dir / result_file.replace(".xlsx", "_score.xlsx")))
+    keys = [str(k) for k in scored["index"]]
+    predictions = dict(zip(keys, (str(p) for p in scored["prediction"]), strict=True))
+    scores = dict(zip(keys, (int(x) for x in scored["score"]), strict=True))
+    return rating, predictions, scores

@@ -2,14 +2,15 @@
 
 Each question is answered with one new token restricted to the option letters (and Yes / No),
 after one forward over the video (evals/vlmevalkit.py, evals/offline_qa.py). Two backends run the
-same adapter:
+same adapter on the same data, `--data` holding `<benchmark>.tsv` and its videos in VLMEvalKit's
+local layout (what its download step leaves):
 
 - `vlmevalkit` (the reference, default when `vlmeval` is importable): our model is registered in
-  VLMEvalKit's `supported_VLM` and VLMEvalKit runs its own dataset preparation, inference and
-  exact-match scoring; `--data` is then unused (VLMEvalKit downloads to its LMUData folder).
-- `builtin`: our reader of VLMEvalKit's TSV files (`<DATA>/Video-MME.tsv`, `MVBench.tsv`,
-  `LongVideoBench.tsv` with the videos at their `video_path` / `prefix` + `video`), built from
-  VLMEvalKit's column layout and prompts; resumable and shardable like every benchmark here.
+  VLMEvalKit's `supported_VLM` and VLMEvalKit runs its own prompt building, video inference and
+  exact-match scoring over that folder; its predictions and scores become this run's answers.
+- `builtin`: our reader of the same TSV files (`<DATA>/Video-MME.tsv`, `MVBench.tsv`,
+  `LongVideoBench.tsv`), with VLMEvalKit's prompts; resumable and shardable like every benchmark
+  here. On the same data it gives VLMEvalKit's predictions and scores (tests/test_evals_vlmevalkit.py).
 
 The published gain is +4.30 on LongVideoBench over the base model: run the base checkpoint into
 another folder and pass it as `--compare`.
@@ -23,7 +24,6 @@ import csv
 import importlib.util
 import json
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +32,7 @@ from core.cli_args import number
 from core.errors import ConfigError
 from evals import runner, vlmevalkit
 from evals.report import bar_plot, table, write_outputs
-from evals.results import ResultFile, run_meta
+from evals.results import ResultFile, provenance, run_meta, write_json
 
 log = logging.getLogger(__name__)
 
@@ -129,29 +129,17 @@ def run(args: argparse.Namespace) -> int:
     backend = args.backend
     if backend == "auto":
         backend = "vlmevalkit" if importlib.util.find_spec("vlmeval") else "builtin"
-    if backend == "vlmevalkit":
-        return _run_vlmevalkit(args)
     runner.data_folder(args.data, f"{args.benchmark} (VLMEvalKit's TSV and videos)")
     items = load_items(args.benchmark, args.data)[: args.limit]
     by_key = {i.key: i for i in items}
     store = ResultFile(args.out, "answers", runner.shard_of(args))
-    todo = runner.pending(store, list(by_key))
-    if todo:
-        from core.loading import model_from_config
-        from evals.offline_qa import FrameBudget
-
-        runner.require_model(args)
-        model = model_from_config(runner.engine_config(args))
-        adapter = vlmevalkit.VideoQAAdapter(model, FrameBudget.capped(args.max_pixels), args.max_frames)
-        rule = BENCHMARKS[args.benchmark]
-        for n, key in enumerate(todo, 1):
-            item = by_key[key]
-            began = time.perf_counter()
-            answer = adapter.generate(item.message, clip=item.clip, **rule)
-            store.append({"key": key, "category": item.category, "answer": answer, "truth": item.truth,
-                          "correct": answer == item.truth, "wall_s": round(time.perf_counter() - began, 3)})  # fmt: skip
-            log.info("answered %d/%d: %s -> %s (truth %s)", n, len(todo), key, answer, item.truth)
-    meta = run_meta("vqa", {**vars(args), "backend": backend, **BENCHMARKS[args.benchmark]})
+    if backend == "vlmevalkit":
+        _run_vlmevalkit(args, items, store)
+    else:
+        _run_builtin(args, by_key, store)
+    meta = run_meta(
+        "vqa", {**vars(args), "backend": backend, **BENCHMARKS[args.benchmark]}, how=_provenance(args)
+    )
     results = summarize(store.load(), list(by_key), meta, args.benchmark)
     if args.compare:
         other = json.loads((args.compare / "results.json").read_text())
@@ -164,28 +152,75 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_vlmevalkit(args: argparse.Namespace) -> int:
+def _run_builtin(args: argparse.Namespace, by_key: dict[str, Item], store: ResultFile) -> None:
+    todo = runner.pending(store, list(by_key))
+    if not todo:
+        return
+    from core.loading import model_from_config
+    from evals.offline_qa import FrameBudget
+
+    runner.require_model(args)
+    model = model_from_config(runner.engine_config(args))
+    adapter = vlmevalkit.VideoQAAdapter(model, FrameBudget.capped(args.max_pixels), args.max_frames)
+    rule = BENCHMARKS[args.benchmark]
+    for n, key in enumerate(todo, 1):
+        item = by_key[key]
+        began = time.perf_counter()
+        answer = adapter.generate(item.message, clip=item.clip, **rule)
+        store.append({"key": key, "category": item.category, "answer": answer, "truth": item.truth,
+                      "correct": answer == item.truth, "wall_s": round(time.perf_counter() - began, 3)})  # fmt: skip
+        log.info("answered %d/%d: %s -> %s (truth %s)", n, len(todo), key, answer, item.truth)
+
+
+def _run_vlmevalkit(args: argparse.Namespace, items: list[Item], store: ResultFile) -> None:
+    """VLMEvalKit answers and scores every question; its prediction and score of each become our records."""
     if importlib.util.find_spec("vlmeval") is None:
         raise ConfigError(
-            "--backend vlmevalkit needs VLMEvalKit: pip install git+https://github.com/open-compass/VLMEvalKit "
-            "(or use --backend builtin with its TSV files)"
+            f"--backend vlmevalkit needs VLMEvalKit: {vlmevalkit.INSTALL} (or use --backend builtin)"
         )
     if args.shard:
         raise ConfigError(
             "with VLMEvalKit, shard with torchrun (it reads RANK/WORLD_SIZE itself), not --shard"
         )
+    if args.limit:
+        raise ConfigError("--limit is for the builtin backend; VLMEvalKit answers the whole TSV")
+    if not runner.pending(store, [i.key for i in items]):
+        return
     m = runner.engine_config(args).model  # the one config route: file, then flags
-    load = {"device": m.device, "dtype": m.dtype, "attn": m.attn, "max_pixels": args.max_pixels}
-    rating = vlmevalkit.run(args.benchmark, runner.require_model(args), args.out / "vlmevalkit", **load)
-    meta = run_meta("vqa", {**vars(args), "backend": "vlmevalkit", **BENCHMARKS[args.benchmark]})
-    results = {"meta": meta, "benchmark": args.benchmark, "vlmevalkit_rating": rating}
-    write_outputs(
-        args.out,
-        results,
-        f"# {args.benchmark} (VLMEvalKit)\n\n```\n{json.dumps(rating, indent=1, default=str)}\n```\n",
+    load = {"device": m.device, "dtype": m.dtype, "attn": m.attn, "max_pixels": args.max_pixels,
+            "max_frames": args.max_frames}  # fmt: skip
+    model = runner.require_model(args)
+    rating, predictions, scores = vlmevalkit.run(
+        args.benchmark, args.data, model, args.out / "vlmevalkit", **load
     )
-    print(json.dumps(rating, indent=1, default=str), file=sys.stdout)
-    return 0
+    if not predictions:  # another torchrun rank writes VLMEvalKit's results
+        return
+    for item in items:
+        if item.key not in predictions:
+            raise runner.DataError(
+                f"VLMEvalKit returned no prediction for index {item.key} of {args.benchmark}"
+            )
+        store.append({"key": item.key, "category": item.category, "answer": predictions[item.key],
+                      "truth": item.truth, "correct": scores[item.key] == 1, "vlmevalkit_score": scores[item.key]})  # fmt: skip
+    write_json(args.out / "vlmevalkit_rating.json", rating)
+
+
+def _provenance(args: argparse.Namespace) -> dict:
+    from dataclasses import asdict
+
+    from evals.offline_qa import FrameBudget
+
+    rule = BENCHMARKS[args.benchmark]
+    return provenance(
+        "vqa",
+        benchmark=args.benchmark,
+        model=args.model,
+        sampling="offline",  # the whole clip in one forward, as VLMEvalKit feeds a video model
+        frames=rule if "nframe" in rule else {**rule, "max_frames": args.max_frames},
+        pixels=asdict(FrameBudget.capped(args.max_pixels)),
+        cache="none: one forward over the clip and the question",
+        seed=None,  # no sampling: the answer is an argmax
+    )
 
 
 def summarize(records: dict[str, dict], keys: list[str], meta: dict, benchmark: str) -> dict:

@@ -86,15 +86,27 @@ def test_answer_is_the_argmax_over_the_17_tokens_of_the_stock_forward(tiny_model
     frames = [np.random.default_rng(i).integers(0, 256, (56, 84, 3), dtype=np.uint8) for i in range(2)]
     answer = qa.answer(frames, 2.0, "Question: which?", OVO_ANSWERS, OVO_PREFIX)
 
+    stock = _stock_scores(model, frames, qa.budget, "Question: which?")
+    assert set(answer.scores) == set(OVO_ANSWERS)
+    assert max(abs(stock[a] - answer.scores[a]) for a in OVO_ANSWERS) < 1e-4
+    assert answer.answer == max(stock, key=stock.get)
+    # A smaller answer set restricts the choice to it.
+    two = qa.answer(frames, 2.0, "Question: which?", ("C", "D"), OVO_PREFIX)
+    assert two.answer == max(("C", "D"), key=stock.get)
+
+
+def _stock_scores(model, frames, budget, question: str) -> dict[str, float]:
+    """The 17 answers' logits from stock transformers' forward over Qwen's chat layout, built by hand
+    (one temporal group of frames, where stock positions and ours agree exactly)."""
     sp = model.special
-    video = video_input(frames, qa.budget.stream_config(2), model.vision, "cpu")
+    video = video_input(frames, budget.stream_config(len(frames)), model.vision, "cpu")
 
     def turn(role):
         return [sp.im_start, *model.encode(f"{role}\n")]
 
     end = [sp.im_end, *model.encode("\n")]
     ids = (turn("system") + model.encode("You are a helpful assistant.") + end + turn("user") + [sp.vision_start]
-           + [sp.video_pad] * video.num_tokens + [sp.vision_end] + model.encode("Question: which?") + end
+           + [sp.video_pad] * video.num_tokens + [sp.vision_end] + model.encode(question) + end
            + turn("assistant") + model.encode(OVO_PREFIX))  # fmt: skip
     ids = torch.tensor([ids])
     with torch.no_grad():
@@ -105,13 +117,45 @@ def test_answer_is_the_argmax_over_the_17_tokens_of_the_stock_forward(tiny_model
             second_per_grid_ts=torch.tensor([1.0]),
             mm_token_type_ids=(ids == sp.video_pad).long() * 2,
         ).logits[0, -1]
-    stock = {a: float(logits[model.encode(a)[0]]) for a in OVO_ANSWERS}
-    assert set(answer.scores) == set(OVO_ANSWERS)
-    assert max(abs(stock[a] - answer.scores[a]) for a in OVO_ANSWERS) < 1e-4
-    assert answer.answer == max(stock, key=stock.get)
-    # A smaller answer set restricts the choice to it.
-    two = qa.answer(frames, 2.0, "Question: which?", ("C", "D"), OVO_PREFIX)
-    assert two.answer == max(("C", "D"), key=stock.get)
+    return {a: float(logits[model.encode(a)[0]]) for a in OVO_ANSWERS}
+
+
+def test_recent_frames_baseline_answers_from_the_last_frames_in_the_stock_layout(
+    fixtures, tiny_model, tmp_path
+):
+    """`--recent-frames 2`: the baseline sees the last 2 frames of the 2 FPS sampling (one temporal
+    group), and its answer scores are stock transformers' over exactly those frames."""
+    from evals.video import frames_at, sample_times
+
+    out = tmp_path / "run"
+    args = ["ovobench", "--model", "tiny", "--data", str(fixtures["ovobench"]), "--out", str(out),
+            "--tasks", "OCR", "--recent-frames", "2", *SMALL]  # fmt: skip
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    (record,) = [json.loads(line) for line in (out / "baseline.0of1.jsonl").read_text().splitlines()]
+    (full,) = [json.loads(line) for line in (out / "answers.0of1.jsonl").read_text().splitlines()]
+    (q,) = [q for q in questions(json.loads((fixtures["ovobench"] / "ovo_bench_new.json").read_text()),
+                                 fixtures["ovobench"]) if q.task == "OCR"]  # fmt: skip
+    times = sample_times(0.0, q.end, fps=2.0, max_frames=480)
+    assert full["frames"] == len(times) > 2 and record["frames"] == 2
+    frames = [f.rgb for f in frames_at(q.video, times[-2:])]
+    stock = _stock_scores(tiny_model, frames, FrameBudget.capped(4 * 28 * 28), q.prompt)
+    assert max(abs(stock[a] - record["scores"][a]) for a in OVO_ANSWERS) < 1e-4
+    assert record["answer"] == max(stock, key=stock.get)
+    # Reported beside the model's numbers, and recorded as the run's baseline.
+    assert results["meta"]["provenance"]["baseline"]["kind"] == "recent-frames 2"
+    assert results["baseline"]["kind"] == "recent-frames 2" and "groups" in results["baseline"]
+    assert "| group | model % | recent-frames 2 % | model - baseline |" in (out / "summary.md").read_text()
+
+
+def test_recent_frames_defaults_to_four_and_baseline_model_needs_it(fixtures, tmp_path, capsys):
+    from evals.__main__ import build_parser
+
+    parsed = build_parser("ovobench").parse_args(["ovobench", "--data", "d", "--out", "o", "--recent-frames"])
+    assert parsed.recent_frames == 4
+    args = ["ovobench", "--model", "tiny", "--data", str(fixtures["ovobench"]), "--out", str(tmp_path / "o")]
+    assert main([*args, "--baseline-model", "tiny"]) == 2
+    assert "add --recent-frames N" in capsys.readouterr().err
 
 
 def test_group_scores_are_means_of_task_accuracies():
