@@ -49,17 +49,23 @@ LATENCY_BUDGET = number(0, 3600, low_open=True)
 _SESSION_COUNT = number(1, 10_000, integer=True)
 
 
-def _sessions(text: str) -> int | str:
-    """`--max-sessions`: a count, or auto."""
-    if text.strip().lower() == "auto":
-        return "auto"
-    try:
-        return _SESSION_COUNT(text)
-    except argparse.ArgumentTypeError as exc:
-        raise argparse.ArgumentTypeError(f"{exc}, or auto") from None
+def _count_or_auto(count: Callable[[str], int | float]) -> Callable[[str], int | str]:
+    """A flag's type that takes a count held to `count`'s rule, or auto."""
+
+    def parse(text: str) -> int | str:
+        if text.strip().lower() == "auto":
+            return "auto"
+        try:
+            return int(count(text))
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(f"{exc}, or auto") from None
+
+    parse.range = count.range  # type: ignore[attr-defined]  # the count's rule, for the flag tests
+    return parse
 
 
-_sessions.range = _SESSION_COUNT.range  # type: ignore[attr-defined]  # the count's rule, for the flag tests
+_sessions = _count_or_auto(_SESSION_COUNT)  # --max-sessions
+_replicas = _count_or_auto(number(1, 1024, integer=True))  # --replicas (a cluster's)
 
 
 MAX_RECORD_FPS = 120.0  # high-refresh screens; the encoder's time base is exact up to here
@@ -208,6 +214,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--idle-timeout", type=SECONDS, default=60.0, help="seconds before an idle session is closed"
     )
     srv.add_argument("--latency-budget", type=LATENCY_BUDGET, default=2.0)
+    cluster = srv.add_argument_group(
+        "a cluster (Ray Serve, pip install 'streamvlm[cluster]'; docs/serving.md)"
+    )
+    cluster.add_argument(
+        "--cluster",
+        action="store_true",
+        help="serve from replicas on a Ray cluster, one per GPU, each session on one replica",
+    )
+    cluster.add_argument(
+        "--address", help="the Ray cluster to join (ray start's address; default: a local one on this host)"
+    )
+    cluster.add_argument(
+        "--replicas", type=_replicas, help="replicas, each an engine on one GPU (default auto: one per GPU)"
+    )
     add_engine_arguments(srv)
 
     tiny = sub.add_parser("build-tiny", help="write the tiny random-weight model (for tests and smoke runs)")
@@ -448,6 +468,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import ssl
 
     config = config_from_args(args)  # checked before anything heavy loads
+    if not args.cluster and (args.address is not None or args.replicas is not None):
+        raise ConfigError("--address and --replicas are for a cluster; add --cluster")
     token = None
     if args.token_file:
         try:
@@ -465,7 +487,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             context.load_cert_chain(args.tls_cert, args.tls_key)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"cannot load the TLS certificate or key ({exc})") from None
-    check_listen(args.host, args.port)  # before the model loads, which can take minutes
+    if not (args.cluster and args.address):  # a cluster elsewhere listens on its own hosts
+        check_listen(args.host, args.port)  # before the model loads, which can take minutes
     _quiet_transformers()
     from rich.console import Console
 
@@ -473,6 +496,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from core.remote.server import InferenceServer
 
     _fetch_model(config.model.path, Console(stderr=True))
+    if args.cluster:
+        return _serve_cluster(args, config, token)
     engine = open_engine(config, sessions=args.max_sessions, batched=True)
     model = engine.model
     server = InferenceServer(
@@ -509,6 +534,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 128 + signum
+
+
+def _serve_cluster(args: argparse.Namespace, config: EngineConfig, token: str | None) -> int:
+    """`serve --cluster`: the server's replicas on Ray Serve until SIGINT or SIGTERM (core/remote/cluster.py)."""
+    try:
+        from core.remote.cluster import ReplicaSettings, deploy
+    except ImportError as exc:
+        raise ConfigError(
+            f"--cluster needs Ray Serve, which is not installed ({exc.name}); pip install 'streamvlm[cluster]'"
+        ) from None
+    settings = ReplicaSettings(token, args.max_sessions, args.idle_timeout, args.latency_budget)
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
+    cluster = deploy(
+        config,
+        settings,
+        replicas=args.replicas or "auto",
+        address=args.address,
+        host=args.host,
+        port=args.port,
+        tls=tls,
+        ray_options={"include_dashboard": False} if args.address is None else None,
+    )
+    stopping = threading.Event()
+    try:
+        with StopSignals(lambda signum: stopping.set(), "stopping the replicas") as stop:
+            print(
+                f"serving {config.model.path} at {cluster.url} from {cluster.replicas} replicas", flush=True
+            )
+            while not stopping.wait(0.5):
+                pass
+    finally:
+        cluster.stop()
+    print(f"stopped on {signal.Signals(stop.signum).name}; the replicas are down", file=sys.stderr)
+    return 128 + stop.signum
 
 
 def check_listen(host: str, port: int) -> None:

@@ -13,7 +13,9 @@ against the same server and model.
 Per level: latency percentiles, chunks the server skipped to keep latency bounded, the share of
 the other chunks that came back with commentary, the median server-side split, and the
 throughput: stream-seconds of video answered per second of wall time (what one server's device
-does in a second). A client below `--min-served` (90%) at any level is starved and the run fails
+does in a second). Against a cluster (`python -m core serve --cluster`), which replica served each client
+(the `replica` of its `ready`) and how many clients each replica carried. A client below `--min-served`
+(90%) at any level is starved and the run fails
 (exit 1, one line saying where). Writes results.json (every level, every chunk), summary.md and
 latency.png (p50 and p99 latency, and throughput, against the number of streams) to `--out`.
 """
@@ -71,6 +73,7 @@ class ClientResult:
     late: float = 0.0  # the most a chunk was sent after its due time, seconds
     error: str | None = None
     warmup: int = 0  # first chunks left out of the latency figures (compilation, graph capture)
+    replica: str | None = None  # the cluster replica that served the session (None: a single server)
 
     @property
     def timed(self) -> list[float]:
@@ -146,6 +149,7 @@ def stream_client(plan: ClientPlan, conn: Connection, result: ClientResult) -> C
         with RemoteSession(
             plan.url, token=plan.token, seed=plan.index, reconnect=None, timeout=REPLY_TIMEOUT
         ) as session:
+            result.replica = session.replica
             conn.send(("ready",))
             if not conn.poll(READY_TIMEOUT):
                 raise StreamVLMError("no start time came from the load generator")
@@ -302,6 +306,7 @@ def client_rows(results: list[ClientResult]) -> list[dict]:
             "p99_ms": _ms(r.percentile(99)),
             "max_ms": _ms(max(r.timed, default=float("nan"))),
             "late_ms": _ms(r.late),
+            "replica": r.replica,
             "error": r.error,
         }
         for r in results
@@ -332,11 +337,21 @@ def level_summary(results: list[ClientResult]) -> dict:
         # Each chunk is one second of video: stream-seconds answered per second of the server's time.
         "stream_s_per_s": round(len(answered) / wall, 3) if wall else 0.0,
         "model_busy": round(busy_ms / 1000 / wall, 4) if wall else 0.0,  # share of that time the model ran
+        "replicas": replica_load(results),
     }
     for stage in STAGES:
         values = [c["timing"][stage] for c in answered if c["timing"] and stage in c["timing"]]
         summary[f"median_{stage}"] = round(float(np.median(values)), 2) if values else None
     return summary
+
+
+def replica_load(results: list[ClientResult]) -> dict[str, int]:
+    """Clients per cluster replica, by replica id ({} against a single server)."""
+    counts: dict[str, int] = {}
+    for r in results:
+        if r.replica is not None:
+            counts[r.replica] = counts.get(r.replica, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _ms(seconds: float) -> float | None:
@@ -366,17 +381,22 @@ def markdown(levels: list[dict], header: str) -> str:
         "of wall time (common start to the last `chunk_done`); model busy: the share of it the model ran.",
     ]
     for level in levels:
+        replicas = level["summary"].get("replicas") or {}
+        lines += ["", f"### {level['clients']} clients", ""]
+        if replicas:  # a cluster: which replica served each client
+            spread = ", ".join(f"`{name}` {count}" for name, count in replicas.items())
+            lines += [f"Clients per replica: {spread}.", ""]
+        extra = (" replica |", "---|") if replicas else ("", "")
         lines += [
-            "",
-            f"### {level['clients']} clients",
-            "",
-            "| client | chunks | skipped | with commentary | share | p50 ms | p90 ms | p99 ms | max ms |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| client | chunks | skipped | with commentary | share | p50 ms | p90 ms | p99 ms | max ms |"
+            + extra[0],
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + extra[1],
         ]
         for r in level["per_client"]:
+            where = f" {r.get('replica') or ''} |" if replicas else ""
             lines.append(
                 f"| {r['client']} | {r['chunks']} | {r['skipped']} | {r['served']} | {r['served_share']:.1%} "
-                f"| {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['max_ms']} |"
+                f"| {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['max_ms']} |" + where
             )
         lines += [f"- client {r['client']}: {r['error']}" for r in level["per_client"] if r["error"]]
     return "\n".join(lines) + "\n"
@@ -524,9 +544,10 @@ def run(args: argparse.Namespace) -> int:
                 }
             )
             s = report_levels[-1]["summary"]
+            spread = f", clients per replica {s['replicas']}" if s["replicas"] else ""
             console.print(
                 f"{clients} clients: p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms, {s['skipped']} skipped, "
-                f"{s['stream_s_per_s']} stream-s per s"
+                f"{s['stream_s_per_s']} stream-s per s{spread}"
             )
     finally:
         if server_thread is not None:

@@ -4,6 +4,7 @@ the server's per-chunk `timing` in `chunk_done`, and what `RemoteSession` sends 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import subprocess
@@ -34,10 +35,12 @@ def server_load(*args: str, timeout: float = 240) -> subprocess.CompletedProcess
 
 class FakeServer:
     """A bare WebSocket server speaking just enough of the protocol: `ready`, then for each chunk it keeps
-    the frames' bytes as received and answers `chunk_done` with `done` (no commentary)."""
+    the frames' bytes as received and answers `chunk_done` with `done` (no commentary, or `lines` lines).
+    With `replicas`, its `ready`s name them in turn, as a cluster's replicas would."""
 
-    def __init__(self, **done) -> None:
-        self.done = done
+    def __init__(self, *, replicas: tuple = (), lines: int = 0, **done) -> None:
+        self.done, self.lines = done, lines
+        self.replicas = itertools.cycle(replicas) if replicas else None
         self.chunks: list[tuple[dict, list[bytes]]] = []
         self.server = serve(self.handle, "127.0.0.1", 0, max_size=p.MAX_IMAGE_BYTES)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -46,11 +49,18 @@ class FakeServer:
 
     def handle(self, ws) -> None:
         p.decode(ws.recv(timeout=10), ("hello",))
-        ws.send(p.encode("ready", version=p.VERSION, session=1, max_image_bytes=p.MAX_IMAGE_BYTES, config={}))
+        where = {"replica": next(self.replicas)} if self.replicas else {}
+        ws.send(
+            p.encode(
+                "ready", version=p.VERSION, session=1, max_image_bytes=p.MAX_IMAGE_BYTES, config={}, **where
+            )
+        )
         for message in ws:
             header = p.decode(message, ("chunk",))
             images = [ws.recv(timeout=10) for _ in range(header["frames"])]
             self.chunks.append((header, images))
+            for _ in range(self.lines):
+                ws.send(p.encode("commentary", start=header["t_start"], end=header["t_end"], text="a line"))
             fields = {
                 "t_start": header["t_start"],
                 "t_end": header["t_end"],
@@ -164,6 +174,49 @@ def test_a_starved_client_fails_the_run_with_one_line(tmp_path, capsys):
     assert status == 1 and len(errors) == 1 and "starved" in errors[0] and "2 clients: [0, 1]" in errors[0]
     report = json.loads((tmp_path / "results.json").read_text())
     assert report["starved"] == {"2": [0, 1]} and report["levels"][0]["summary"]["served"] == 0
+
+
+def test_the_report_says_which_replica_of_a_cluster_served_each_client(tmp_path, capsys):
+    from evals.__main__ import main
+
+    fake = FakeServer(replicas=("r-a", "r-b"), lines=1)  # a cluster's two replicas, taking clients in turn
+    try:
+        status = main(
+            ["server-load", "--url", fake.url, "--clients", "4", "--seconds", "1", "--out", str(tmp_path)]
+        )
+    finally:
+        fake.stop()
+    assert status == 0, capsys.readouterr().err[-2000:]
+    (level,) = json.loads((tmp_path / "results.json").read_text())["levels"]
+    assert level["summary"]["replicas"] == {"r-a": 2, "r-b": 2}
+    assert sorted(c["replica"] for c in level["per_client"]) == ["r-a", "r-a", "r-b", "r-b"]
+    summary = (tmp_path / "summary.md").read_text()
+    assert "Clients per replica: `r-a` 2, `r-b` 2." in summary
+    assert "| max ms | replica |" in summary and summary.count(" r-a |") == 2
+
+
+@pytest.mark.parametrize("replicas, seen", [((), None), ((7,), None), (("r-1",), "r-1")])
+def test_a_ready_without_a_replica_or_with_a_malformed_one_leaves_it_unknown(replicas, seen):
+    """A single server sends no `replica`; one that is not a string is ignored as an unknown field would be."""
+    from core.remote.client import RemoteSession
+
+    fake = FakeServer(replicas=replicas)
+    try:
+        with RemoteSession(fake.url, reconnect=None) as session:
+            assert session.replica == seen
+            session.push_images([b"\xff\xd8"], 0, 1)  # the session works either way
+    finally:
+        fake.stop()
+
+
+def test_a_single_servers_report_has_no_replica_column(tmp_path):
+    from evals.server_load import ClientResult, level_summary, markdown
+
+    results = [ClientResult(0, chunks=1, served=1, latencies=[0.1])]
+    summary = level_summary(results)
+    assert summary["replicas"] == {}
+    table = markdown([{"clients": 1, "summary": summary, "per_client": []}], "header")
+    assert "replica" not in table
 
 
 @pytest.mark.slow

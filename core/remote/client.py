@@ -193,6 +193,7 @@ class RemoteSession(Closeable):
             stack.close()
             raise
         self.session_id = ready["session"]
+        self.replica = p.ready_replica(ready)  # a cluster's replica serving this connection (else None)
         limit = ready.get("max_image_bytes")
         self.max_image_bytes = limit if type(limit) is int and limit > 0 else p.MAX_IMAGE_BYTES
         self._stack = stack

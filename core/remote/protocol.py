@@ -137,6 +137,13 @@ def answer_question(message: dict[str, Any]) -> str | None:
     return field(message, "question", (str, type(None)), None)
 
 
+def ready_replica(message: dict[str, Any]) -> str | None:
+    """Which replica of a cluster a "ready" came from (its optional `replica` field; None from a single
+    server). Only a label for reports: a value of another type is ignored, as an unknown field would be."""
+    value = message.get("replica")
+    return value if isinstance(value, str) else None
+
+
 def close_reason(reason: str) -> str:
     """`reason` cut to what a close frame carries (123 bytes of UTF-8), never mid-character."""
     data = reason.encode("utf-8", "replace")
