@@ -58,7 +58,9 @@ class FusedLinear(nn.Module):
 
     The three calls a stock attention forward makes (q, k and v of the same `hidden_states`) run the
     matmul once: the split outputs are kept until each part has taken its own, and a call with another
-    input (or a part taken twice) runs the matmul again, so any call order gives the right values."""
+    input (or a part taken twice) runs the matmul again, so any call order gives the right values.
+    The kept outputs are the module's state between those calls: one forward at a time, as the engine
+    runs its model (the model lock, or the scheduler's one thread)."""
 
     def __init__(self, parts: Sequence[nn.Linear]) -> None:
         super().__init__()
@@ -92,6 +94,9 @@ class FusedPart(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._fused[0].part(x, self.index)
+
+    def extra_repr(self) -> str:
+        return f"part {self.index} of qkv_proj, out_features={self.out_features}"
 
 
 class FusedMLP(nn.Module):

@@ -137,7 +137,7 @@ def test_fused_model_on_the_gpu_gives_the_same_tokens_with_compile_and_graphs(ti
     tokens exactly."""
     plain = load_model(tiny_dir, device="cuda", dtype="float32")
     fused = load_model(tiny_dir, device="cuda", dtype="float32", acceleration=FUSED)
-    on = AccelerationConfig(compile=True, cuda_graphs=True, static_decode=True)
+    on = AccelerationConfig(compile=True, compile_in_background=False, cuda_graphs=True, static_decode=True)
     assert stream_tokens(fused, on, chunks=10) == stream_tokens(plain, on, chunks=10)
 
 

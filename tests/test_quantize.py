@@ -201,7 +201,7 @@ def test_each_recipe_drifts_little_from_bf16_on_the_gpu(gpu_bf16, recipe):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("weights", ["fp8-dynamic", "fp8-weight-only"])
-def test_fp8_model_streams_through_the_compiled_graph_captured_engine(tiny_dir, gpu_bf16, weights):
+def test_fp8_model_streams_through_the_compiled_graph_captured_engine(tiny_dir, weights):
     """The whole GPU path (compiled modules, CUDA graphs, the static step) on FP8 weights: it runs, its
     replies keep their forced length, and the first reply, before any difference can feed back, is
     mostly the bf16 one's."""
@@ -211,7 +211,7 @@ def test_fp8_model_streams_through_the_compiled_graph_captured_engine(tiny_dir, 
         pytest.skip(quantize.missing(weights, torch.device("cuda")))
     fp8 = load_model(tiny_dir, device="cuda", dtype="bfloat16", weights=weights)
     forced = GenerationConfig(temperature=0.0, max_new_tokens=8, min_new_tokens=8)
-    on = AccelerationConfig(compile=True, cuda_graphs=True, static_decode=True)
+    on = AccelerationConfig(compile=True, compile_in_background=False, cuda_graphs=True, static_decode=True)
 
     def replies(model):
         engine = StreamingEngine(model, stream=SMALL_STREAM, generation=forced, acceleration=on)
@@ -224,7 +224,8 @@ def test_fp8_model_streams_through_the_compiled_graph_captured_engine(tiny_dir, 
             out.append(session.cache.token_ids())
         return out
 
-    quantized, reference = replies(fp8), replies(gpu_bf16)
+    bf16 = load_model(tiny_dir, device="cuda", dtype="bfloat16")  # its own: this test compiles it
+    quantized, reference = replies(fp8), replies(bf16)
     assert [len(ids) for ids in quantized] == [len(ids) for ids in reference]
     # the first reply's tokens in the cache (the last one is fed by the next chunk's prefill)
     first_q, first_r = quantized[0][-7:], reference[0][-7:]
