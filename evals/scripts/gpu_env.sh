@@ -9,6 +9,16 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
 #     -d .whl torchao==0.18.0
+# and for the cluster (gpu_cluster.sh) Ray Serve and what the image lacks of its needs: ray slimmed to
+# 24 MB (it is 79 MB; the tree that travels is held to 64 MiB) by evals/scripts/slim_ray_wheel.py, and
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     --platform manylinux1_x86_64 -d .whl websockets==17.4 fastapi==0.165.0 starlette==1.10.0 \
+#     pydantic==2.13.4 pydantic_core==2.46.4 annotated-types==0.8.0 typing-inspection==0.4.5 \
+#     typing-extensions==4.16.0 uvicorn==0.54.0 jsonschema==4.26.0 jsonschema-specifications==2025.9.1 \
+#     referencing==0.37.0 rpds-py==2026.9.1 opentelemetry-api==1.45.2 grpcio-reflection==1.62.3
+#   python3 -m pip download ... -d /tmp/ray ray==2.60.0 && python3 evals/scripts/slim_ray_wheel.py /tmp/ray/ray-*.whl
+# (grpcio-reflection 1.62: newer ones refuse a grpcio older than themselves, and the image's is not known.)
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:$PWD
