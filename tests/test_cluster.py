@@ -3,6 +3,7 @@ tiny model, the real proxy, `RemoteSession` clients; the cluster CLI's refusals;
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -127,6 +128,38 @@ def two_replicas(tiny_dir):
     )
     yield running
     running.stop()
+
+
+@pytest.mark.parametrize(
+    "bad, code",
+    [
+        ("{not json", 4004),
+        (json.dumps({"type": "chunk", "t_start": "x"}), 4004),
+        (b"\x00" * (8 * 2**20 + 10), 1009),  # over the frame limit, under the proxy's own (16 MiB)
+        (b"\x89PNG", 1003),  # binary where a chunk's header was due
+    ],
+)
+def test_a_bad_client_gets_the_single_servers_close_and_the_others_go_on(two_replicas, bad, code):
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    from core.remote import protocol as p
+    from core.remote.client import RemoteSession
+
+    url = two_replicas.cluster.url
+    frames = random_frames(np.random.default_rng(1), 56, 56)
+    with RemoteSession(url, token="s3cret", reconnect=None) as steady:
+        steady.push(frames, 0, 1)
+        with connect(url, max_size=None) as ws:
+            ws.send(p.encode("hello", version=p.VERSION, token="s3cret"))
+            p.decode(ws.recv(timeout=30), ("ready",))
+            ws.send(bad)
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=30)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == code, closed.value
+        assert closed.value.rcvd.reason  # a reason that names the problem
+        steady.push(frames, 1, 2)  # the other session went on
+        assert steady.reconnects == 0
 
 
 def test_sessions_spread_over_two_replicas_and_survive_one_being_killed(two_replicas, tiny_model):
