@@ -92,12 +92,9 @@ class Acceleration:
         return "acceleration: " + ", ".join(parts)
 
     def while_compiling(self) -> Acceleration:
-        """What runs while the compile runs in the background: the eager modules, no CUDA graphs (a capture
-        must not overlap the compiling thread's GPU work) and so no static step or overlap."""
-        waiting = "waiting for the background compilation"
-        off = {name: False for name in ("compile", "cuda_graphs", "static_decode", "overlap")}
-        why = {**self.why_off, **{name: waiting for name, was in off.items() if getattr(self, name)}}
-        return dataclasses.replace(self, **off, decode_attention="none", why_off=why)
+        """What runs while the compile runs in the background: everything else, over the eager modules
+        (CUDA graphs of them too: captured again after the switch)."""
+        return self.without("compile", "waiting for the background compilation") if self.compile else self
 
     def without(self, name: str, reason: str) -> Acceleration:
         """The same decision with one option turned off, for a reason found when trying it."""

@@ -115,6 +115,7 @@ class BatchedDecode:
         self.model, self.pool, self.use_graphs = model, pool, use_graphs
         self.pad = use_graphs  # pad to a power of two (graphs need it; tests turn it on without them)
         self._buckets: dict[int, _Bucket] = {}
+        self._modules = model.modules_version  # the model's modules the graphs were captured with
         self._span = torch.arange(pool.tokens, device=model.device)
         self.batches = 0  # forwards run, and the rows they carried (for tests and reports)
         self.rows = 0
@@ -122,6 +123,10 @@ class BatchedDecode:
 
     def run(self, rows: list[DecodeRow]) -> torch.Tensor:
         """The next logits [len(rows), vocab] (float32) of every row, each written into its own slot."""
+        if self._modules != self.model.modules_version:  # switched to the compiled modules: capture anew
+            self._modules = self.model.modules_version
+            for old in self._buckets.values():
+                old.graph, old.logits = None, None
         bucket = self._fill(rows)
         if not self.use_graphs:
             logits = self._forward(bucket)

@@ -51,6 +51,7 @@ class StaticDecodeStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.captures = 0
         self._capacity = -1
+        self._modules = -1  # the model's modules_version the graph was captured with
         self._slots = torch.empty(0, device=device)
         self._logits: torch.Tensor | None = None
 
@@ -71,7 +72,7 @@ class StaticDecodeStep:
         the next write.
         """
         cache = self.cache
-        if cache.capacity != self._capacity:
+        if cache.capacity != self._capacity or self._modules != self.model.modules_version:
             self._prepare()
         self.token.copy_(token.view(1))
         self.position.fill_(position)
@@ -119,8 +120,9 @@ class StaticDecodeStep:
             hf.set_attn_implementation({"text_config": previous})
 
     def _prepare(self) -> None:
-        """(Re)build for the cache's current buffers: a new capacity means new addresses and shapes."""
-        self._capacity = self.cache.capacity
+        """(Re)build for the cache's current buffers (a new capacity means new addresses and shapes) and
+        the model's modules (a switch to the compiled ones means another graph)."""
+        self._capacity, self._modules = self.cache.capacity, self.model.modules_version
         self._slots = torch.arange(self._capacity, device=self.model.device)
         self.graph, self._logits = None, None
         if not self.use_graph:

@@ -365,6 +365,8 @@ class Session(Closeable):
         )
         self.round += 1
         self.last_t_end = t_end
+        if model.warmup is not None:
+            model.warmup.chunk_done()
         return commentary(model.spec, words, t_start, t_end, question)
 
     def _open_chunk(self, video: VideoInput, features: torch.Tensor, t_start: float, t_end: float):

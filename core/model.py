@@ -64,7 +64,8 @@ class StreamModel:
         self.compiled = False  # the language model's norms and MLPs run compiled
         self.warmup: CompileWarmup | None = None  # compiling in the background (core/warmup.py)
         self._settled = False  # the warm-up's result has been switched to
-        self._vision_graphs = False  # what the last engine asked for the tower, applied once settled
+        # Counts switches of how the modules run: a CUDA graph captured before one is captured again.
+        self.modules_version = 0
         self._triton_ready = False
         language_model = self.model.model.language_model
         # transformers renamed `past_key_values` to `cache`; accept checkpoints on either side of it.
@@ -87,7 +88,6 @@ class StreamModel:
         if decided.triton and not self._triton_ready:
             kernels.warm_up(self.text.head_dim, self.dtype, self.device)
             self._triton_ready = True
-        self._vision_graphs = decided.cuda_graphs
         if decided.compile and not self.compiled and self.warmup is None:
             if decided.compile_in_background:
                 self.warmup = CompileWarmup(self)
@@ -95,8 +95,7 @@ class StreamModel:
                 self.warmup.start()
             elif not self.compile_modules():
                 decided = decided.without("compile", "torch.compile does not work here (see the warning)")
-        if not self.warming:
-            self._vision.use_graph = decided.cuda_graphs
+        self._vision.use_graph = decided.cuda_graphs
         if self.warmup is not None and self.warmup.finished.is_set() and not self.warmup.ok:
             decided = decided.without("compile", self.warmup.error)
         log.info("%s", decided.describe())
@@ -108,8 +107,8 @@ class StreamModel:
         return self.warmup is not None and not self._settled
 
     def phase(self, decided: Acceleration) -> Acceleration:
-        """What runs now of what was `decided`: while compiling in the background, no compile, CUDA graphs
-        or static step (core/warmup.py says why); where compilation failed, no compile."""
+        """What runs now of what was `decided`: no compile while compiling in the background (the rest runs
+        over the eager modules) or where compilation failed."""
         if self.warming:
             return decided.while_compiling()
         if decided.compile and not self.compiled:
@@ -126,14 +125,13 @@ class StreamModel:
             return False
         self._settled = True
         self._vision.on_new_grid = None
-        if warmup.ok:
-            self.compile_modules(vision=warmup.vision_ok, probe=False)
-        self._vision.reset(use_graph=self._vision_graphs)
-        log.info(
-            "switched to %s after %.1f s of background compilation",
-            "the compiled modules" if warmup.ok else "the uncompiled modules with CUDA graphs",
-            warmup.seconds,
-        )
+        if not warmup.ok:
+            log.info("staying with the uncompiled modules: %s", warmup.error)
+            return True
+        self.compile_modules(vision=warmup.vision_ok, probe=False)
+        self.modules_version += 1
+        self._vision.reset(use_graph=self._vision.use_graph)
+        log.info("switched to the compiled modules after %.1f s of background compilation", warmup.seconds)
         return True
 
     def compile_modules(self, *, vision: bool = True, probe: bool = True) -> bool:

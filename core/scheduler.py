@@ -99,7 +99,6 @@ class Scheduler:
     ) -> None:
         self.model = model
         self.decode = BatchedDecode(model, pool, use_graphs=use_graphs)
-        self._graphs = use_graphs  # once the model is past its eager phase (core/warmup.py)
         cuda = model.device.type == "cuda"
         self.prefill_tokens = prefill_tokens or (GPU_PREFILL_TOKENS if cuda else 1 << 30)
         self._cuda = cuda
@@ -224,8 +223,6 @@ class Scheduler:
             first_step = min((s.deadline for s in steps), default=float("inf"))
             try:
                 self.model.settle()  # to the compiled modules once they are ready: nothing else runs now
-                self.decode.use_graphs = self._graphs and not self.model.warming
-                self.decode.pad = self.decode.pad or self.decode.use_graphs
                 with torch.inference_mode():
                     if first_prefill <= first_step:
                         self._run_prefills(jobs)

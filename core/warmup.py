@@ -8,19 +8,26 @@ own compiled entry point) called with the shapes the stream will use:
 
 - the language model's norms and MLP at decode shapes: one row (a session's own step) and two rows
   (which makes the batch dimension dynamic, as the batched steps' graphs need);
-- the vision tower for the first frame grid the stream shows (the warm-up waits for it, up to
-  `GRID_WAIT_S`): it cannot be known before frames arrive.
+- the vision tower for the first frame grid the stream shows: it cannot be known before frames arrive.
+
+It starts when the first chunk is done (or after `FIRST_CHUNK_WAIT_S` without one): Dynamo's tracing is
+Python that holds the interpreter lock for long stretches, and the first chunk, which captures the
+eager modules' CUDA graphs, would wait for it; the chunks after it replay graphs and barely need the
+lock. By then the first frame grid is known too.
 
 Dynamo keeps compiled code per function with guards on the module's type and structure, not on which
 instance it is, and Inductor and Triton keep their output in their caches (`core.compile_cache`). So
 when the serving side later calls `.compile()` on the real modules (`StreamModel.settle`, at a point
 where no model work runs), their first calls find everything compiled.
 
-Until the switch the engine runs without CUDA graphs and without the static decode step (the phase
-`StreamModel.phase` reports): a capture must not overlap this thread's GPU work, and a graph of the
-eager modules would be captured only to be thrown away. The switch changes no tokens of a greedy
-session beyond the compiler's own rounding (tests/test_warmup.py checks it with a backend that keeps
-the arithmetic).
+Until the switch the engine runs everything else it decided over the eager modules (the phase
+`StreamModel.phase` reports), CUDA graphs included: an eager decode step costs Python tens of
+milliseconds per token, a replayed one the GPU's time. The switch bumps `modules_version`, and each
+graph (the tower's per grid, a session's step, the batched steps') is captured again at its next use.
+This thread runs its GPU work on a stream of its own; the captures check only their own thread's
+calls, so the two may overlap. The switch changes no tokens of a greedy session beyond the compiler's
+own rounding (tests/test_warmup.py checks it with a backend that keeps the arithmetic, and on a GPU
+with Inductor in float32).
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 COMPILE_BACKEND = "inductor"  # torch.compile's backend for every compiled module (tests use "aot_eager")
-GRID_WAIT_S = 60.0  # how long the warm-up waits for the stream's first frame grid after the language model
+FIRST_CHUNK_WAIT_S = 60.0  # the warm-up starts at the first chunk's end, or after this long without one
 
 
 class CompileWarmup:
@@ -55,7 +62,7 @@ class CompileWarmup:
         self.error = ""  # why compilation does not work here, when it does not
         self.seconds = 0.0
         self._grids: list[tuple[torch.Tensor, torch.Size]] = []
-        self._grid_seen = threading.Event()
+        self._first_chunk = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -66,12 +73,16 @@ class CompileWarmup:
     def saw_grid(self, grid_thw: torch.Tensor, pixels: torch.Size) -> None:
         """The vision tower met a new frame grid ([1, 3]) whose patches are `pixels` [patches, width]
         (called by its runner)."""
-        if not self._grid_seen.is_set():
+        if not self._grids:
             self._grids.append((grid_thw.detach().cpu().clone(), pixels))
-            self._grid_seen.set()
+
+    def chunk_done(self) -> None:
+        """A chunk of the stream is done (the engine calls it after each): the warm-up may start."""
+        self._first_chunk.set()
 
     def run(self) -> None:
         """Compile everything this warm-up covers, then set `finished` (also when it failed)."""
+        self._first_chunk.wait(FIRST_CHUNK_WAIT_S)
         started = time.perf_counter()
         device = self.model.device
         try:
@@ -82,11 +93,11 @@ class CompileWarmup:
                 self._warm_language()
                 self.ok = True
                 log.info("compiled the language model in %.1f s", time.perf_counter() - started)
-                if self._grid_seen.wait(GRID_WAIT_S):
+                if self._grids:
                     self._warm_vision(*self._grids[0])
                     self.vision_ok = True
                 else:
-                    log.info("no frames within %.0f s: the vision tower stays uncompiled", GRID_WAIT_S)
+                    log.info("no frames before the warm-up started: the vision tower stays uncompiled")
         except Exception as exc:  # any failure leaves the model eager, never the stream stopped
             self.error = f"compilation failed ({_said(exc)})"
             log.warning("torch.compile failed; running uncompiled: %s", self.error)

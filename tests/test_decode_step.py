@@ -21,7 +21,10 @@ POLICY = CachePolicy(sink_tokens=6, text_window_tokens=10, vision_window_chunks=
 
 def run(model, fast_decode: bool, chunks: int = 10, attention: str = "auto"):
     rng = np.random.default_rng(99)
-    acceleration = AccelerationConfig(static_decode=fast_decode, decode_attention=attention)
+    # Compiled (on a GPU) before the first chunk, so every chunk runs the path under test.
+    acceleration = AccelerationConfig(
+        static_decode=fast_decode, decode_attention=attention, compile_in_background=False
+    )
     engine = StreamingEngine(
         model, stream=SMALL_STREAM, cache=POLICY, generation=GREEDY, acceleration=acceleration
     )
@@ -99,9 +102,7 @@ def test_gpu_graph_path_gives_the_cpu_reference_tokens(tiny_dir):
     torch.backends.cuda.matmul.allow_tf32 = False
     cpu = load_model(tiny_dir, device="cpu", dtype="float32")
     gpu = load_model(tiny_dir, device="cuda", dtype="float32")
-    engine = StreamingEngine(gpu, stream=SMALL_STREAM, cache=POLICY, generation=GREEDY)
-    assert (
-        engine.acceleration.static_decode and engine.acceleration.cuda_graphs and engine.acceleration.overlap
-    )
+    decided = StreamingEngine(gpu, stream=SMALL_STREAM, cache=POLICY, generation=GREEDY).decided
+    assert decided.static_decode and decided.cuda_graphs and decided.overlap
     gpu_tokens = run(gpu, fast_decode=True, chunks=12)
     assert gpu_tokens == run(cpu, fast_decode=False, chunks=12)
