@@ -56,7 +56,7 @@ run() {
     return 1
   fi
   stamp "$name: $(grep '^serving' "$LOGS/serve-$name.txt")"
-  timeout 120 python3 -m evals server-load --url $URL --clients $(( 2 * replicas )) --seconds 15 \
+  timeout 120 python3 -m evals server-load --url $URL --clients $(( 2 * replicas )) --seconds 25 \
     --resolution "$RESOLUTION" --out "$LOGS/warm-$name" > "$LOGS/warm-$name.txt" 2>&1
   stamp "$name: warmed up"
   timeout 400 python3 -m evals server-load --url $URL --clients "$levels" --seconds "$SECONDS_PER_LEVEL" \
