@@ -91,6 +91,8 @@ class StreamModel:
         if decided.compile and not self.compiled and self.warmup is None:
             if decided.compile_in_background:
                 self.warmup = CompileWarmup(self)
+                for grid in self._vision.grids:  # met by an earlier engine on this model
+                    self.warmup.saw_grid(*grid)
                 self._vision.on_new_grid = self.warmup.saw_grid
                 self.warmup.start()
             elif not self.compile_modules():

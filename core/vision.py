@@ -44,7 +44,9 @@ class VisionRunner:
         self.model = model
         self.use_graph = use_graph
         self._plans: dict[tuple[int, ...], _Plan] = {}
-        # Told of each new frame grid and its patches' shape (the background compilation waits for one).
+        # Each frame grid met ([1, 3], on the host) and its patches' shape, first first; and who is told of
+        # each new one (the background compilation compiles the tower for the first).
+        self.grids: list[tuple[torch.Tensor, torch.Size]] = []
         self.on_new_grid: Callable[[torch.Tensor, torch.Size], None] | None = None
 
     def reset(self, *, use_graph: bool) -> None:
@@ -59,8 +61,9 @@ class VisionRunner:
         key = (*grid_thw.flatten().tolist(), pixel_values.shape[0])
         plan = self._plans.get(key)
         if plan is None:
+            self.grids.append((grid_thw.detach().cpu().clone(), pixel_values.shape))
             if self.on_new_grid is not None:
-                self.on_new_grid(grid_thw, pixel_values.shape)
+                self.on_new_grid(*self.grids[-1])
             plan = self._plans[key] = _Plan(self._precompute(grid_thw.cpu()))
             if self.use_graph:
                 self._capture(plan, pixel_values, grid_thw)

@@ -78,7 +78,7 @@ class CompileWarmup:
         """The vision tower met a new frame grid ([1, 3]) whose patches are `pixels` [patches, width]
         (called by its runner)."""
         if not self._grids:
-            self._grids.append((grid_thw.detach().cpu().clone(), pixels))
+            self._grids.append((grid_thw, pixels))
 
     def chunk_done(self) -> None:
         """A chunk of the stream is done (the engine calls it after each): the warm-up may start."""

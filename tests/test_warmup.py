@@ -190,3 +190,18 @@ def test_on_a_gpu_the_switch_to_inductor_and_graphs_keeps_greedy_tokens(tiny_dir
     assert engine.acceleration.compile and engine.acceleration.cuda_graphs
     assert not switched[0][1] and switched[-1][1]
     assert [(text, ids) for text, _, ids in switched] == [(text, ids) for text, _, ids in reference]
+
+
+def test_a_grid_met_before_compiling_was_asked_for_is_compiled_too(tiny_dir, traced_backend, monkeypatch):
+    """The app keeps a model across runs: a first run uncompiled, a second with compilation, on the same frames.
+    The tower has no new grid to report then; the warm-up starts from the grids it met."""
+    monkeypatch.setattr(CompileWarmup, "start", lambda self: None)
+    model = fresh_model(tiny_dir)
+    stream(engine_for(model, batched=False, compile=False))
+    engine = engine_for(model, batched=False, compile=True)
+    rng = np.random.default_rng(5)
+    with engine.start() as session:
+        session.push(random_frames(rng, 56, 84), 0, 1)
+        model.warmup.run()
+        session.push(random_frames(rng, 56, 84), 1, 2)
+    assert model.warmup.vision_ok and model.model.model.visual.blocks[0]._compiled_call_impl is not None
