@@ -19,6 +19,7 @@ feeds every token) and the LM head (its logits choose the tokens) stay in the lo
 from __future__ import annotations
 
 import importlib.util
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,8 @@ from torch import nn
 
 from core.config import WEIGHT_FORMATS
 from core.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 MIN_CAPABILITY = (8, 9)  # FP8 tensor cores: Ada (8.9), Hopper (9.0) and later
 GEMM_MULTIPLE = 16  # an FP8 GEMM needs both widths of the weight to be multiples of 16
@@ -122,6 +125,8 @@ def quantize_language_model(model: nn.Module, weights: str) -> int:
     recipe = recipe_of(weights)
     if recipe is None:
         return 0
+    # Said on every load until the GPU tests pass on a GPU (docs/performance.md, "8-bit weights").
+    log.warning("weights %s are experimental: not yet verified on a GPU (docs/performance.md)", weights)
     from torchao.quantization import quantize_
 
     layers = model.model.language_model.layers
