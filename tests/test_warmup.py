@@ -66,16 +66,31 @@ def stream(engine: StreamingEngine, between=None):
     return out
 
 
+def chunk_compile_chunk(engine: StreamingEngine):
+    """One chunk, the warm-up run to its end (its thread not started: see `no_thread`), another chunk;
+    the session's stats and cache after them."""
+    rng = np.random.default_rng(0)
+    with engine.start() as session:
+        session.push(random_frames(rng, 56, 84), 0, 1)
+        engine.model.warmup.run()
+        session.push(random_frames(rng, 56, 84), 1, 2)
+        return session.last_stats, session.cache.token_ids()
+
+
+@pytest.fixture
+def no_thread(monkeypatch):
+    """The warm-up's thread is not started: a test runs it between chunks, so the switch falls at a known one."""
+    monkeypatch.setattr(CompileWarmup, "start", lambda self: None)
+
+
 @pytest.mark.parametrize("batched", [False, True], ids=["own-thread", "scheduler"])
 def test_the_switch_to_compiled_modules_keeps_a_greedy_sessions_tokens(
-    tiny_dir, traced_backend, monkeypatch, batched
+    tiny_dir, traced_backend, no_thread, batched
 ):
     reference = stream(engine_for(fresh_model(tiny_dir), batched=batched, compile=False, static_decode=False))
     assert not any(compiled for _, compiled, _ in reference)
 
-    # The warm-up's thread is not started: the test runs it between chunks, so the switch falls at a known
-    # chunk. The compiled phase also takes the static decode step, made at the switch.
-    monkeypatch.setattr(CompileWarmup, "start", lambda self: None)
+    # The compiled phase also takes the static decode step, made at the switch.
     model = fresh_model(tiny_dir)
     engine = engine_for(model, batched=batched, compile=True, static_decode=True)
     assert engine.decided.compile and engine.decided.compile_in_background
@@ -112,22 +127,16 @@ def test_the_first_chunk_never_waits_for_the_compiler(tiny_dir, traced_backend):
         assert session.last_stats.compiled and model.warmup.vision_ok
 
 
-def test_a_compiler_that_fails_leaves_the_stream_running_uncompiled(tiny_dir, monkeypatch, caplog):
+def test_a_compiler_that_fails_leaves_the_stream_running_uncompiled(tiny_dir, monkeypatch, no_thread, caplog):
     def broken(graph, example_inputs):
         raise RuntimeError("no C compiler")
 
     monkeypatch.setattr(warmup, "COMPILE_BACKEND", broken)
-    monkeypatch.setattr(CompileWarmup, "start", lambda self: None)
     torch._dynamo.reset()
     model = fresh_model(tiny_dir)
     engine = engine_for(model, batched=False, compile=True)
-    rng = np.random.default_rng(0)
-    with engine.start() as session:
-        session.push(random_frames(rng, 56, 84), 0, 1)
-        model.warmup.run()
-        session.push(random_frames(rng, 56, 84), 1, 2)
-        assert not session.last_stats.compiled and not model.compiled
-        assert session.cache.token_ids()
+    stats, tokens = chunk_compile_chunk(engine)
+    assert not stats.compiled and not model.compiled and tokens
     assert not engine.acceleration.compile
     assert "torch.compile does not work here" in engine.acceleration.why_off["compile"]
     assert "no C compiler" in caplog.text
@@ -171,7 +180,7 @@ def test_the_compile_cache_is_used_unless_the_user_chose_one(monkeypatch, tmp_pa
 
 
 @pytest.mark.gpu
-def test_on_a_gpu_the_switch_to_inductor_and_graphs_keeps_greedy_tokens(tiny_dir, monkeypatch):
+def test_on_a_gpu_the_switch_to_inductor_and_graphs_keeps_greedy_tokens(tiny_dir):
     """Inductor after the switch, CUDA graphs (of the eager modules, then captured again) and the static
     step throughout, against the same model never compiled, in float32 (bf16 rounding would differ between
     fused and unfused kernels)."""
@@ -192,16 +201,14 @@ def test_on_a_gpu_the_switch_to_inductor_and_graphs_keeps_greedy_tokens(tiny_dir
     assert [(text, ids) for text, _, ids in switched] == [(text, ids) for text, _, ids in reference]
 
 
-def test_a_grid_met_before_compiling_was_asked_for_is_compiled_too(tiny_dir, traced_backend, monkeypatch):
+def test_a_grid_met_before_compiling_was_asked_for_is_compiled_too(tiny_dir, traced_backend, no_thread):
     """The app keeps a model across runs: a first run uncompiled, a second with compilation, on the same frames.
     The tower has no new grid to report then; the warm-up starts from the grids it met."""
-    monkeypatch.setattr(CompileWarmup, "start", lambda self: None)
     model = fresh_model(tiny_dir)
     stream(engine_for(model, batched=False, compile=False))
-    engine = engine_for(model, batched=False, compile=True)
-    rng = np.random.default_rng(5)
-    with engine.start() as session:
-        session.push(random_frames(rng, 56, 84), 0, 1)
-        model.warmup.run()
-        session.push(random_frames(rng, 56, 84), 1, 2)
-    assert model.warmup.vision_ok and model.model.model.visual.blocks[0]._compiled_call_impl is not None
+    stats, _ = chunk_compile_chunk(engine_for(model, batched=False, compile=True))
+    assert (
+        stats.compiled
+        and model.warmup.vision_ok
+        and model.model.model.visual.blocks[0]._compiled_call_impl is not None
+    )
