@@ -268,10 +268,10 @@ class StreamWorker(QObject):
     def _model(self):
         """The request's model: the one kept from the last run if its settings are the same, else
         downloaded if need be and loaded (the kept one let go first). None if stopped meanwhile."""
-        from core.loading import model_from_config
+        from core.loading import loaded_model_key, model_from_config
 
         config = self.request.engine_config
-        key = config.model  # path, device, dtype and attention: the same model is kept across runs
+        key = loaded_model_key(config)  # the same model is kept across runs
         if key not in self._models:
             self.phase.emit(Phase.LOADING_MODEL, self.request.model)
             if not self._find_model(self.request.model):

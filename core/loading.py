@@ -156,6 +156,15 @@ def adapt_weights(model: torch.nn.Module, weights: str, acceleration: Accelerati
     quantize.quantize_language_model(model, weights)
 
 
+def loaded_model_key(config: EngineConfig) -> tuple:
+    """What makes the model `model_from_config` loads differ: two configs with the same key load the same
+    model (the model section, and the load-time transforms `adapt_weights` applies); a kept model is reused
+    for the same key (the app keeps one across runs)."""
+    from core import fused
+
+    return (config.model, fused.wanted(config.acceleration.fuse_projections))
+
+
 def model_from_config(config: EngineConfig) -> StreamModel:
     """The model of `config.model` (path, device, dtype, attention, weights), asking for
     `config.acceleration`."""

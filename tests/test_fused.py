@@ -173,3 +173,20 @@ def test_the_efficiency_benchmark_switches_fusion_on_and_reports_decode_bandwidt
         read = meta["decode_weight_bytes"] + row["cached_tokens"] * meta["kv_bytes_per_token"]
         assert row["decode_gbps"] == pytest.approx(read / row["decode_ms_per_token"] / 1e6)
     assert "decode GB/s" in (out / "table.md").read_text()
+
+
+def test_a_model_loaded_with_other_projections_is_another_model():
+    """The app keeps a loaded model across runs by this key: fusing projections changes the model, so a run
+    that asks otherwise loads anew."""
+    from core.config import AccelerationConfig, EngineConfig, ModelConfig
+    from core.loading import loaded_model_key
+
+    plain = EngineConfig(model=ModelConfig(path="tiny"))
+    fused_config = EngineConfig(
+        model=ModelConfig(path="tiny"), acceleration=AccelerationConfig(fuse_projections=True)
+    )
+    assert loaded_model_key(plain) == loaded_model_key(EngineConfig(model=ModelConfig(path="tiny")))
+    assert loaded_model_key(plain) != loaded_model_key(fused_config)
+    assert loaded_model_key(plain) != loaded_model_key(
+        EngineConfig(model=ModelConfig(path="tiny", dtype="float32"))
+    )
