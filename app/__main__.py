@@ -1,6 +1,9 @@
 """`python -m app [--model M] [--source S] [--smoke]`: the desktop app.
 
 `--smoke` runs the tiny random model offline on the demo clip, and says so in a banner in the window.
+
+SIGINT (Ctrl+C in the terminal) or SIGTERM stops the run as Stop does, closes the window and exits with
+128 + the signal, like `python -m core run`; a second SIGINT quits at once (app/signals.py).
 """
 
 from __future__ import annotations
@@ -44,17 +47,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     app = application()
-    from app.window import MainWindow
+    from app.signals import AppStopSignals
 
-    model = "tiny" if args.smoke else args.model  # smoke mode is the tiny random model, whatever --model says
-    window = MainWindow(model=model, source=args.source, smoke=args.smoke, config=config)
-    if args.record:
-        window.record_check.setChecked(True)
-        window.output_edit.setText(args.record)
-    window.show()
-    if args.start:
-        window.start()
-    return app.exec()
+    # SIGINT and SIGTERM stop the run as Stop does, then close the window (app/signals.py); from here, so
+    # one that comes while the window is built is acted on as soon as the event loop runs.
+    with AppStopSignals(app) as stop:
+        from app.window import MainWindow
+
+        # smoke mode is the tiny random model, whatever --model says
+        model = "tiny" if args.smoke else args.model
+        window = MainWindow(model=model, source=args.source, smoke=args.smoke, config=config)
+        stop.window = window
+        if args.record:
+            window.record_check.setChecked(True)
+            window.output_edit.setText(args.record)
+        window.show()
+        if args.start:
+            window.start()
+        return stop.exit_code(app.exec())
 
 
 def application():
