@@ -90,9 +90,24 @@ DATASETS = {
 MODEL_NAME = "streamvlm"
 
 
+def vlmeval_module(name: str):
+    """Import a VLMEvalKit module with autograd left as it was: importing `vlmeval.vlm` (which most of its
+    modules do) calls `torch.set_grad_enabled(False)` for the whole process, and every later backward in
+    it (a training step, a test's) then fails."""
+    import importlib
+
+    import torch
+
+    enabled = torch.is_grad_enabled()
+    try:
+        return importlib.import_module(name)
+    finally:
+        torch.set_grad_enabled(enabled)
+
+
 def model_class():
     """A VLMEvalKit model class around the adapter (built on first use: vlmeval is optional)."""
-    from vlmeval.vlm.base import BaseModel
+    BaseModel = vlmeval_module("vlmeval.vlm.base").BaseModel
 
     class StreamVLMVideo(BaseModel):
         INSTALL_REQ = False
@@ -123,8 +138,7 @@ def register(name: str, **kwargs) -> None:
     """Add our model to VLMEvalKit's `supported_VLM` under `name` (its public model registry)."""
     from functools import partial
 
-    from vlmeval.config import supported_VLM
-
+    supported_VLM = vlmeval_module("vlmeval.config").supported_VLM
     supported_VLM[name] = partial(model_class(), **kwargs)
 
 
@@ -136,8 +150,7 @@ def local_dataset(benchmark: str, data: Path):
     Video-MME `video/<video>.mp4`, MVBench `<prefix>/<video>`, LongVideoBench `<video_path>`) and
     leaves everything else (prompts, frame settings, scoring) to VLMEvalKit's class.
     """
-    from vlmeval.dataset.video_dataset_config import supported_video_datasets
-
+    supported_video_datasets = vlmeval_module("vlmeval.dataset.video_dataset_config").supported_video_datasets
     made = supported_video_datasets[
         DATASETS[benchmark]
     ]  # functools.partial(Class, dataset=..., fps|nframe=...)
@@ -159,8 +172,8 @@ def run(benchmark: str, data: Path, model_path: str, work_dir: Path, **load) -> 
     """
     import os
 
-    from vlmeval.inference_video import infer_data_job_video
-    from vlmeval.smp import load as vlmeval_load
+    infer_data_job_video = vlmeval_module("vlmeval.inference_video").infer_data_job_video
+    vlmeval_load = vlmeval_module("vlmeval.smp").load
 
     work_dir.mkdir(parents=True, exist_ok=True)
     # VLMEvalKit keeps extracted frames under $LMUData (default ~/LMUData); keep them with the run.
