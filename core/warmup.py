@@ -32,6 +32,7 @@ with Inductor in float32).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import sys
@@ -117,7 +118,9 @@ class CompileWarmup:
     def _warm_language(self) -> None:
         model = self.model
         layer = model.model.model.language_model.layers[0]
-        parts = [_compiled_copy(m) for m in (layer.input_layernorm, layer.post_attention_layernorm, layer.mlp)]
+        parts = [
+            _compiled_copy(m) for m in (layer.input_layernorm, layer.post_attention_layernorm, layer.mlp)
+        ]
         hidden = model.text.hidden_size
         for rows in (1, 2):  # one row, then two: the batch dimension becomes dynamic, as bucket captures need
             x = torch.zeros(rows, 1, hidden, dtype=model.dtype, device=model.device)
@@ -164,16 +167,6 @@ def _compiled_copy(module: nn.Module) -> nn.Module:
     return twin
 
 
-class _own_stream:
+def _own_stream(device: torch.device):
     """This thread's GPU work on a stream of its own (the serving threads keep theirs)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.context = torch.cuda.stream(torch.cuda.Stream(device)) if device.type == "cuda" else None
-
-    def __enter__(self) -> None:
-        if self.context is not None:
-            self.context.__enter__()
-
-    def __exit__(self, *exc) -> None:
-        if self.context is not None:
-            self.context.__exit__(*exc)
+    return torch.cuda.stream(torch.cuda.Stream(device)) if device.type == "cuda" else contextlib.nullcontext()
