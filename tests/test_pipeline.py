@@ -67,3 +67,25 @@ def test_the_cli_the_app_and_the_evals_run_the_one_pipeline():
         text = (ROOT / path).read_text()
         assert "Pipeline(" in text, path
         assert "chunks(" not in text and "RealtimeRunner(" not in text, path
+
+
+def test_the_latency_tally_gives_a_lists_median_and_max_in_bounded_memory():
+    """An endless run keeps a count per 10 ms, not every chunk's latency; its summary's figures are those of
+    the whole list at the printed precision."""
+    import random
+    import statistics
+
+    from core.pipeline import LatencyTally
+
+    rng = random.Random(3)
+    for n in (1, 2, 3, 10, 101, 5000):
+        latencies = [round(rng.uniform(0.05, 3.0), 2) for _ in range(n)]
+        tally = LatencyTally()
+        for x in latencies:
+            tally.add(x)
+        assert tally.count == n and tally.max == max(latencies)
+        assert abs(tally.median() - statistics.median(latencies)) < 1e-9
+    tally = LatencyTally()
+    for k in range(200_000):  # a couple of days of one-second chunks
+        tally.add(0.5 + (k % 300) / 1000)
+    assert len(tally._per_10ms) <= 31  # 0.50 to 0.80 s: the memory is the spread of values, not the count
