@@ -11,11 +11,18 @@ memory allocated there. Writes results.json, summary.md and soak.png to --out.
 It fails (exit 1, the reasons printed) when after warm-up (`--warmup` seconds of stream; caches,
 allocator pools and encoder buffers fill during it): RSS grew by more than `--rss-tolerance`
 percent, descriptors or threads grew at all, the cached tokens varied by more than the time labels
-explain (`TOKEN_SLACK`), or a position passed the model's trained context or grew after warm-up.
+explain (`TOKEN_SLACK`), a position passed the model's trained context or grew after warm-up, or
+the mean chunk time of the last `--time-window` seconds of stream was more than `--time-tolerance`
+percent above that of the first window after warm-up (a cost that creeps up with the stream's age).
+Each sample is also appended to samples.jsonl as it is taken, so a run cut short (a device call's time
+limit, a crash) still leaves its figures.
 
     python -m evals soak --model tiny --seconds 86400 --out runs/soak-cpu            # 24 h, CPU
-    python -m evals soak --random-weights 7b --weights-dir /tmp/w7b --seconds 2400 \\
+    python -m evals soak --random-weights 7b --seconds 2460 --every 60 --warmup 60 \\
         --resolution 1280x720 --out runs/soak-h200                                   # on a GPU
+
+`--random-weights` builds the weights in memory; with `--weights-dir` it writes them as a checkpoint
+folder first and loads that, through the loading path a real checkpoint takes.
 
 With random weights the model has nothing to say, so `--tokens` (8 by default) forces that many
 tokens per chunk (the efficiency benchmark does the same); `--tokens 0` leaves it to the config.
@@ -27,6 +34,7 @@ import argparse
 import contextlib
 import gc
 import itertools
+import json
 import logging
 import statistics
 import threading
@@ -53,9 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", help="checkpoint folder, hub id or 'tiny'")
     which.add_argument(
-        "--random-weights", choices=["7b", "tiny"], help="write random weights to --weights-dir, then soak"
+        "--random-weights", choices=["7b", "tiny"], help="random weights of this size, built in memory"
     )
-    parser.add_argument("--weights-dir", type=Path, help="with --random-weights: a new or empty folder")
+    parser.add_argument(
+        "--weights-dir",
+        type=Path,
+        help="with --random-weights: write them here (a new or empty folder) and load",
+    )
     parser.add_argument(
         "--seconds", type=number(1, 10**7, low_open=False), default=3600.0, help="stream time to soak"
     )
@@ -67,6 +79,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--rss-tolerance", type=number(0, 100), default=2.0, help="percent RSS growth allowed"
+    )
+    parser.add_argument(
+        "--time-tolerance",
+        type=number(0, 1000),
+        default=2.0,
+        help="percent the last window's chunk time may exceed the first's",
+    )
+    parser.add_argument(
+        "--time-window",
+        type=number(1, 10**7),
+        default=600.0,
+        help="stream seconds of the first and last windows compared",
     )
     parser.add_argument("--resolution", default="160x96", help="synthetic frame size WxH")
     parser.add_argument("--source", type=Path, help="a video file, looped, instead of the synthetic scene")
@@ -85,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from evals.startup import engine_settings, write_random
 
     width, height = parse_resolution(args.resolution, minimum=32)
-    overrides = engine_settings(args)
+    overrides = engine_settings(args, weights_dir_needed=False)
     if (
         args.weights_dir
         and args.weights_dir.exists()
@@ -100,15 +124,30 @@ def run(args: argparse.Namespace) -> int:
             f"--out {out} is not an empty folder; pass a new or empty one (nothing is overwritten)"
         )
     config = resolve_config(args.config, overrides)  # checked before torch loads
-    if args.random_weights:
+    model = None
+    if args.random_weights and args.weights_dir:
         folder = write_random(args.random_weights, args.weights_dir, config)
         overrides["model"] = {**overrides.get("model", {}), "path": str(folder)}
+    elif args.random_weights:
+        from core.builders import build_random_model
+
+        m = config.model
+        model = build_random_model(
+            args.random_weights, device=m.device, dtype=m.dtype, attn=m.attn, acceleration=config.acceleration
+        )
     else:
         overrides["model"] = {**overrides.get("model", {}), "path": args.model}
     config = resolve_config(args.config, overrides)
 
-    samples, meta = soak(config, args, out, (width, height))
-    verdict = judge(samples, args.warmup, args.rss_tolerance, meta["position_bound"])
+    samples, meta = soak(config, args, out, (width, height), model)
+    verdict = judge(
+        samples,
+        args.warmup,
+        args.rss_tolerance,
+        meta["position_bound"],
+        time_tolerance=args.time_tolerance,
+        time_window=args.time_window,
+    )
     results = {
         "meta": {**run_meta("soak", {**vars(args), "out": str(out)}), **meta},
         "samples": samples,
@@ -121,8 +160,10 @@ def run(args: argparse.Namespace) -> int:
     return 0 if verdict["ok"] else 1
 
 
-def soak(config, args: argparse.Namespace, out: Path, size: tuple[int, int]) -> tuple[list[dict], dict]:
-    """Stream and sample; (the samples, what the run was)."""
+def soak(
+    config, args: argparse.Namespace, out: Path, size: tuple[int, int], model=None
+) -> tuple[list[dict], dict]:
+    """Stream and sample; (the samples, what the run was). `model`: one already built (random weights)."""
     import psutil
 
     from core.loading import open_engine
@@ -131,8 +172,9 @@ def soak(config, args: argparse.Namespace, out: Path, size: tuple[int, int]) -> 
     from core.pipeline import Pipeline
 
     stream = config.stream
-    engine = open_engine(config)
+    engine = open_engine(config, model)
     out.mkdir(parents=True, exist_ok=True)
+    partial = (out / "samples.jsonl").open("a", encoding="utf-8")
     process = psutil.Process()
     frames = _looped(args.source, size, stream.fps)
     samples: list[dict] = []
@@ -143,6 +185,7 @@ def soak(config, args: argparse.Namespace, out: Path, size: tuple[int, int]) -> 
             open_writers(srt=out / "soak.srt", vtt=out / "soak.vtt", jsonl=out / "soak.jsonl")
         )
         recorder = None if args.no_record else stack.enter_context(Recorder(out / "soak.mp4", stream.fps))
+        stack.callback(partial.close)
         session = stack.enter_context(_session(engine, args.remote))
         pipeline = Pipeline(
             frames,
@@ -174,6 +217,8 @@ def soak(config, args: argparse.Namespace, out: Path, size: tuple[int, int]) -> 
                     }
                 )
                 chunk_times.clear()
+                partial.write(json.dumps(samples[-1]) + "\n")
+                partial.flush()
                 log.info("soak: %s", samples[-1])
     meta = {
         "device": str(engine.model.device),
@@ -186,7 +231,15 @@ def soak(config, args: argparse.Namespace, out: Path, size: tuple[int, int]) -> 
     return samples, meta
 
 
-def judge(samples: list[dict], warmup: float, rss_tolerance: float, position_bound: int | None) -> dict:
+def judge(
+    samples: list[dict],
+    warmup: float,
+    rss_tolerance: float,
+    position_bound: int | None,
+    *,
+    time_tolerance: float = 2.0,
+    time_window: float = 600.0,
+) -> dict:
     """Whether the run stayed flat after `warmup` stream seconds; the reasons when it did not."""
     after = [s for s in samples if s["stream_s"] >= warmup] or samples[-1:]
     base, last = after[0], after[-1]
@@ -208,12 +261,37 @@ def judge(samples: list[dict], warmup: float, rss_tolerance: float, position_bou
     gpu = [s["gpu_mib"] for s in after if s["gpu_mib"] is not None]
     if gpu and max(gpu) > gpu[0] * (1 + rss_tolerance / 100):
         reasons.append(f"GPU memory grew after warm-up ({gpu[0]} -> {max(gpu)} MiB)")
+    first_ms, last_ms = _window_means(after, time_window)
+    time_change = 100.0 * (last_ms - first_ms) / first_ms if first_ms else None
+    if time_change is not None and time_change > time_tolerance:
+        reasons.append(
+            f"chunk time grew {time_change:.1f}% from the first to the last {time_window:g} s of stream "
+            f"({first_ms:.1f} -> {last_ms:.1f} ms)"
+        )
     return {
         "ok": not reasons,
         "reasons": reasons,
         "rss_growth_pct": round(growth, 3),
         "baseline_chunk": base["chunk"],
+        "chunk_ms_first_window": round(first_ms, 3) if first_ms else None,
+        "chunk_ms_last_window": round(last_ms, 3) if last_ms else None,
+        "chunk_time_change_pct": round(time_change, 2) if time_change is not None else None,
     }
+
+
+def _window_means(after: list[dict], window: float) -> tuple[float | None, float | None]:
+    """Mean chunk time over the samples of the first and of the last `window` stream seconds (each
+    sample's `chunk_ms` is the mean of the chunks since the one before, so they weigh equally when
+    sampled every N chunks); (None, None) when the stream after warm-up is shorter than two windows."""
+    if len(after) < 2 or after[-1]["stream_s"] - after[0]["stream_s"] < 2 * window:
+        return None, None
+    # the baseline sample's chunk_ms covers chunks before it (warm-up): it starts no window
+    start, end = after[0]["stream_s"], after[-1]["stream_s"]
+    first = [s["chunk_ms"] for s in after[1:] if s["stream_s"] <= start + window]
+    last = [s["chunk_ms"] for s in after[1:] if s["stream_s"] > end - window]
+    if not first or not last:
+        return None, None
+    return statistics.mean(first), statistics.mean(last)
 
 
 def _looped(source: Path | None, size: tuple[int, int], fps: float) -> Iterator[Frame]:
@@ -306,6 +384,12 @@ def _markdown(results: dict) -> str:
         f"{' (remote session)' if meta['remote'] else ''}: {meta['chunks']} chunks in {meta['wall_s']} s"
         f" ({rate:.1f}x real time); RSS growth after warm-up {verdict['rss_growth_pct']}% "
         f"(baseline chunk {verdict['baseline_chunk']}); "
+        + (
+            f"chunk time {verdict['chunk_ms_first_window']} -> {verdict['chunk_ms_last_window']} ms "
+            f"({verdict['chunk_time_change_pct']:+}%) first to last window; "
+            if verdict.get("chunk_time_change_pct") is not None
+            else ""
+        )
         + ("PASS" if verdict["ok"] else "FAIL: " + "; ".join(verdict["reasons"]))
         + "\n\n"
     )

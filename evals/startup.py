@@ -88,13 +88,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_engine_arguments(parser, ("device", "dtype", "attn"))
 
 
-def engine_settings(args: argparse.Namespace) -> dict:
-    """The engine overrides of the flags, `--tokens` forced per chunk; `--random-weights` and
-    `--weights-dir` checked to go together (startup's and soak's rule)."""
+def engine_settings(args: argparse.Namespace, *, weights_dir_needed: bool = True) -> dict:
+    """The engine overrides of the flags, `--tokens` forced per chunk; `--weights-dir` checked to go with
+    `--random-weights`, and (`weights_dir_needed`: startup, which times loading them) the other way."""
     overrides = engine_overrides(args)
     if args.tokens:
         overrides["generation"] = {"max_new_tokens": args.tokens, "min_new_tokens": args.tokens, "seed": 0}
-    if args.random_weights and not args.weights_dir:
+    if weights_dir_needed and args.random_weights and not args.weights_dir:
         raise ConfigError("--random-weights needs --weights-dir, the folder to write them to")
     if args.weights_dir and not args.random_weights:
         raise ConfigError("--weights-dir goes with --random-weights; pass a checkpoint folder with --model")
