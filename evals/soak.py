@@ -18,7 +18,7 @@ Each sample is also appended to samples.jsonl as it is taken, so a run cut short
 limit, a crash) still leaves its figures.
 
     python -m evals soak --model tiny --seconds 86400 --out runs/soak-cpu            # 24 h, CPU
-    python -m evals soak --random-weights 7b --seconds 2460 --every 60 --warmup 60 \\
+    python -m evals soak --random-weights 7b --seconds 3000 --every 60 --warmup 300 \\
         --resolution 1280x720 --out runs/soak-h200                                   # on a GPU
 
 `--random-weights` builds the weights in memory; with `--weights-dir` it writes them as a checkpoint

@@ -1,9 +1,14 @@
-# Sourced by the GPU scripts: install the wheels carried in .whl/ (for a GPU machine with no
-# internet) into /tmp/site, put them and the repository on PYTHONPATH, make output unbuffered.
+# Sourced by the GPU scripts: install the wheels carried in .whl/ and any .whl-*/ folder (for a GPU
+# machine with no internet) into /tmp/site, put them and the repository on PYTHONPATH, make output
+# unbuffered. What travels with the code is held to 64 MiB, so the wheels are in four folders and each
+# call carries the ones its script needs: .whl (the transformers stack, websockets, pytest: every
+# script), .whl-fp8 (torchao: gpu_fp8.sh), .whl-media (PyAV, srt, webvtt-py: the pipeline's sources,
+# writers and recorder: gpu_soak.sh, `core run`) and .whl-ray (Ray and its HTTP stack, fastapi to
+# opentelemetry below: gpu_cluster.sh).
 # If its image has torch 2.11 and transformers 5.17, fetch what differs, then carry .whl:
 #   pip download -d .whl --no-deps --only-binary=:all: --python-version 3.12 \
 #     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#     transformers==5.24.0 huggingface_hub==2.4.0 hf-xet httpx2 httpcore2 truststore \
+#     transformers==5.24.0 huggingface_hub==2.4.0 httpx2 httpcore2 truststore \
 #     qwen-vl-utils typer annotated-doc shellingham click tokenizers safetensors
 # and torchao for the FP8 weights (gpu_fp8.sh; an abi3 wheel, built for manylinux_2_24/2_28):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -18,9 +23,11 @@
 #     typing-extensions==4.16.0 uvicorn==0.54.0 jsonschema==4.26.0 jsonschema-specifications==2025.9.1 \
 #     referencing==0.37.0 rpds-py==2026.9.1 opentelemetry-api==1.45.2 grpcio-reflection==1.62.3
 #   python3 -m pip download ... -d /tmp/ray ray==2.60.0 && python3 evals/scripts/slim_ray_wheel.py /tmp/ray/ray-*.whl
+#   (into .whl-ray/), and for .whl-media: `pip download ... av==18.1.0` (an abi3 manylinux_2_28 wheel)
+#   and `pip wheel --no-deps -w .whl-media srt webvtt-py` (pure Python, published as sources only)
 # (grpcio-reflection 1.62: newer ones refuse a grpcio older than themselves, and the image's is not known.)
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+if compgen -G ".whl*/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl*/*.whl
   export PYTHONPATH=/tmp/site:$PWD
 else
   export PYTHONPATH=$PWD

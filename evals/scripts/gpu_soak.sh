@@ -16,7 +16,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 git rev-parse --short HEAD > "$OUT/revision.txt" 2>/dev/null || true
 printf '[acceleration]\ncompile_in_background = false\n' > "$OUT/soak.toml"
 timeout "$LIMIT" python3 -m evals soak --random-weights 7b --device cuda --resolution 1280x720 \
-  --seconds "$STREAM" --every 60 --warmup 60 --config "$OUT/soak.toml" --out "$OUT/soak" \
+  --seconds "$STREAM" --every 60 --warmup 300 --config "$OUT/soak.toml" --out "$OUT/soak" \
   > "$OUT/soak.log" 2>&1
 echo "soak exit $?" | tee -a "$OUT/soak.log"
 grep -v "^INFO\|^W[0-9]" "$OUT/soak.log" | tail -40
