@@ -61,6 +61,16 @@ class Span:
 
 
 @dataclass(frozen=True)
+class CacheMark:
+    """A cache's bookkeeping at one moment (`StreamCache.mark`), to go back to (`roll_back`). It stays
+    true to the buffers while the keys and values of the tokens it counts stay where they are."""
+
+    spans: tuple[Span, ...]
+    cursor: float
+    length: int
+
+
+@dataclass(frozen=True)
 class Eviction:
     """What one eviction did."""
 
@@ -68,6 +78,11 @@ class Eviction:
     retired: int  # reply tokens moved into the previous text
     moved: int  # tokens whose slot or position changed
     refeed: list[Span]  # RECOMPUTE only: spans to feed again, in order
+    # Where a chunk that fails after this eviction (out of GPU memory in its prefill or reply, part of
+    # its tokens written in some layers) rolls the cache back to: the cache as this eviction left it,
+    # or as it was before a RECOMPUTE eviction (whose next eviction feeds everything kept again from
+    # ids, never reading the old keys). Evicting again for the same round then plans the same.
+    undo: CacheMark | None = None
 
 
 class StreamLayer(CacheLayerMixin):
@@ -180,6 +195,18 @@ class StreamCache(Cache):
             out[s.part] = out.get(s.part, 0) + s.length
         return out
 
+    def mark(self) -> CacheMark:
+        """The bookkeeping as it is now (copies: later appends do not change it)."""
+        return CacheMark(tuple(replace(s, ids=list(s.ids)) for s in self.spans), self.cursor, self.length)
+
+    def roll_back(self, mark: CacheMark) -> None:
+        """Forget every token registered or written after `mark` was taken; valid only if no eviction has
+        moved keys since (see `Eviction.undo`)."""
+        self.spans = [replace(s, ids=list(s.ids)) for s in mark.spans]
+        self.cursor = mark.cursor
+        for layer in self.layers:
+            layer.length = mark.length
+
     def ensure_capacity(self, extra: int) -> None:
         """Grow the buffers (rarely: only past the largest size seen so far) to fit `extra` more tokens."""
         need = self.reserved + extra
@@ -278,16 +305,17 @@ class StreamCache(Cache):
     def evict(self, round: int) -> Eviction:
         """Apply the policy before round `round` is added; return what changed."""
         if self.policy.mode is EvictionMode.NONE or not self.spans:
-            return Eviction(0, 0, 0, [])
+            return Eviction(0, 0, 0, [], self.mark())
         kept, retired = self._plan(round)
         before = self.reserved
         if self.policy.mode is EvictionMode.RECOMPUTE:
+            undo = self.mark()
             self.spans, self.cursor = [], 0.0
             for layer in self.layers:
                 layer.length = 0
-            return Eviction(before - sum(s.length for s in kept), retired, 0, kept)
+            return Eviction(before - sum(s.length for s in kept), retired, 0, kept, undo)
         moved = self._pack(kept)
-        return Eviction(before - self.reserved, retired, moved, [])
+        return Eviction(before - self.reserved, retired, moved, [], self.mark())
 
     def _plan(self, round: int) -> tuple[list[Span], int]:
         """Which spans survive, in conversation order, with retired replies moved into the previous text."""

@@ -246,6 +246,7 @@ class Session(Closeable):
         self._deadline = float("inf")  # the current chunk's, for the scheduler's ordering
         self._questions: deque[str] = deque()  # asked, not yet in a chunk (deque: `ask` is any thread's)
         self._asking = ""  # the question of the chunk being pushed
+        self._undo = None  # the cache as this chunk's eviction left it (`Eviction.undo`), while it runs
 
     # -- public interface ----------------------------------------------------------------------------
 
@@ -275,12 +276,29 @@ class Session(Closeable):
         `deadline` (a `time.perf_counter()` value): when the chunk's commentary is due; with other sessions
         on the engine's scheduler, the earliest deadline goes first. Default: one chunk's duration from now."""
         question = self._questions.popleft() if self._questions else ""
+        before = self._pending, self._pending_round, list(self._recent_replies)
+        self._undo = None
         try:
             return self._push(frames, t_start, t_end, deadline, question)
         except BaseException:
             if question:  # the chunk was refused or failed: the question waits for the next one
                 self._questions.appendleft(question)
+            self._forget_chunk(*before)
             raise
+
+    def _forget_chunk(self, pending: list[Piece], pending_round: int, recent: list[list[int]]) -> None:
+        """After a chunk failed (out of GPU memory part-way through its prefill or its reply, a full
+        slot): the session as if the chunk had never come, bar what its eviction dropped, so that the
+        next chunk's tokens are those of a session that skipped it. Without this the cache would count
+        tokens whose keys were never written (or written in some layers only) and lose the previous
+        reply's unfed tail."""
+        if self._undo is None or self.cache is None:  # failed before its eviction, or closed meanwhile
+            return
+        self.cache.roll_back(self._undo)
+        self._undo = None
+        self._pending, self._pending_round = pending, pending_round
+        self._recent_replies.clear()
+        self._recent_replies.extend(recent)
 
     @torch.inference_mode()
     def _push(
@@ -377,6 +395,7 @@ class Session(Closeable):
         self._plan_cache(video.num_tokens)
         with record_function("streamvlm.evict"):
             eviction = self.cache.evict(self.round)
+        self._undo = eviction.undo
         if self.cache.policy.mode is EvictionMode.RECOMPUTE:
             self._vision_features[self.round] = features
         embeds, positions = self._prefill_inputs(eviction.refeed, video, features, t_start, t_end)

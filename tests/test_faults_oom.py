@@ -1,6 +1,7 @@
-"""GPU out of memory in one chunk (issue 21, fault 1), on the CPU: the error is injected in the model
-call, in the session alone, in `python -m core run` and in the server (whose other sessions go on).
-The GPU test (a memory cap forcing a real one on an H200) is pending: docs/reliability.md."""
+"""GPU out of memory in one chunk (issue 21, fault 1). On the CPU the error is injected in the model
+call, in the session alone, in `python -m core run` and in the server (whose other sessions go on);
+tests/test_faults_rollback.py injects it part-way through a prefill or a reply. On a GPU (`gpu` test)
+a memory cap makes the allocator raise a real one."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from websockets.sync.client import connect
 
 import core.engine
 from clihelpers import CLIP
-from conftest import SMALL_STREAM
+from conftest import SMALL_STREAM, random_frames
 from core.__main__ import main as core_main
 from core.chunk_guard import GuardedSession
 from core.config import GenerationConfig, StreamConfig
@@ -137,3 +138,60 @@ def test_the_server_fails_the_chunk_alone_and_another_session_is_unaffected(tiny
     assert calls["n"] == 5
     assert [texts for texts, _ in b_texts] == [[text] for text in expected]
     assert all("failed" not in done for _, done in b_texts)
+
+
+@pytest.mark.gpu
+def test_a_real_out_of_memory_error_on_the_gpu_fails_one_chunk_alone(tiny_dir):
+    """A cap on this process's GPU memory (just above what it holds, after the allocator gave its cached
+    blocks back) makes the next chunk fail to allocate: that chunk fails, the session goes on as if it
+    had never come, another session on the same scheduler is unaffected, and memory returns to its
+    level. Frames of 640x360: a chunk's pixels are megabytes (the allocator's large pool, where a new
+    block needs new memory), not kilobytes that the blocks already held could serve."""
+    from core.config import AccelerationConfig, CachePolicy
+    from core.loading import load_model
+
+    model = load_model(tiny_dir, device="cuda", dtype="float32")
+    policy = CachePolicy(sink_tokens=6, text_window_tokens=10, vision_window_chunks=2, text_window_replies=3)
+    greedy = GenerationConfig(temperature=0.0, max_new_tokens=6, min_new_tokens=3)
+    plain = AccelerationConfig(compile=False, cuda_graphs=False, static_decode=False)
+    frames = [random_frames(np.random.default_rng(seed), 84, 112) for seed in range(6)]
+
+    def engine():
+        return StreamingEngine(
+            model,
+            stream=SMALL_STREAM,
+            cache=policy,
+            generation=greedy,
+            acceleration=plain,
+            sessions=2,
+            batched=True,
+        )
+
+    def replies(session, chunks):
+        return [[c.text for c in session.push(frames[k], k, k + 1)] for k in chunks]
+
+    with GuardedSession(engine().start()) as alone:
+        expected = replies(alone, [0, 1, 3, 4, 5])  # the chunk that will fail left out
+    shared = engine()
+    device = model.device
+    with GuardedSession(shared.start()) as a, GuardedSession(shared.start()) as b:
+        got = replies(a, [0, 1])
+        b_got = replies(b, [0, 1])
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        level = torch.cuda.memory_allocated(device)
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(
+            (torch.cuda.memory_reserved(device) + 2**20) / total, device
+        )
+        try:
+            lost = a.push(frames[2], 2, 3)
+        finally:
+            torch.cuda.set_per_process_memory_fraction(1.0, device)
+        assert lost == [] and a.failed == 1 and "ran out of memory" in a.last_failure
+        assert torch.cuda.memory_allocated(device) <= level  # what the failed chunk held is given back
+        b_got += replies(b, [2, 3, 4, 5])  # the other session never failed
+        got += replies(a, [3, 4, 5])
+    assert got == expected and b.failed == 0
+    with GuardedSession(engine().start()) as alone:
+        assert b_got == replies(alone, [0, 1, 2, 3, 4, 5])
