@@ -140,13 +140,27 @@ def test_the_server_fails_the_chunk_alone_and_another_session_is_unaffected(tiny
     assert all("failed" not in done for _, done in b_texts)
 
 
+def fill_gpu_memory(device, most: int = 20_000) -> list[torch.Tensor]:
+    """Tensors filling what the allocator can still hand out under its cap (the free space inside the
+    blocks it holds, of the large and the small pool); raises if the cap never stops it."""
+    ballast = []
+    for size in (2**20, 2**16, 2**9):
+        for _ in range(most):
+            try:
+                ballast.append(torch.empty(size, dtype=torch.uint8, device=device))
+            except torch.OutOfMemoryError:
+                break
+        else:
+            raise AssertionError(f"{most} allocations of {size} bytes and no cap reached")
+    return ballast
+
+
 @pytest.mark.gpu
 def test_a_real_out_of_memory_error_on_the_gpu_fails_one_chunk_alone(tiny_dir):
-    """A cap on this process's GPU memory (just above what it holds, after the allocator gave its cached
-    blocks back) makes the next chunk fail to allocate: that chunk fails, the session goes on as if it
-    had never come, another session on the same scheduler is unaffected, and memory returns to its
-    level. Frames of 640x360: a chunk's pixels are megabytes (the allocator's large pool, where a new
-    block needs new memory), not kilobytes that the blocks already held could serve."""
+    """A cap on this process's GPU memory at what it holds now, and ballast filling the free space left
+    inside the blocks it holds, make the next chunk's first allocation fail for real: that chunk fails,
+    the session goes on as if it had never come, another session on the same scheduler is unaffected,
+    and memory returns to its level."""
     from core.config import AccelerationConfig, CachePolicy
     from core.loading import load_model
 
