@@ -26,9 +26,17 @@ log = logging.getLogger(__name__)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether `exc` is torch's out-of-memory error (torch is not imported for this)."""
+    """Whether `exc` says the GPU ran out of memory: torch's out-of-memory error (its allocator), or a
+    CUDA runtime error of `cudaErrorMemoryAllocation` (memory CUDA takes outside the allocator: a
+    stream, a library handle, a graph; seen on the H200 with the GPU filled), which is not sticky: the
+    context goes on. Torch is not imported for this."""
     torch = sys.modules.get("torch")
-    return torch is not None and isinstance(exc, torch.OutOfMemoryError)
+    if torch is None:
+        return False
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    runtime_error = getattr(torch, "AcceleratorError", None)
+    return runtime_error is not None and isinstance(exc, runtime_error) and "out of memory" in str(exc)
 
 
 class GuardedSession:

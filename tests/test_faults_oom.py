@@ -73,6 +73,19 @@ def test_a_chunk_out_of_gpu_memory_fails_alone_and_the_session_goes_on(engine, m
     assert sum("ran out of memory" in r.message for r in caplog.records) == 1
 
 
+def test_cuda_runtime_out_of_memory_is_out_of_memory_and_other_cuda_errors_are_not():
+    """CUDA's own allocations (a stream, a handle) fail as `cudaErrorMemoryAllocation`, a runtime error
+    rather than the allocator's; an illegal access is a broken context, not a chunk to skip."""
+    from core.chunk_guard import is_out_of_memory
+
+    assert is_out_of_memory(torch.OutOfMemoryError(OOM))
+    assert is_out_of_memory(torch.AcceleratorError("CUDA error: out of memory"))
+    assert not is_out_of_memory(
+        torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+    )
+    assert not is_out_of_memory(RuntimeError("CUDA error: out of memory"))  # not from torch's accelerator
+
+
 def test_other_errors_pass_through(engine):
     with GuardedSession(engine.start()) as session, pytest.raises(ValueError, match="end after it starts"):
         session.push([np.zeros((56, 56, 3), np.uint8)] * 2, 1.0, 1.0)
@@ -140,27 +153,27 @@ def test_the_server_fails_the_chunk_alone_and_another_session_is_unaffected(tiny
     assert all("failed" not in done for _, done in b_texts)
 
 
-def fill_gpu_memory(device, most: int = 20_000) -> list[torch.Tensor]:
-    """Tensors filling what the allocator can still hand out under its cap (the free space inside the
-    blocks it holds, of the large and the small pool); raises if the cap never stops it."""
+def fill_gpu_memory(device) -> list[torch.Tensor]:
+    """Ballast under a cap on this process's GPU memory (`set_per_process_memory_fraction`): tensors
+    taking the free space left inside the blocks the allocator holds, in pieces from 1 MiB to 512 B, so
+    that anything more needs new memory, which the cap refuses. (Filling the GPU itself would also
+    starve what CUDA allocates outside the allocator: streams, handles, graphs.)"""
     ballast = []
     for size in (2**20, 2**16, 2**9):
-        for _ in range(most):
+        for _ in range(100_000):
             try:
                 ballast.append(torch.empty(size, dtype=torch.uint8, device=device))
             except torch.OutOfMemoryError:
                 break
-        else:
-            raise AssertionError(f"{most} allocations of {size} bytes and no cap reached")
     return ballast
 
 
 @pytest.mark.gpu
 def test_a_real_out_of_memory_error_on_the_gpu_fails_one_chunk_alone(tiny_dir):
-    """A cap on this process's GPU memory at what it holds now, and ballast filling the free space left
-    inside the blocks it holds, make the next chunk's first allocation fail for real: that chunk fails,
-    the session goes on as if it had never come, another session on the same scheduler is unaffected,
-    and memory returns to its level."""
+    """A cap on this process's GPU memory at what it holds, and ballast in the free space inside its
+    blocks, make the next chunk's first allocation fail for real: that chunk fails, the session goes on
+    as if it had never come, another session on the same scheduler is unaffected, and memory returns
+    to its level."""
     from core.config import AccelerationConfig, CachePolicy
     from core.loading import load_model
 
@@ -195,14 +208,16 @@ def test_a_real_out_of_memory_error_on_the_gpu_fails_one_chunk_alone(tiny_dir):
         torch.cuda.empty_cache()
         level = torch.cuda.memory_allocated(device)
         total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(
-            (torch.cuda.memory_reserved(device) + 2**20) / total, device
-        )
+        torch.cuda.set_per_process_memory_fraction(torch.cuda.memory_reserved(device) / total, device)
         try:
+            ballast = fill_gpu_memory(device)
+            full = torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device), len(ballast)
             lost = a.push(frames[2], 2, 3)
         finally:
+            ballast = None
             torch.cuda.set_per_process_memory_fraction(1.0, device)
-        assert lost == [] and a.failed == 1 and "ran out of memory" in a.last_failure
+        assert a.failed == 1, f"no out-of-memory error: allocated, reserved, ballast tensors {full}"
+        assert lost == [] and "ran out of memory" in a.last_failure
         assert torch.cuda.memory_allocated(device) <= level  # what the failed chunk held is given back
         b_got += replies(b, [2, 3, 4, 5])  # the other session never failed
         got += replies(a, [3, 4, 5])

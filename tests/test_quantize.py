@@ -202,19 +202,22 @@ def test_each_recipe_drifts_little_from_bf16_on_the_gpu(gpu_bf16, recipe):
 @pytest.mark.gpu
 @pytest.mark.parametrize("weights", ["fp8-dynamic", "fp8-weight-only"])
 def test_fp8_model_streams_through_the_compiled_graph_captured_engine(tiny_dir, weights):
-    """The whole GPU path (compiled modules, CUDA graphs, the static step) on FP8 weights: it runs, its
-    replies keep their forced length, and the first reply, before any difference can feed back, is
-    mostly the bf16 one's."""
+    """The whole GPU path (compiled modules, CUDA graphs, the static step) on FP8 weights gives the
+    tokens of the eager path on the same FP8 weights, in float32 activations, where a difference is a
+    fault of the path and not rounding (how far FP8 is from bf16 is the drift test's). On the H200
+    with bf16 activations and random weights, FP8 and bf16 replies shared 2 of 7 first tokens: random
+    weights' nearly flat logits, the drift this file measures, not a broken path."""
     from core.engine import StreamingEngine
 
     if quantize.missing(weights, torch.device("cuda")):
         pytest.skip(quantize.missing(weights, torch.device("cuda")))
-    fp8 = load_model(tiny_dir, device="cuda", dtype="bfloat16", weights=weights)
     forced = GenerationConfig(temperature=0.0, max_new_tokens=8, min_new_tokens=8)
     on = AccelerationConfig(compile=True, compile_in_background=False, cuda_graphs=True, static_decode=True)
+    off = AccelerationConfig(compile=False, cuda_graphs=False, static_decode=False)
 
-    def replies(model):
-        engine = StreamingEngine(model, stream=SMALL_STREAM, generation=forced, acceleration=on)
+    def replies(acceleration):
+        model = load_model(tiny_dir, device="cuda", dtype="float32", weights=weights)  # its own: compiled
+        engine = StreamingEngine(model, stream=SMALL_STREAM, generation=forced, acceleration=acceleration)
         session = engine.start(previous_text="Blue against red, second half.")
         rng = np.random.default_rng(3)
         out = []
@@ -224,10 +227,4 @@ def test_fp8_model_streams_through_the_compiled_graph_captured_engine(tiny_dir, 
             out.append(session.cache.token_ids())
         return out
 
-    bf16 = load_model(tiny_dir, device="cuda", dtype="bfloat16")  # its own: this test compiles it
-    quantized, reference = replies(fp8), replies(bf16)
-    assert [len(ids) for ids in quantized] == [len(ids) for ids in reference]
-    # the first reply's tokens in the cache (the last one is fed by the next chunk's prefill)
-    first_q, first_r = quantized[0][-7:], reference[0][-7:]
-    assert quantized[0][:-7] == reference[0][:-7]  # the same prompt
-    assert sum(a == b for a, b in zip(first_q, first_r)) >= 4
+    assert replies(on) == replies(off)
