@@ -151,7 +151,8 @@ def adapt_weights(model: torch.nn.Module, weights: str, acceleration: Accelerati
     asks), so a fused projection is quantized as the one matmul it is; then `weights` (core/quantize.py)."""
     from core import fused
 
-    if fused.wanted(acceleration.fuse_projections if acceleration else None):
+    device = next(model.parameters()).device
+    if fused.wanted(acceleration.fuse_projections if acceleration else None, device):
         fused.fuse_projections(model)
     quantize.quantize_language_model(model, weights)
 
@@ -162,7 +163,8 @@ def loaded_model_key(config: EngineConfig) -> tuple:
     for the same key (the app keeps one across runs)."""
     from core import fused
 
-    return (config.model, fused.wanted(config.acceleration.fuse_projections))
+    device = resolve_device(config.model.device)
+    return (config.model, fused.wanted(config.acceleration.fuse_projections, device))
 
 
 def model_from_config(config: EngineConfig) -> StreamModel:

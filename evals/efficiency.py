@@ -160,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         "device": _device_name(model.device),
         "dtype": str(model.dtype),
         "weights": _weights_name(config.model.weights),
-        "fuse_projections": fused.wanted(config.acceleration.fuse_projections),
+        "fuse_projections": fused.wanted(config.acceleration.fuse_projections, model.device),
         "attention": model.attention_backend,
         "compiled": decided.compile,
         "acceleration": decided.describe(),

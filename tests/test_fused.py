@@ -18,6 +18,7 @@ from core.loading import load_model, model_from_config
 GREEDY = GenerationConfig(temperature=0.0, max_new_tokens=6, repetition_penalty=1.05)
 POLICY = CachePolicy(sink_tokens=6, text_window_tokens=10, vision_window_chunks=2, text_window_replies=3)
 FUSED = AccelerationConfig(fuse_projections=True)
+UNFUSED = AccelerationConfig(fuse_projections=False)  # the reference (auto fuses on a GPU)
 
 
 def stream_tokens(model, acceleration: AccelerationConfig, chunks: int = 8) -> list[int]:
@@ -135,7 +136,7 @@ def test_fused_mlp_equals_the_gated_mlp():
 def test_fused_model_on_the_gpu_gives_the_same_tokens_with_compile_and_graphs(tiny_dir):
     """Everything a GPU runs (compiled modules, CUDA graphs, the static step), in float32: the unfused
     tokens exactly."""
-    plain = load_model(tiny_dir, device="cuda", dtype="float32")
+    plain = load_model(tiny_dir, device="cuda", dtype="float32", acceleration=UNFUSED)
     fused = load_model(tiny_dir, device="cuda", dtype="float32", acceleration=FUSED)
     on = AccelerationConfig(compile=True, compile_in_background=False, cuda_graphs=True, static_decode=True)
     assert stream_tokens(fused, on, chunks=10) == stream_tokens(plain, on, chunks=10)
@@ -145,7 +146,7 @@ def test_fused_model_on_the_gpu_gives_the_same_tokens_with_compile_and_graphs(ti
 def test_fused_model_on_the_gpu_in_bf16_gives_nearly_the_same_logits(tiny_dir):
     """In bf16 the fused matmul may sum in another order than the three it replaces: the logits stay
     within bf16's rounding of the unfused ones."""
-    plain = load_model(tiny_dir, device="cuda", dtype="bfloat16")
+    plain = load_model(tiny_dir, device="cuda", dtype="bfloat16", acceleration=UNFUSED)
     fused = load_model(tiny_dir, device="cuda", dtype="bfloat16", acceleration=FUSED)
     ids = (torch.arange(3, 200) % 600).cuda()
     expected = logits(plain, ids)
@@ -175,18 +176,28 @@ def test_the_efficiency_benchmark_switches_fusion_on_and_reports_decode_bandwidt
     assert "decode GB/s" in (out / "table.md").read_text()
 
 
+def test_auto_fuses_on_a_gpu_only_and_an_explicit_setting_wins():
+    from core.fused import wanted
+
+    assert wanted(None, "cuda") and wanted(None, torch.device("cuda", 1))
+    assert not wanted(None, "cpu") and not wanted(None, "mps")
+    assert wanted(True, "cpu") and not wanted(False, "cuda")
+
+
 def test_a_model_loaded_with_other_projections_is_another_model():
     """The app keeps a loaded model across runs by this key: fusing projections changes the model, so a run
-    that asks otherwise loads anew."""
+    that asks otherwise loads anew (on a CPU, where auto leaves them unfused)."""
     from core.config import AccelerationConfig, EngineConfig, ModelConfig
     from core.loading import loaded_model_key
 
-    plain = EngineConfig(model=ModelConfig(path="tiny"))
+    plain = EngineConfig(model=ModelConfig(path="tiny", device="cpu"))
     fused_config = EngineConfig(
-        model=ModelConfig(path="tiny"), acceleration=AccelerationConfig(fuse_projections=True)
+        model=ModelConfig(path="tiny", device="cpu"), acceleration=AccelerationConfig(fuse_projections=True)
     )
-    assert loaded_model_key(plain) == loaded_model_key(EngineConfig(model=ModelConfig(path="tiny")))
+    assert loaded_model_key(plain) == loaded_model_key(
+        EngineConfig(model=ModelConfig(path="tiny", device="cpu"))
+    )
     assert loaded_model_key(plain) != loaded_model_key(fused_config)
     assert loaded_model_key(plain) != loaded_model_key(
-        EngineConfig(model=ModelConfig(path="tiny", dtype="float32"))
+        EngineConfig(model=ModelConfig(path="tiny", device="cpu", dtype="float32"))
     )
