@@ -74,6 +74,35 @@ def test_fused_model_gives_the_same_greedy_tokens_through_the_engine(tiny_model,
     assert stream_tokens(fused_model, acceleration) == stream_tokens(tiny_model, acceleration)
 
 
+def test_fused_model_gives_the_same_tokens_through_batched_sessions(tiny_model, fused_model):
+    """The server's path: two sessions on one scheduler, their prefills ragged and their decode steps
+    batched rows (core/batch.py), over fused projections."""
+    import threading
+
+    def together(model) -> list[list[int]]:
+        engine = StreamingEngine(
+            model, stream=SMALL_STREAM, cache=POLICY, generation=GREEDY, sessions=2, batched=True
+        )
+        out: list[list[int]] = [[], []]
+
+        def run(index: int) -> None:
+            session = engine.start(previous_text=["Blue against red.", "Cup final, rain."][index])
+            rng = np.random.default_rng(index)
+            for k in range(5):
+                session.push(random_frames(rng, 56, 84 + 28 * index), k, k + 1)
+            out[index] = session.cache.token_ids()
+            session.close()
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        return out
+
+    assert together(fused_model) == together(tiny_model)
+
+
 def test_fused_compiled_modules_in_the_static_step_give_the_same_tokens(tiny_dir, tiny_model):
     from torch._dynamo.utils import counters
 
