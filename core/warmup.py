@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import sys
 import threading
 import time
 import types
@@ -51,9 +50,6 @@ log = logging.getLogger(__name__)
 
 COMPILE_BACKEND = "inductor"  # torch.compile's backend for every compiled module (tests use "aot_eager")
 FIRST_CHUNK_WAIT_S = 60.0  # the warm-up starts at the first chunk's end, or after this long without one
-# While it traces, the interpreter hands its lock over every SWITCH_S instead of every 5 ms: a serving
-# thread that waits for it after each GPU sync then waits a tenth as long.
-SWITCH_S = 0.0005
 
 
 class CompileWarmup:
@@ -90,8 +86,6 @@ class CompileWarmup:
         self._first_chunk.wait(FIRST_CHUNK_WAIT_S)
         started = time.perf_counter()
         device = self.model.device
-        switch = sys.getswitchinterval()
-        sys.setswitchinterval(min(switch, SWITCH_S))
         try:
             with torch.inference_mode(), _own_stream(device):
                 if not compile_works(device):
@@ -109,7 +103,6 @@ class CompileWarmup:
             self.error = f"compilation failed ({_said(exc)})"
             log.warning("torch.compile failed; running uncompiled: %s", self.error)
         finally:
-            sys.setswitchinterval(switch)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)  # nothing of this thread's is left on the GPU at the switch
             self.seconds = time.perf_counter() - started

@@ -211,6 +211,8 @@ def timeline(events: dict, started: float) -> dict:
         "eager_chunks": sum(1 for c in chunks if not c["compiled"]),
         "first_compiled_chunk_s": round(compiled["done"] - started, 3) if compiled else None,
         "chunk_s": [round(c["done"] - c["pushed"], 3) for c in chunks],
+        "chunk_phases_ms": [c.get("phases_ms") for c in chunks],
+        "compile_thread_s": events.get("compile_thread_s"),
         "first_text": spoken["text"][:80] if spoken else "",
     }
 
@@ -244,19 +246,29 @@ def child(spec: dict) -> dict:
             pushed = time.time()
             frames = [pool[(k * n + i) % len(pool)] for i in range(n)]
             lines = session.push(frames, k * stream.chunk_seconds, (k + 1) * stream.chunk_seconds)
+            stats = session.last_stats
             chunks.append(
                 {
                     "complete": complete,
                     "pushed": pushed,
                     "done": time.time(),
                     "text": " ".join(line.text for line in lines),
-                    "compiled": session.last_stats.compiled,
+                    "compiled": stats.compiled,
+                    # where a slow chunk's time went (a stall while compiling: eager Python or GPU)
+                    "phases_ms": {
+                        name: round(getattr(stats, f"{name}_ms"), 1)
+                        for name in ("queue", "vision", "evict", "prefill", "decode")
+                    },
                 }
             )
+    warmup = engine.model.warmup
     return {
         "python": python,
         "loaded": loaded,
         "chunks": chunks,
+        "compile_thread_s": round(warmup.seconds, 3)
+        if warmup is not None and warmup.finished.is_set()
+        else None,
         "device": _device_name(engine.model.device),
         "dtype": str(engine.model.dtype),
     }

@@ -59,6 +59,8 @@ def test_startup_benchmark_times_fresh_processes_cold_then_warm(tmp_path):
         # The first chunk's video is complete one chunk after the model is ready, not before.
         assert r["first_chunk_s"] >= r["loaded_s"] + 1.0
         assert len(r["chunk_s"]) == 2 and r["slowest_chunk_s"] == max(r["chunk_s"])
+        phases = r["chunk_phases_ms"][0]  # where each chunk's time went, from its stats
+        assert set(phases) == {"queue", "vision", "evict", "prefill", "decode"} and phases["decode"] > 0
         assert r["first_text"] and (r["device"], r["dtype"]) == ("cpu", "torch.bfloat16")
         assert r["eager_chunks"] == 2 and r["first_compiled_chunk_s"] is None  # a CPU does not compile
     assert [s["cache"] for s in data["summary"]] == ["cold", "warm"]
