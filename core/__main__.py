@@ -41,6 +41,7 @@ from core.cli_args import (
 from core.config import EngineConfig
 from core.errors import ConfigError, StreamVLMError
 from core.paths import check_outputs, recording_outputs, source_file
+from core.prefetch import prefetch_weights
 from core.types import CommentarySession
 
 log = logging.getLogger("streamvlm")
@@ -302,6 +303,8 @@ def check_speech(args: argparse.Namespace) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = check_run(args)
+    if not args.server:  # the disk reads the weights while torch and transformers import (core/prefetch.py)
+        prefetch_weights(config.model.path)
     from core.media.sources import open_source  # PyAV, not torch: a bad source is still quick
 
     # Opened first, so a bad source fails before the model loads. Speech is live: a file is paced at
@@ -489,6 +492,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ConfigError(f"cannot load the TLS certificate or key ({exc})") from None
     if not (args.cluster and args.address):  # a cluster elsewhere listens on its own hosts
         check_listen(args.host, args.port)  # before the model loads, which can take minutes
+    if not args.cluster:  # a cluster's replicas load in their own processes
+        prefetch_weights(config.model.path)
     _quiet_transformers()
     from rich.console import Console
 

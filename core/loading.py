@@ -19,6 +19,7 @@ from core import quantize
 from core.config import ATTENTION_BACKENDS, DTYPE_NAMES, AccelerationConfig, EngineConfig
 from core.errors import ConfigError, ModelNotFoundError
 from core.model import StreamModel
+from core.prefetch import prefetch_weights
 
 if TYPE_CHECKING:
     from core.download import ProgressCallback
@@ -121,6 +122,9 @@ def load_model(
     source = str(model_folder(name))
     if name == "tiny":
         name = source
+    prefetch_weights(
+        source
+    )  # the disk reads while the tokenizer and processor load (started earlier by the CLIs)
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)

@@ -223,6 +223,9 @@ def timeline(events: dict, started: float) -> dict:
 def child(spec: dict) -> dict:
     """Load and stream as `python -m core run` does; the wall-clock time of each step."""
     python = time.time()
+    from core.prefetch import prefetch_weights
+
+    prefetch_weights(spec["overrides"].get("model", {}).get("path"))  # as `core run`, before torch imports
     import numpy as np
 
     from core.loading import open_engine
