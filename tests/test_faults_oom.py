@@ -168,6 +168,28 @@ def fill_gpu_memory(device) -> list[torch.Tensor]:
     return ballast
 
 
+def test_a_remote_session_reports_the_chunk_the_server_failed(tiny_model, monkeypatch, caplog):
+    """`python -m core run --server` and the app hear a chunk the server failed: an error line, a count
+    and the reason, and the session goes on."""
+    from core.remote.client import RemoteSession
+
+    generation = GenerationConfig(temperature=0.0, min_new_tokens=3, max_new_tokens=6)
+    engine = StreamingEngine(tiny_model, stream=SMALL_STREAM, generation=generation)
+    frames = [np.random.default_rng(1).integers(0, 256, (56, 56, 3), np.uint8)] * 2
+    fail_call(monkeypatch, {2})
+    server = RunningServer(engine, max_sessions=1, budget=60.0)
+    try:
+        with RemoteSession(server.url) as session, caplog.at_level(logging.ERROR):
+            assert session.push(frames, 0.0, 1.0) and session.last_failure is None
+            assert session.push(frames, 1.0, 2.0) == [] and session.failed == 1
+            assert "chunk 1.0-2.0s failed: the GPU ran out of memory" in session.last_failure
+            assert session.push(frames, 2.0, 3.0) and session.last_failure is None and session.failed == 1
+    finally:
+        server.stop()
+    said = [r.getMessage() for r in caplog.records if r.name == "core.remote.client"]
+    assert len(said) == 1 and said[0].startswith("the server: chunk 1.0-2.0s failed"), said
+
+
 @pytest.mark.gpu
 def test_a_real_out_of_memory_error_on_the_gpu_fails_one_chunk_alone(tiny_dir):
     """A cap on this process's GPU memory at what it holds, and ballast in the free space inside its

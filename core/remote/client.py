@@ -54,6 +54,9 @@ class RemoteSession(Closeable):
     Frames are sent as JPEG (quality 90) unless `image_format="png"` (lossless, but an HD PNG is
     megabytes); `push_images` sends frames already encoded. After each chunk, `last_latency` is the
     server's arrival-to-done time (seconds) and `last_timing` its split (`chunk_done`'s `timing`, ms).
+    A chunk the server failed (out of GPU memory there) yields no commentary and is logged as an error;
+    `failed` counts them and `last_failure` says why the last push failed (None when it did not), as
+    `core.chunk_guard.GuardedSession` does for a local session.
 
     `reconnect` is the backoff for reopening a dropped connection (None: a drop ends the session);
     `on_state` hears "reconnecting" and "connected" as a live source's reconnector reports them.
@@ -79,6 +82,8 @@ class RemoteSession(Closeable):
         self.last_latency: float | None = None
         self.last_timing: dict[str, float] | None = None  # the last chunk's `timing` from the server (ms)
         self.skipped = 0
+        self.failed = 0
+        self.last_failure: str | None = None
         self.reconnects = 0
         self.commentary: list[Commentary] = []  # everything received, the resumed session's context
         self._questions: deque[str] = deque()  # asked here, not yet sent to the server
@@ -247,7 +252,9 @@ class RemoteSession(Closeable):
             self.last_timing = _timing(message.get("timing"))  # left out by older servers
             self.skipped += bool(message["skipped"])
             failed = p.field(message, "failed", (str, type(None)), None)  # left out by older servers
+            self.last_failure = failed or None
             if failed:  # the chunk failed on the server (out of GPU memory); the session goes on
+                self.failed += 1
                 log.error("the server: %s", failed)
             if not message["skipped"]:  # the server ran the chunk: it asked the question it had
                 self._unasked = None
