@@ -14,7 +14,9 @@ the decision and nothing else, so no module keeps a switch of its own.
 - `decode_attention`: the static step's attention kernel (`matmul`, or a PyTorch SDPA backend);
 - `overlap`: queue the next decode step before the host reads the sampled token (only pays when a
   launch returns before the step has run: a graph replay);
-- `triton`: the fused delta-rotation kernel of eviction (CUDA with Triton; else PyTorch ops).
+- `triton`: the fused delta-rotation kernel of eviction (CUDA with Triton; else PyTorch ops);
+- `batch_invariant`: not a speed-up but its price: a session's tokens do not depend on which other
+  sessions share the engine's batches (core/scheduler.py says how); off unless asked for.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class Acceleration:
     overlap: bool
     triton: bool
     why_off: dict[str, str] = field(default_factory=dict)
+    batch_invariant: bool = False
 
     @classmethod
     def decide(cls, requested: AccelerationConfig, device: torch.device) -> Acceleration:
@@ -74,7 +77,14 @@ class Acceleration:
             "CUDA graphs (a launch must return before the step runs)" if static else "the static decode step",
         )
         attention = requested.decode_attention if static else "none"  # only the static step has one
-        return cls(compile_, background, graphs, static, attention, overlap, triton, why)
+        invariant = choose(
+            "batch_invariant",
+            requested.batch_invariant,
+            True,
+            False,
+            "asked for only: it costs batched throughput",
+        )
+        return cls(compile_, background, graphs, static, attention, overlap, triton, why, invariant)
 
     def describe(self) -> str:
         """One line for the log: every option, and the reason for each one that is off."""

@@ -111,8 +111,14 @@ class BatchedDecode:
     captured once as a CUDA graph and replayed after: a batched step then costs the GPU's time, not
     Python's launches."""
 
-    def __init__(self, model: StreamModel, pool: CachePool, use_graphs: bool = False) -> None:
+    def __init__(
+        self, model: StreamModel, pool: CachePool, use_graphs: bool = False, fixed_rows: int | None = None
+    ) -> None:
+        """`fixed_rows`: every forward has exactly this many rows (a larger batch runs as several), so a
+        row's arithmetic (the matmuls' kernels and summation order are chosen by their shapes) never
+        depends on how many other sessions are decoding: the scheduler's batch-invariant mode."""
         self.model, self.pool, self.use_graphs = model, pool, use_graphs
+        self.fixed_rows = fixed_rows
         self.pad = use_graphs  # pad to a power of two (graphs need it; tests turn it on without them)
         self._buckets: dict[int, _Bucket] = {}
         self._modules = model.modules_version  # the model's modules the graphs were captured with
@@ -127,9 +133,12 @@ class BatchedDecode:
             self._modules = self.model.modules_version
             for old in self._buckets.values():
                 old.graph, old.logits = None, None
+        if self.fixed_rows and len(rows) > self.fixed_rows:
+            step = self.fixed_rows
+            return torch.cat([self.run(rows[i : i + step]) for i in range(0, len(rows), step)])
         bucket = self._fill(rows)
         if not self.use_graphs:
-            logits = self._forward(bucket)
+            logits = self._forward(bucket)[: len(rows)]
         else:
             if bucket.graph is None:
                 self._capture(bucket)
@@ -141,9 +150,10 @@ class BatchedDecode:
 
     def _fill(self, batch: list[DecodeRow]) -> _Bucket:
         """The batch's rows in fixed-shape inputs: exactly its size eagerly, the next power of two with
-        graphs (padding rows write at index 0 of the scratch slot, and their logits are ignored)."""
+        graphs, `fixed_rows` when set (padding rows write at index 0 of the scratch slot, and their
+        logits are ignored)."""
         n = len(batch)
-        size = 1 << (n - 1).bit_length() if self.pad else n
+        size = self.fixed_rows or (1 << (n - 1).bit_length() if self.pad else n)
         bucket = self._buckets.get(size)
         if bucket is None:
             bucket = self._buckets[size] = _Bucket(size, self.model.device)

@@ -305,8 +305,11 @@ class AccelerationConfig:
     overlap: bool | None = None  # queue the next decode step before the sampled token is read
     triton: bool | None = None  # the fused rotation kernel of eviction
     # q/k/v and gate/up projections as one matmul each (core/fused.py); applied when the model loads,
-    # so it is the loading config's that counts; auto is off until measured on a GPU
+    # so it is the loading config's that counts; auto: on a CUDA GPU
     fuse_projections: bool | None = None
+    # each session's tokens independent of the other sessions on the engine, bit for bit (core/scheduler.py:
+    # decode steps in batches of one fixed size, each chunk's vision and prefill run alone); auto: off
+    batch_invariant: bool | None = None
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -126,7 +126,12 @@ class StreamingEngine:
         self.model_lock = threading.Lock()  # unbatched sessions: one chunk on the model at a time
         # Batched: one model thread for all sessions (needs the pool's slots and the ragged prefill).
         self.scheduler = (
-            Scheduler(model, self.pool, use_graphs=self.decided.cuda_graphs)
+            Scheduler(
+                model,
+                self.pool,
+                use_graphs=self.decided.cuda_graphs,
+                batch_invariant=self.decided.batch_invariant,
+            )
             if batched and self.pool and model.ragged_prefill
             else None
         )

@@ -13,6 +13,16 @@ engine's `Scheduler`, whose one model thread runs, in a loop:
 
 Continuous batching: a session joins the decode batch when its prefill is done and leaves when its
 reply ends, so a new chunk waits for at most one batched step, never for another session's reply.
+
+Batch-invariant mode (`acceleration.batch_invariant`): a session's tokens do not depend on the other
+sessions, bit for bit, also in bf16 on a GPU. Batching changes the shapes of the matmuls, and the GPU
+libraries choose kernels, tiles and summation orders by shape, so a row rounds differently in a batch
+of 8 than alone. In this mode every decode forward has the same number of rows
+(`BATCH_INVARIANT_ROWS`, padded; more sessions run as several such forwards, and a lone session's
+step is one of them rather than its own single-row step), and each chunk's vision tower call and
+prefill forward runs alone, as it would for a session alone on the engine (the decode kernel over
+the pool already treats each row alone: its splits follow the slot's size). The price: prefills no
+longer share forwards, and a lone session's decode step computes padding rows.
 Deadlines (a chunk's arrival plus its latency budget, by default the chunk's own duration) order
 the prefills, and decide whether waiting prefills or the next decode step go first: whichever holds
 the earliest deadline. A session gives the same tokens through the scheduler as alone
@@ -46,6 +56,9 @@ GATHER_SECONDS = 0.005
 # whole prefill batch, so the budget bounds that stall (~25 ms per chunk on an H200) while leaving
 # enough rows to fill the GPU. A CPU takes every waiting chunk (the tests' tiny model).
 GPU_PREFILL_TOKENS = 8192
+# Rows of every decode forward in batch-invariant mode: decode reads all the weights whatever the rows,
+# so 16 rows cost a lone session little more than 1 (its matmuls stay memory-bound).
+BATCH_INVARIANT_ROWS = 16
 IDLE_SECONDS = 5.0  # an idle model thread ends after this long (an engine dropped by its owner is freed)
 
 
@@ -96,9 +109,12 @@ class Scheduler:
         *,
         use_graphs: bool = False,
         prefill_tokens: int | None = None,
+        batch_invariant: bool = False,
     ) -> None:
         self.model = model
-        self.decode = BatchedDecode(model, pool, use_graphs=use_graphs)
+        self.batch_invariant = batch_invariant
+        fixed = BATCH_INVARIANT_ROWS if batch_invariant else None
+        self.decode = BatchedDecode(model, pool, use_graphs=use_graphs, fixed_rows=fixed)
         cuda = model.device.type == "cuda"
         self.prefill_tokens = prefill_tokens or (GPU_PREFILL_TOKENS if cuda else 1 << 30)
         self._cuda = cuda
@@ -157,7 +173,10 @@ class Scheduler:
             # Alone on an idle model: take the step on this thread (no hand-over to the model thread and
             # back per token: a single stream runs as fast as without a scheduler).
             inline = (
-                solo is not None and self._decoding <= 1 and not (self._steps or self._prefills or self._busy)
+                solo is not None
+                and not self.batch_invariant  # there every step is a fixed-size batched forward
+                and self._decoding <= 1
+                and not (self._steps or self._prefills or self._busy)
             )
             self._busy |= inline
         if inline:
@@ -252,7 +271,7 @@ class Scheduler:
         started = time.perf_counter()
         try:
             row = steps[0].row
-            if len(steps) == 1 and row.solo is not None:
+            if len(steps) == 1 and row.solo is not None and not self.batch_invariant:
                 logits = row.solo(row.token, row.position)[None]
             else:
                 logits = self.decode.run([s.row for s in steps])
@@ -283,8 +302,8 @@ class Scheduler:
         graph per grid and count); None for text-only jobs."""
         groups: dict[tuple[int, ...], list[int]] = {}
         for index, job in enumerate(jobs):
-            if job.video is not None:
-                groups.setdefault(_grid_key(job), []).append(index)
+            if job.video is not None:  # batch-invariant: each chunk its own call, as alone
+                groups.setdefault((index,) if self.batch_invariant else _grid_key(job), []).append(index)
         features: list[torch.Tensor | None] = [None] * len(jobs)
         for members in groups.values():
             videos = [jobs[i].video for i in members]
@@ -316,9 +335,11 @@ class Scheduler:
                 job.prepare_ms = clock.lap()
             if ready:
                 lengths = [s[0].shape[0] for s in segments]
-                if len(segments) == 1:  # alone: the single-session forward, exactly
-                    embeds, positions, cache, every = segments[0]
-                    logits = [self.model.forward(embeds, positions, cache, all_logits=every)]
+                if len(segments) == 1 or self.batch_invariant:  # alone: the single-session forward, exactly
+                    logits = [
+                        self.model.forward(embeds, positions, cache, all_logits=every)
+                        for embeds, positions, cache, every in segments
+                    ]
                 else:
                     embeds = torch.cat([s[0] for s in segments])
                     positions = torch.cat([s[1] for s in segments], dim=1)
