@@ -1,6 +1,6 @@
 """Profile one steady-state chunk of the engine on a GPU (full-size random 7B weights).
 
-    python evals/scripts/profile_chunk.py --warm 20 --out DIR
+    python evals/scripts/profile_chunk.py --warm 20 --out DIR [--weights fp8-dynamic]
 
 Streams `--warm` HD chunks to warm up (compilation and CUDA graph capture happen there), then runs
 one more under torch.profiler and writes the top operators by CUDA and CPU time, and, per phase
@@ -19,7 +19,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from core.builders import build_random_model
 from core.cli_args import number
-from core.config import GenerationConfig
+from core.config import WEIGHT_FORMATS, GenerationConfig
 from core.engine import StreamingEngine
 from core.synthetic import synthetic_frames
 
@@ -41,9 +41,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--warm", type=number(1, 10_000, integer=True), default=20)
     parser.add_argument("--out", type=Path, default=Path("runs/profile"))
+    parser.add_argument(
+        "--weights", choices=WEIGHT_FORMATS, default="bf16", help="the language model's linears"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    model = build_random_model("7b")
+    model = build_random_model("7b", weights=args.weights)
     engine = StreamingEngine(model, generation=GenerationConfig(max_new_tokens=20, min_new_tokens=20, seed=0))
     session = engine.start()
     frames = list(itertools.islice(synthetic_frames(1280, 720, 2.0, 10.0), 20))
