@@ -32,7 +32,7 @@ def bf16_model(tiny_dir):
     return load_model(tiny_dir, device="cpu", dtype="bfloat16")
 
 
-def engine_of(model, sessions: int) -> StreamingEngine:
+def engine_of(model, sessions: int, acceleration: AccelerationConfig = INVARIANT) -> StreamingEngine:
     return StreamingEngine(
         model,
         stream=SMALL_STREAM,
@@ -40,7 +40,7 @@ def engine_of(model, sessions: int) -> StreamingEngine:
         generation=GREEDY,
         sessions=sessions,
         batched=True,
-        acceleration=INVARIANT,
+        acceleration=acceleration,
     )
 
 
@@ -115,19 +115,7 @@ def test_on_the_gpu_in_bf16_with_graphs_batched_sessions_give_their_alone_tokens
     where cuBLAS chooses kernels by shape: still the tokens each session gives alone."""
     gpu = load_model(tiny_dir, device="cuda", dtype="bfloat16")
     acceleration = AccelerationConfig(batch_invariant=True, compile_in_background=False)
-
-    def engine(sessions: int) -> StreamingEngine:
-        return StreamingEngine(
-            gpu,
-            stream=SMALL_STREAM,
-            cache=POLICY,
-            generation=GREEDY,
-            sessions=sessions,
-            batched=True,
-            acceleration=acceleration,
-        )
-
-    alone = [stream(engine(1), index) for index in range(4)]
-    shared = engine(4)
+    alone = [stream(engine_of(gpu, 1, acceleration), index) for index in range(4)]
+    shared = engine_of(gpu, 4, acceleration)
     assert together(shared, 4) == alone
     assert set(shared.scheduler.decode._buckets) == {core.scheduler.BATCH_INVARIANT_ROWS}
