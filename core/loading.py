@@ -130,6 +130,7 @@ def load_model(
     torch_dtype = resolve_dtype(dtype, torch_device)
     backend = resolve_attention(attn, torch_device, torch_dtype)
     quantize.require(weights, torch_device)  # before reading gigabytes of weights
+    _prewarm_compiler(source, torch_device, torch_dtype, acceleration)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         try:
@@ -147,6 +148,27 @@ def load_model(
         ) from None
     adapt_weights(model, weights, acceleration)
     return StreamModel(model, tokenizer, name=name, processor=processor, acceleration=acceleration)
+
+
+def _prewarm_compiler(
+    source: str, device: torch.device, dtype: torch.dtype, acceleration: AccelerationConfig | None
+) -> None:
+    """Where the model will be compiled, the compiler's first use (imports, its tables, the toolchain)
+    runs on a thread while the weights load (core/warmup.py says why), into this model's compile cache."""
+    from transformers import AutoConfig
+
+    from core.acceleration import Acceleration
+    from core.compile_cache import compile_cache_dir, use_compile_cache
+    from core.warmup import prewarm_compiler
+
+    if not Acceleration.decide(acceleration or AccelerationConfig(), device).compile:
+        return
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError):  # the loading below says what is wrong with the folder
+        return
+    use_compile_cache(compile_cache_dir(config, dtype, device))
+    prewarm_compiler(device)
 
 
 def adapt_weights(model: torch.nn.Module, weights: str, acceleration: AccelerationConfig | None) -> None:

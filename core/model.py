@@ -23,7 +23,7 @@ from core import warmup as warmup_module
 from core.acceleration import Acceleration
 from core.config import AccelerationConfig
 from core.spec import ModelSpec, SpecialTokens, TextSpec, VisionSpec
-from core.warmup import CompileWarmup, compile_works
+from core.warmup import CompileWarmup, compiler_works
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class StreamModel:
         """
         if self.compiled:
             return True
-        if probe and not compile_works(self.device):
+        if probe and not compiler_works(self.device):
             return False
         language_model, visual = self.model.model.language_model, self.model.model.visual
         for layer in language_model.layers:

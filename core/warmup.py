@@ -15,6 +15,14 @@ Python that holds the interpreter lock for long stretches, and the first chunk, 
 eager modules' CUDA graphs, would wait for it; the chunks after it replay graphs and barely need the
 lock. By then the first frame grid is known too.
 
+The compiler's first use costs more than any later one: importing Dynamo, Inductor and Triton, building
+Inductor's pattern tables, starting the toolchain. Imports unmarshal and run module code in long C
+stretches that never hand the interpreter lock over, so a serving thread waits through each whole
+(on a CPU: one 0.43 s stall of a thread doing 7 ms of Python work, against 0.08 s once that first use
+was behind it; on the H200 the chunk during which compilation started took 2.8-3.9 s). So
+`prewarm_compiler`, called by `core.loading.load_model` before the weights load, does that first use
+(the probe of `compile_works`) on a thread while the disk reads, and the warm-up takes its answer.
+
 Dynamo keeps compiled code per function with guards on the module's type and structure, not on which
 instance it is, and Inductor and Triton keep their output in their caches (`core.compile_cache`). So
 when the serving side later calls `.compile()` on the real modules (`StreamModel.settle`, at a point
@@ -38,6 +46,7 @@ import logging
 import threading
 import time
 import types
+from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
 import torch
@@ -88,7 +97,7 @@ class CompileWarmup:
         device = self.model.device
         try:
             with torch.inference_mode(), _own_stream(device):
-                if not compile_works(device):
+                if not compiler_works(device):
                     self.error = "torch.compile does not work here (see the warning)"
                     return
                 self._warm_language()
@@ -134,6 +143,38 @@ class CompileWarmup:
         inner._modules["visual"] = visual
         runner = VisionRunner(types.SimpleNamespace(model=inner), use_graph=False)
         runner(torch.zeros(pixels, dtype=model.dtype, device=model.device), grid_thw)
+
+
+_prewarms: dict[tuple, Future] = {}  # by (device kind, backend): the answer is the backend's
+_prewarm_lock = threading.Lock()
+
+
+def prewarm_compiler(device: torch.device) -> None:
+    """Start the compiler's first use on `device`'s kind (the `compile_works` probe) on a daemon thread,
+    once per process; `compiler_works` waits for its answer. See the module docstring."""
+    with _prewarm_lock:
+        key = (device.type, COMPILE_BACKEND)
+        if key in _prewarms:
+            return
+        future: Future = Future()
+        _prewarms[key] = future
+
+    def probe() -> None:
+        # compile_works catches what compiling raises; anything else also means: not working here
+        try:
+            with torch.inference_mode():
+                future.set_result(compile_works(device))
+        except BaseException as exc:
+            future.set_result(False)
+            log.debug("compiler prewarm failed: %s", exc)
+
+    threading.Thread(target=probe, name="streamvlm-compiler-prewarm", daemon=True).start()
+
+
+def compiler_works(device: torch.device) -> bool:
+    """Whether torch.compile works on `device`: the prewarm's answer when one was started, else the probe."""
+    future = _prewarms.get((device.type, COMPILE_BACKEND))
+    return future.result() if future is not None else compile_works(device)
 
 
 def compile_works(device: torch.device) -> bool:

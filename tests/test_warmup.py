@@ -212,3 +212,54 @@ def test_a_grid_met_before_compiling_was_asked_for_is_compiled_too(tiny_dir, tra
         and model.warmup.vision_ok
         and model.model.model.visual.blocks[0]._compiled_call_impl is not None
     )
+
+
+# -- the compiler's first use, done while the weights load ------------------------------------------
+
+
+@pytest.fixture
+def counted_probe(monkeypatch, traced_backend):
+    """No prewarm from earlier tests; counts the probes that really run."""
+    monkeypatch.setattr(warmup, "_prewarms", {})
+    calls = []
+    real = warmup.compile_works
+
+    def probe(device):
+        calls.append(device.type)
+        return real(device)
+
+    monkeypatch.setattr(warmup, "compile_works", probe)
+    return calls
+
+
+def test_loading_a_model_that_will_compile_runs_the_compiler_first_use_once(
+    tiny_dir, counted_probe, no_thread
+):
+    """load_model starts the probe (imports, tables, toolchain) on a thread before the weights load;
+    the background warm-up takes its answer instead of probing again while the stream runs."""
+    model = load_model(tiny_dir, device="cpu", dtype="float32", acceleration=AccelerationConfig(compile=True))
+    assert counted_probe == ["cpu"] or warmup._prewarms[("cpu", "aot_eager")].result(30)
+    assert warmup.compiler_works(torch.device("cpu")) and counted_probe == ["cpu"]
+    engine = engine_for(model, batched=False, compile=True)
+    chunk_compile_chunk(engine)
+    assert model.compiled and counted_probe == ["cpu"]  # the warm-up did not probe again
+
+
+def test_a_model_that_will_not_compile_starts_no_prewarm(tiny_dir, counted_probe):
+    load_model(tiny_dir, device="cpu", dtype="float32")  # a CPU compiles only when asked
+    assert warmup._prewarms == {} and counted_probe == []
+
+
+def test_the_prewarm_answers_per_backend(monkeypatch, counted_probe):
+    """A backend that cannot compile gets its own answer, not the cached one of another backend."""
+    cpu = torch.device("cpu")
+    warmup.prewarm_compiler(cpu)
+    assert warmup.compiler_works(cpu)
+
+    def broken(graph, example_inputs):
+        raise RuntimeError("no C compiler")
+
+    monkeypatch.setattr(warmup, "COMPILE_BACKEND", broken)
+    warmup.prewarm_compiler(cpu)
+    assert not warmup.compiler_works(cpu) and counted_probe == ["cpu", "cpu"]
+    torch._dynamo.reset()
