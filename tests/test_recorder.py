@@ -173,3 +173,32 @@ def test_sound_is_muxed_on_the_pictures_clock(tmp_path):
     assert lag <= 1024 + 64 and match(lag) > 0.9
     gap = slice(int(2.02 * rate) + lag, int(2.08 * rate) + lag)
     assert np.abs(samples[gap]).max() < 0.05  # the dropout is silent
+
+
+def top_level_boxes(path: Path) -> list[str]:
+    """The MP4's top-level box types, in file order."""
+    data, boxes, at = path.read_bytes(), [], 0
+    while at + 8 <= len(data):
+        size, kind = int.from_bytes(data[at : at + 4], "big"), data[at + 4 : at + 8].decode("latin-1")
+        if size == 1:  # a 64-bit size follows the type
+            size = int.from_bytes(data[at + 8 : at + 16], "big")
+        boxes.append(kind)
+        at += size if size else len(data) - at  # 0: the box runs to the end of the file
+    return boxes
+
+
+def test_an_endless_recording_keeps_no_index_per_fragment(tmp_path):
+    """The muxer writes a fragment a second; by default FFmpeg also keeps one index entry per fragment
+    in memory, for a random-access box (mfra) at the end: it grew with the stream without bound. The
+    recording closes without that box (so without that memory) and still plays to its last frame."""
+    path = tmp_path / "long.mp4"
+    picture = np.full((48, 64, 3), 90, np.uint8)
+    with Recorder(path, fps=10, audio_rate=16_000) as recorder:
+        for k in range(45):
+            recorder.write(Frame(picture, k / 10))
+            recorder.write_audio(np.zeros((1600, 1), np.float32), k / 10)
+    boxes = top_level_boxes(path)
+    assert boxes[:2] == ["ftyp", "moov"] and "mfra" not in boxes
+    assert boxes.count("moof") >= 5 and boxes[-1] == "mdat"  # one fragment a second, the last one whole
+    frames, duration = decoded(path)
+    assert len(frames) == 45 and duration == pytest.approx(4.5, abs=0.15)

@@ -34,7 +34,11 @@ from core.types import Closeable, Commentary, Frame
 
 log = logging.getLogger(__name__)
 
-_FRAGMENTED = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
+# skip_trailer: FFmpeg keeps an entry per fragment (one a second) for the random-access index (mfra) it
+# writes on close, memory that grows with the stream (3.3 MiB a day a track); without it the muxer keeps
+# only the last. The last fragment is still written on close, and a file without the index is what a
+# crash leaves too: players find the fragments without it (FFmpeg's demuxer does not read it by default).
+_FRAGMENTED = {"movflags": "frag_keyframe+empty_moov+default_base_moof+skip_trailer", "flush_packets": "1"}
 _CODECS = ("libx264", "mpeg4")
 SPEECH_RATE = 48_000  # the audio track's rate when it carries speech alone
 
