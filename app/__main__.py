@@ -4,14 +4,20 @@
 
 SIGINT (Ctrl+C in the terminal) or SIGTERM stops the run as Stop does, closes the window and exits with
 128 + the signal, like `python -m core run`; a second SIGINT quits at once (app/signals.py).
+
+With STREAMVLM_APP_TIMELINE naming a file, the app appends its startup's events to it (app/timeline.py:
+`python -m evals startup --app` times the app so); unset, nothing is recorded.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 
+from app.timeline import Timeline
 from core.cli_args import ArgumentParser
 from core.config import resolve_config
 from core.errors import StreamVLMError
@@ -35,6 +41,7 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.time()  # the startup timeline's "Python up", if one is asked for
     parser = build_parser()
     args = parser.parse_args(argv)
     problem = folder_problem(Path(args.record).expanduser()) if args.record else None
@@ -42,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"argument --record: {problem}")
     try:
         config = resolve_config(args.config)
+        timeline = Timeline.from_env(os.environ, started)
     except StreamVLMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -64,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         window.show()
         if args.start:
             window.start()
+        if timeline is not None:
+            timeline.watch(window)
         return stop.exit_code(app.exec())
 
 

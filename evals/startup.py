@@ -25,21 +25,41 @@ tokens per chunk, as the efficiency benchmark does; `--tokens 0` leaves generati
 `--random-weights 7b --weights-dir DIR` writes full-size random weights to DIR first (a new or empty
 folder) and measures loading them, as the issue's H200 table asks.
 
+`--app` times the desktop app the same way after the CLI's runs, cold then warm again (a compile cache of
+its own): each run is a fresh `python -m app --model FOLDER --source CLIP --config FILE --start` under
+Qt's offscreen platform (no display needed), streaming a clip of the synthetic scene at --resolution (as
+long as --chunks, at the stream's frame rate) paced like a live feed, with the engine settings of the
+CLI's runs, and a settings folder of its own (XDG_CONFIG_HOME: the user's saved choices are left alone).
+The app reports its events through app/timeline.py (STREAMVLM_APP_TIMELINE, as the window receives
+them); once it has shown --chunks replies (or its run ended) it gets SIGTERM, which stops and closes it
+as Ctrl+C does. Its rows add the window shown; its "model loaded" is the stream starting (the engine
+built), its chunk k's video complete when the pipeline had it whole, and a chunk that came late is
+dropped as the app drops it (counted in results.json as `skipped_chunks`). It needs PySide6 and PyAV
+(checked first, in a child that starts Qt offscreen); on a GPU machine, the Qt bundle that
+evals/scripts/qt_bundle.py builds.
+
 Writes results.json and summary.md to --out and prints the table.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import enum
 import json
 import logging
+import math
 import os
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 from core.cli_args import add_engine_arguments, engine_overrides, number, parse_resolution
 from core.config import resolve_config
@@ -84,6 +104,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="evict the weight files from the page cache before every run (each run reads them from disk)",
     )
+    parser.add_argument(
+        "--app",
+        action="store_true",
+        help="also time the desktop app (python -m app, offscreen), cold and warm, after the CLI's runs",
+    )
     parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/startup-TIME)")
     add_engine_arguments(parser, ("device", "dtype", "attn"))
 
@@ -108,6 +133,12 @@ def run(args: argparse.Namespace) -> int:
     for flag, folder in (("--weights-dir", args.weights_dir), ("--compile-cache", args.compile_cache)):
         if folder is not None and folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
             raise ConfigError(f"{flag} {folder} is not an empty folder; pass a new or empty one")
+    if args.app:
+        if width % 2 or height % 2:
+            raise ConfigError(
+                f"--app streams a video file, whose frames need an even width and height (got {width}x{height})"
+            )
+        _app_works()  # before minutes of writing weights
     out = args.out or Path("runs") / f"startup-{time.strftime('%Y%m%d-%H%M%S')}"
 
     if args.random_weights:
@@ -133,22 +164,28 @@ def run(args: argparse.Namespace) -> int:
         "resolution": [width, height],
     }
     runs = []
+    work = Path(tempfile.mkdtemp(prefix="streamvlm-startup-app-")) if args.app else None
     try:
-        for k in range(1 + args.warm):
-            if args.drop_page_cache:
-                _evict(weights)
-            kind = "cold" if k == 0 else "warm"
-            log.info("run %d of %d (%s compile cache)", k + 1, 1 + args.warm, kind)
-            runs.append({"run": k + 1, "cache": kind, **_measure(spec, caches)})
+        measures = {"CLI": lambda k: _measure(spec, caches / "cli")}
+        if work is not None:
+            app = _app_inputs(spec, work)
+            measures["app"] = lambda k: _measure_app(spec, app, caches / "app", work / f"run-{k + 1}")
+        for process, measure in measures.items():
+            for k in range(1 + args.warm):  # each process's first run fills its own empty compile cache
+                if args.drop_page_cache:
+                    _evict(weights)
+                kind = "cold" if k == 0 else "warm"
+                log.info("%s run %d of %d (%s compile cache)", process, k + 1, 1 + args.warm, kind)
+                runs.append({"process": process, "run": k + 1, "cache": kind, **measure(k)})
     finally:
         if owned:
-            import shutil
-
             shutil.rmtree(caches, ignore_errors=True)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
 
     results = {
         "meta": {
-            **run_meta("startup", {**spec, "drop_page_cache": args.drop_page_cache}),
+            **run_meta("startup", {**spec, "drop_page_cache": args.drop_page_cache, "app": args.app}),
             "device": runs[0]["device"],
             "weights_bytes": disk["bytes"],
             "disk_read_gbps": disk["gbps"],
@@ -168,21 +205,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _measure(spec: dict, caches: Path) -> dict:
     """Start a fresh process that loads and streams; its timeline in seconds from its start."""
-    from core.compile_cache import CACHE_VARIABLES
-
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in CACHE_VARIABLES},  # the engine's own placement
-        "STREAMVLM_CACHE": str(caches / "streamvlm"),  # the model is a folder: no tiny model built here
-        "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")])
-        ),
-    }
     started = time.time()
     child = subprocess.run(
         [sys.executable, "-m", "evals.startup", json.dumps(spec)],
         capture_output=True,
         text=True,
-        env=env,
+        env=_child_env(caches),
         timeout=TIMEOUT_S,
     )
     lines = [line for line in child.stdout.splitlines() if line.startswith("{")]
@@ -191,6 +219,165 @@ def _measure(spec: dict, caches: Path) -> dict:
         log.error("the run's stderr, last lines:\n%s", "\n".join(said[-15:]))
         raise ConfigError(f"a startup run failed (exit {child.returncode}): {said[-1][:200]}")
     return timeline(json.loads(lines[-1]), started)
+
+
+def _child_env(caches: Path) -> dict[str, str]:
+    """A run's environment: the compile caches in `caches`, the repository importable."""
+    from core.compile_cache import CACHE_VARIABLES
+
+    return {
+        **{k: v for k, v in os.environ.items() if k not in CACHE_VARIABLES},  # the engine's own placement
+        "STREAMVLM_CACHE": str(caches / "streamvlm"),  # the model is a folder: no tiny model built here
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")])
+        ),
+    }
+
+
+# -- one app run: the parent's side --------------------------------------------------------------------
+
+APP_TIMELINE = (
+    "STREAMVLM_APP_TIMELINE"  # app/timeline.py's ENV (evals import no app code: tests/test_layering.py)
+)
+APP_PROBE = "from PySide6.QtWidgets import QApplication; import av; QApplication(['probe'])"
+
+
+def _app_works() -> None:
+    """The app's needs (PySide6, its offscreen platform, PyAV) start here, in a child as the runs will."""
+    probe = subprocess.run(
+        [sys.executable, "-c", APP_PROBE],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
+        timeout=120,
+    )
+    if probe.returncode != 0:
+        said = (probe.stderr.strip().splitlines() or ["(nothing on stderr)"])[-1][:200]
+        raise ConfigError(
+            f"--app needs PySide6 and PyAV, and Qt does not start here ({said}); install "
+            "'streamvlm[gui]', or on a GPU machine the bundle of evals/scripts/qt_bundle.py"
+        )
+
+
+def _app_inputs(spec: dict, work: Path) -> dict:
+    """What every app run is given: the clip it streams and the engine settings of the CLI's runs."""
+    from core.synthetic import write_clip
+
+    config = resolve_config(spec["config"], spec["overrides"])
+    stream = config.stream
+    width, height = spec["resolution"]
+    clip = write_clip(
+        work / "clip.mp4",
+        seconds=spec["chunks"] * stream.chunk_seconds,
+        width=width,
+        height=height,
+        fps=stream.fps,
+    )
+    settings = work / "config.yaml"
+    settings.write_text(yaml.safe_dump(_plain(dataclasses.asdict(config)), sort_keys=False))
+    return {"clip": str(clip), "config": str(settings)}
+
+
+def _plain(value):
+    """A config's values as YAML writes them: enums by value, tuples as lists."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {key: _plain(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _measure_app(spec: dict, inputs: dict, caches: Path, work: Path) -> dict:
+    """Start a fresh `python -m app --start` offscreen; its timeline in seconds from its start."""
+    work.mkdir(parents=True)
+    events = work / "timeline.jsonl"
+    env = {
+        **_child_env(caches),
+        "QT_QPA_PLATFORM": "offscreen",  # no window on anyone's desktop; no display needed
+        "XDG_CONFIG_HOME": str(work / "settings"),  # the app saves its choices here, not over the user's
+        APP_TIMELINE: str(events),
+    }
+    command = [sys.executable, "-m", "app", "--model", spec["model"], "--source", inputs["clip"]]
+    command += ["--config", inputs["config"], "--start"]
+    started = time.time()
+    with open(work / "stderr.txt", "w+") as stderr:
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+        try:
+            records = _follow(child, events, spec["chunks"])
+        finally:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)  # stops the run and closes the window (app/signals.py)
+                try:
+                    child.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+        stderr.seek(0)
+        said = stderr.read()
+    try:
+        return timeline(app_events(records), started)
+    except ConfigError as exc:
+        log.error("the app's stderr, last lines:\n%s", "\n".join(said.strip().splitlines()[-15:]))
+        raise ConfigError(f"an app run failed (exit {child.returncode}): {exc}") from None
+
+
+def _follow(child: subprocess.Popen, path: Path, chunks: int) -> list[dict]:
+    """The app's timeline records once `chunks` replies came, its run ended, or the app did."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        ended = child.poll() is not None  # read again after it ended: its last lines are in
+        # Whole lines only: the app may be writing the last one.
+        written = path.read_text().split("\n")[:-1] if path.exists() else []
+        records = [json.loads(line) for line in written]
+        events = [r["event"] for r in records]
+        if ended or events.count("chunk") >= chunks or {"failed", "finished"} & set(events):
+            return records
+        if time.monotonic() > deadline:
+            raise ConfigError(f"an app run took over {TIMEOUT_S:.0f} s")
+        time.sleep(0.1)
+
+
+def app_events(records: list[dict]) -> dict:
+    """The app's timeline records (app/timeline.py) as the events `timeline` takes. A chunk was complete
+    `latency` before the pipeline handed its reply over, and could start when it was complete and the
+    one before had been handed over; it is done when the window got its reply."""
+    failed = next((r for r in records if r["event"] == "failed"), None)
+    if failed is not None:
+        raise ConfigError(f"the app's run failed: {failed['reason']}")
+    first = {}
+    for r in records:
+        first.setdefault(r["event"], r)
+    streaming = next((r for r in records if r["event"] == "phase" and r["phase"] == "streaming"), None)
+    replies = [r for r in records if r["event"] == "chunk"]
+    if "python" not in first or streaming is None or not replies:
+        raise ConfigError("the app ended before it streamed a chunk")
+    chunks, previous = [], -math.inf
+    for r in replies:
+        handed = r["ran"] if r["ran"] is not None else r["t"]
+        complete = handed - r["latency"]
+        chunks.append(
+            {
+                "complete": complete,
+                "pushed": max(complete, previous),
+                "done": r["t"],
+                "text": r["text"],
+                "compiled": r["compiled"],
+            }
+        )
+        previous = handed
+    last = replies[-1]
+    return {
+        "python": first["python"]["t"],
+        "shown": first["shown"]["t"] if "shown" in first else None,
+        "loaded": streaming["t"],
+        "chunks": chunks,
+        "compile_thread_s": last["compile_thread_s"],
+        "device": last["device"],
+        "dtype": last["dtype"],
+        "skipped": last["skipped"],
+    }
 
 
 def timeline(events: dict, started: float) -> dict:
@@ -202,6 +389,7 @@ def timeline(events: dict, started: float) -> dict:
         "device": events["device"],
         "dtype": events["dtype"],
         "python_s": round(events["python"] - started, 3),
+        "window_s": round(events["shown"] - started, 3) if events.get("shown") is not None else None,
         "loaded_s": round(events["loaded"] - started, 3),
         "first_chunk_s": round(chunks[0]["done"] - started, 3),
         "first_commentary_s": round(spoken["done"] - started, 3) if spoken else None,
@@ -214,6 +402,7 @@ def timeline(events: dict, started: float) -> dict:
         "chunk_phases_ms": [c.get("phases_ms") for c in chunks],
         "compile_thread_s": events.get("compile_thread_s"),
         "first_text": spoken["text"][:80] if spoken else "",
+        "skipped_chunks": events.get("skipped", 0),
     }
 
 
@@ -272,7 +461,7 @@ def child(spec: dict) -> dict:
         "compile_thread_s": round(warmup.seconds, 3)
         if warmup is not None and warmup.finished.is_set()
         else None,
-        "device": _device_name(engine.model.device),
+        "device": device_name(engine.model.device),
         "dtype": str(engine.model.dtype),
     }
 
@@ -315,56 +504,57 @@ def _evict(files: list[Path]) -> None:
 
 
 def _summary(runs: list[dict]) -> list[dict]:
-    """Per cache state, the median of each figure over its runs."""
+    """Per process (CLI, app) and cache state, the median of each figure over its runs."""
     rows = []
-    for kind in ("cold", "warm"):
-        chosen = [r for r in runs if r["cache"] == kind]
-        if not chosen:
-            continue
-        row = {"cache": kind, "runs": len(chosen)}
-        for key in FIGURES:
-            values = [r[key] for r in chosen if r[key] is not None]
-            row[key] = round(statistics.median(values), 3) if values else None
-        rows.append(row)
+    for process in ("CLI", "app"):
+        for kind in ("cold", "warm"):
+            chosen = [r for r in runs if r["process"] == process and r["cache"] == kind]
+            if not chosen:
+                continue
+            row = {"process": process, "cache": kind, "runs": len(chosen)}
+            for key in FIGURES:
+                values = [r[key] for r in chosen if r[key] is not None]
+                row[key] = round(statistics.median(values), 3) if values else None
+            rows.append(row)
     return rows
 
 
-FIGURES = (
-    "python_s",
-    "loaded_s",
-    "first_chunk_s",
-    "first_commentary_s",
-    "first_commentary_after_chunk_s",
-    "slowest_chunk_s",
-    "eager_chunks",
-    "first_compiled_chunk_s",
-)
-HEADER = [
-    "compile cache",
-    "runs",
-    "Python up (s)",
-    "model loaded (s)",
-    "first chunk done (s)",
-    "first commentary (s)",
-    "commentary after its chunk (s)",
-    "slowest chunk (s)",
-    "eager chunks",
-    "first compiled chunk done (s)",
-]
+# The table's figures and their column titles; the window's only where the app ran.
+COLUMNS = {
+    "python_s": "Python up (s)",
+    "window_s": "window shown (s)",
+    "loaded_s": "model loaded (s)",
+    "first_chunk_s": "first chunk done (s)",
+    "first_commentary_s": "first commentary (s)",
+    "first_commentary_after_chunk_s": "commentary after its chunk (s)",
+    "slowest_chunk_s": "slowest chunk (s)",
+    "eager_chunks": "eager chunks",
+    "first_compiled_chunk_s": "first compiled chunk done (s)",
+}
+FIGURES = tuple(COLUMNS)
+
+
+def header(with_app: bool) -> list[str]:
+    """The summary table's header: with the window's column when app runs are in it."""
+    shown = [title for key, title in COLUMNS.items() if with_app or key != "window_s"]
+    return ["process", "compile cache", "runs", *shown]
 
 
 def _markdown(results: dict) -> str:
     meta = results["meta"]
-    rows = [[s["cache"], s["runs"], *(s[key] for key in FIGURES)] for s in results["summary"]]
+    with_app = any(s["process"] == "app" for s in results["summary"])
+    keys = [key for key in FIGURES if with_app or key != "window_s"]
+    rows = [[s["process"], s["cache"], s["runs"], *(s[key] for key in keys)] for s in results["summary"]]
     rate = f"{meta['disk_read_gbps']} GB/s" if meta["disk_read_gbps"] else "-"
     return (
         f"Startup of {meta['config']['model']} on {meta['device']}: seconds from process start "
         f"(medians); weights {meta['weights_bytes'] / 1e9:.2f} GB, read from disk at {rate}.\n\n"
-        + table(HEADER, rows)
+        + table(header(with_app), rows)
     )
 
 
-def _device_name(device) -> str:
+def device_name(device) -> str:
+    """A GPU's name ('NVIDIA H200'), or 'cpu'."""
     import torch
 
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

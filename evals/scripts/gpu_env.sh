@@ -3,8 +3,8 @@
 # unbuffered. What travels with the code is held to 64 MiB, so the wheels are in four folders and each
 # call carries the ones its script needs: .whl (the transformers stack, websockets, pytest: every
 # script), .whl-fp8 (torchao: gpu_fp8.sh), .whl-media (PyAV, srt, webvtt-py: the pipeline's sources,
-# writers and recorder: gpu_soak.sh, `core run`) and .whl-ray (Ray and its HTTP stack, fastapi to
-# opentelemetry below: gpu_cluster.sh).
+# writers and recorder: gpu_soak.sh, `core run`), .whl-ray (Ray and its HTTP stack, fastapi to
+# opentelemetry below: gpu_cluster.sh) and .whl-qt (PySide6 for the app, below: gpu_startup.sh APP=1).
 # If its image has torch 2.11 and transformers 5.17, fetch what differs, then carry .whl:
 #   pip download -d .whl --no-deps --only-binary=:all: --python-version 3.12 \
 #     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
@@ -26,10 +26,26 @@
 #   (into .whl-ray/), and for .whl-media: `pip download ... av==18.1.0` (an abi3 manylinux_2_28 wheel)
 #   and `pip wheel --no-deps -w .whl-media srt webvtt-py` (pure Python, published as sources only)
 # (grpcio-reflection 1.62: newer ones refuse a grpcio older than themselves, and the image's is not known.)
+# .whl-qt (`python -m app` offscreen: gpu_startup.sh APP=1) holds the Qt bundle and the mss wheel, built by
+#   python evals/scripts/qt_bundle.py
 if compgen -G ".whl*/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl*/*.whl
   export PYTHONPATH=/tmp/site:$PWD
 else
   export PYTHONPATH=$PWD
+fi
+# The Qt bundle: PySide6 into /tmp/site (on PYTHONPATH through the mss wheel beside it); of the system
+# libraries it brings, those the machine has its own copy of are removed, so LD_LIBRARY_PATH adds only
+# what is missing there and shadows none of the machine's libraries.
+if compgen -G ".whl-qt/*.tar.xz" > /dev/null; then
+  for archive in .whl-qt/*.tar.xz; do tar -xJf "$archive" -C /tmp/site; done
+  for lib in /tmp/site/streamvlm-qt-libs/*; do
+    if ldconfig -p | awk -v name="$(basename "$lib")" '$1 == name {found = 1} END {exit !found}'; then
+      rm -f "$lib"
+    fi
+  done
+  export LD_LIBRARY_PATH=/tmp/site/streamvlm-qt-libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  export QT_PLUGIN_PATH=/tmp/site/PySide6/Qt/plugins FONTCONFIG_FILE=/tmp/site/streamvlm-qt-fonts/fonts.conf
+  export QT_QPA_PLATFORM=${QT_QPA_PLATFORM:-offscreen}  # no display there
 fi
 export PYTHONUNBUFFERED=1
