@@ -391,6 +391,9 @@ def timeline(events: dict, started: float) -> dict:
         "python_s": round(events["python"] - started, 3),
         "window_s": round(events["shown"] - started, 3) if events.get("shown") is not None else None,
         "loaded_s": round(events["loaded"] - started, 3),
+        # where loading went (the CLI's child: imports, then the weights, then the engine's set-up)
+        "imported_s": round(events["imported"] - started, 3) if events.get("imported") else None,
+        "weights_s": round(events["weights"] - started, 3) if events.get("weights") else None,
         "first_chunk_s": round(chunks[0]["done"] - started, 3),
         "first_commentary_s": round(spoken["done"] - started, 3) if spoken else None,
         # How long after its video was complete the first commentary came (the target).
@@ -417,9 +420,10 @@ def child(spec: dict) -> dict:
     prefetch_weights(spec["overrides"].get("model", {}).get("path"))  # as `core run`, before torch imports
     import numpy as np
 
-    from core.loading import open_engine
+    from core.loading import model_from_config, open_engine
     from core.synthetic import synthetic_frames
 
+    imported = time.time()  # torch and transformers imported (core.loading imports both)
     config = resolve_config(spec["config"], spec["overrides"])
     stream = config.stream
     width, height = spec["resolution"]
@@ -428,7 +432,9 @@ def child(spec: dict) -> dict:
     pool = [
         np.ascontiguousarray(f) for f in synthetic_frames(width, height, stream.fps, 4 * stream.chunk_seconds)
     ]
-    engine = open_engine(config)
+    model = model_from_config(config)
+    weights = time.time()  # the model's weights on the device (tokenizer and processor too)
+    engine = open_engine(config, model)
     loaded = time.time()
     chunks = []
     with engine.start() as session:
@@ -456,6 +462,8 @@ def child(spec: dict) -> dict:
     warmup = engine.model.warmup
     return {
         "python": python,
+        "imported": imported,
+        "weights": weights,
         "loaded": loaded,
         "chunks": chunks,
         "compile_thread_s": round(warmup.seconds, 3)
@@ -513,7 +521,7 @@ def _summary(runs: list[dict]) -> list[dict]:
                 continue
             row = {"process": process, "cache": kind, "runs": len(chosen)}
             for key in FIGURES:
-                values = [r[key] for r in chosen if r[key] is not None]
+                values = [r[key] for r in chosen if r.get(key) is not None]
                 row[key] = round(statistics.median(values), 3) if values else None
             rows.append(row)
     return rows
@@ -523,6 +531,8 @@ def _summary(runs: list[dict]) -> list[dict]:
 COLUMNS = {
     "python_s": "Python up (s)",
     "window_s": "window shown (s)",
+    "imported_s": "imports done (s)",
+    "weights_s": "weights loaded (s)",
     "loaded_s": "model loaded (s)",
     "first_chunk_s": "first chunk done (s)",
     "first_commentary_s": "first commentary (s)",

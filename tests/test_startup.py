@@ -66,6 +66,8 @@ def test_startup_benchmark_times_fresh_processes_cold_then_warm(tmp_path):
     ]
     for r in data["runs"]:
         assert 0 < r["python_s"] < r["loaded_s"] < r["first_chunk_s"] <= r["first_commentary_s"]
+        # where loading went: imports, then the weights, then the engine's set-up
+        assert r["python_s"] < r["imported_s"] < r["weights_s"] <= r["loaded_s"]
         # The first chunk's video is complete one chunk after the model is ready, not before.
         assert r["first_chunk_s"] >= r["loaded_s"] + 1.0
         assert len(r["chunk_s"]) == 2 and r["slowest_chunk_s"] == max(r["chunk_s"])
