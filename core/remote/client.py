@@ -36,6 +36,7 @@ DEFAULT = "<the engine's default instruction>"
 RETRYABLE_CODES = {1001, 1006, p.CLOSE_INTERNAL, p.CLOSE_TOO_MANY_SESSIONS, p.CLOSE_IDLE}
 SENDS_AFTER_FAILURE = 1  # a chunk the server failed on (1011) is sent to a new session once more, no more
 RESUME_HEAD_CHARS, RESUME_TAIL_CHARS = 4_000, 28_000  # previous text of a resumed session
+RECENT_LINES = 256  # the commentary lines a session keeps for its caller (`commentary`): the latest
 ELLIPSIS = " ... "  # where a previous text too long to send was cut
 DEFAULT_BACKOFF = Backoff(initial=0.25, factor=2.0, cap=2.0, give_up_after=60.0)
 
@@ -85,7 +86,12 @@ class RemoteSession(Closeable):
         self.failed = 0
         self.last_failure: str | None = None
         self.reconnects = 0
-        self.commentary: list[Commentary] = []  # everything received, the resumed session's context
+        # The latest lines received. What a resumed session is told was said is kept apart, as the start
+        # and the end of it that it is cut to: a list of every line grew with the stream (about 200 bytes
+        # a line: 17 MiB a day of one-second chunks).
+        self.commentary: deque[Commentary] = deque(maxlen=RECENT_LINES)
+        self._said = _Transcript(RESUME_HEAD_CHARS + RESUME_TAIL_CHARS)
+        self._said.add(previous_text)
         self._questions: deque[str] = deque()  # asked here, not yet sent to the server
         # (question, reason) of each question the server refused (too long for its model), oldest first;
         # the stream went on. A caller that shows refusals takes them from here.
@@ -93,7 +99,6 @@ class RemoteSession(Closeable):
         # Sent, and not yet asked by a chunk the server ran: a new session after a drop is sent it again.
         self._unasked: str | None = None
         self._sent = False  # whether this connection's session has been sent `_unasked`
-        self._previous_text = previous_text
         self._hello: dict = {"version": p.VERSION, "seed": seed}
         if instruction is not DEFAULT:  # left out: the server's default instruction, as a local Session
             self._hello["instruction"] = instruction
@@ -164,16 +169,17 @@ class RemoteSession(Closeable):
                     raise
                 self._resume(str(exc))
                 continue
-            self.commentary += events
+            self.commentary.extend(events)
+            for line in events:
+                if not line.is_answer:  # answers are not commentary
+                    self._said.add(line.text)
             return events
         raise AssertionError("unreachable")
 
     @property
     def resume_text(self) -> str:
         """The previous text a resumed session starts from: the old one's and all commentary since."""
-        said = (c.text for c in self.commentary if not c.is_answer)  # answers are not commentary
-        text = " ".join([self._previous_text.strip(), *said]).strip()
-        return _shorten(text, RESUME_HEAD_CHARS + RESUME_TAIL_CHARS)
+        return self._said.text()
 
     def close(self) -> None:
         self._closed.set()  # also stops a reconnection in progress in another thread
@@ -283,6 +289,37 @@ class RemoteSession(Closeable):
         if close is None or close.code in RETRYABLE_CODES:
             return ServerLost(message, close.code if close else None)
         return StreamVLMError(message)
+
+
+class _Transcript:
+    """Pieces of text joined by spaces, as `_shorten(text, chars)` cuts them (their start and end), in
+    memory that does not grow with the pieces: the first `chars` characters and the latest pieces that
+    make up the last `chars`."""
+
+    def __init__(self, chars: int) -> None:
+        self.chars = chars
+        self._length = 0  # of the whole text
+        self._start = ""  # its first `chars` characters
+        self._end: deque[str] = deque()  # its latest pieces (each with its space), at least `chars` long
+        self._end_length = 0
+
+    def add(self, piece: str) -> None:
+        piece = piece.strip()
+        if not piece:
+            return
+        piece = f" {piece}" if self._length else piece
+        self._length += len(piece)
+        self._start += piece[: max(0, self.chars - len(self._start))]
+        self._end.append(piece)
+        self._end_length += len(piece)
+        while self._end_length - len(self._end[0]) >= self.chars:
+            self._end_length -= len(self._end.popleft())
+
+    def text(self) -> str:
+        if self._length <= self.chars:
+            return self._start  # the whole text
+        # Longer: `_shorten` takes fewer than `chars` characters from its start and end, all in these two.
+        return _shorten(self._start + "".join(self._end)[-self.chars :], self.chars)
 
 
 def _shorten(text: str, chars: int) -> str:
