@@ -154,3 +154,24 @@ def test_factors_and_out_of_memory_status_read_the_rows_and_probes():
     ]
     assert oom_status(probes, 200) == "out of memory between 928 and 970 s (probed)"
     assert oom_status(probes[:1], 200) == "no out of memory up to 300 s (probed)"
+
+
+def test_stock_replies_hold_no_vision_tokens(tiny_model):
+    """Stock transformers reads every <|video_pad|> in the ids as a video's: a reply that drew one (the
+    random model does, sampling after torch.manual_seed(27)) broke the next chunk's video count."""
+    import numpy as np
+    import torch
+
+    from conftest import SMALL_STREAM, random_frames
+    from core.config import GenerationConfig
+    from evals.stock import StockStream
+
+    torch.manual_seed(27)
+    stock = StockStream(
+        tiny_model, SMALL_STREAM, GenerationConfig(max_new_tokens=3, min_new_tokens=3, seed=0)
+    )
+    rng = np.random.default_rng(0)
+    vision = {tiny_model.special.video_pad, tiny_model.special.vision_start, tiny_model.special.vision_end}
+    for k in range(4):
+        stock.push(random_frames(rng, 56, 56), k, k + 1)
+        assert not vision & set(stock.last_reply)
