@@ -21,15 +21,23 @@ from evals.__main__ import main as evals_main
 from evals.startup import APP_TIMELINE, app_events, header, timeline
 
 
+def run_startup(argv: list[str], env: dict) -> subprocess.CompletedProcess:
+    """`python -m evals startup ARGV` in a fresh process (the benchmark itself starts more of them)."""
+    return subprocess.run(
+        [sys.executable, "-m", "evals", "startup", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=ROOT,
+    )
+
+
 def test_startup_benchmark_times_fresh_processes_cold_then_warm(tmp_path):
     out, weights, caches = tmp_path / "out", tmp_path / "weights", tmp_path / "caches"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(
+    result = run_startup(
         [
-            sys.executable,
-            "-m",
-            "evals",
-            "startup",
             "--random-weights",
             "tiny",
             "--weights-dir",
@@ -51,11 +59,7 @@ def test_startup_benchmark_times_fresh_processes_cold_then_warm(tmp_path):
             "--out",
             str(out),
         ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=ROOT,
+        env,
     )
     assert result.returncode == 0, result.stderr
     assert (weights / "config.json").is_file() and list(weights.glob("*.safetensors"))
@@ -133,14 +137,7 @@ def test_the_app_is_timed_like_the_cli_in_fresh_offscreen_processes(tmp_path):
     argv = ["--random-weights", "tiny", "--weights-dir", str(weights), "--compile-cache", str(caches)]
     argv += ["--app", "--chunks", "2", "--warm", "0", "--resolution", "64x48", "--tokens", "3"]
     argv += ["--device", "cpu", "--dtype", "bfloat16", "--out", str(out)]
-    result = subprocess.run(
-        [sys.executable, "-m", "evals", "startup", *argv],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=ROOT,
-    )
+    result = run_startup(argv, env)
     assert result.returncode == 0, result.stderr
     data = json.loads((out / "results.json").read_text())
     assert [(r["process"], r["run"], r["cache"]) for r in data["runs"]] == [
