@@ -129,7 +129,7 @@ def load_model(
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     backend = resolve_attention(attn, torch_device, torch_dtype)
-    quantize.require(weights, torch_device)  # before reading gigabytes of weights
+    quantize.require(weights, torch_device, torch_dtype)  # before reading gigabytes of weights
     _prewarm_compiler(source, torch_device, torch_dtype, acceleration)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)

@@ -61,8 +61,24 @@ def recipe_of(weights: str) -> Recipe | None:
     return RECIPES[FP8_DEFAULT if weights == "fp8" else weights]
 
 
-def missing(weights: str, device: torch.device, *, emulate: bool = False) -> str | None:
-    """Why `weights` cannot run on `device` here, as one sentence, or None when it can.
+def wrong_dtype(weights: str, dtype: torch.dtype) -> str | None:
+    """Why `weights` cannot quantize a model loaded in `dtype`, as one sentence, or None when it can:
+    torchao's per-row FP8 GEMM takes bfloat16 weights only."""
+    recipe = recipe_of(weights)
+    if recipe is None or not recipe.dynamic_activations or dtype == torch.bfloat16:
+        return None
+    name = str(dtype).removeprefix("torch.")
+    return (
+        f"weights {weights} need the model in bfloat16 (its per-row FP8 GEMM takes bfloat16 weights), and it "
+        f"is loaded in {name}; use --dtype bfloat16, or --weights fp8-weight-only"
+    )
+
+
+def missing(
+    weights: str, device: torch.device, *, dtype: torch.dtype | None = None, emulate: bool = False
+) -> str | None:
+    """Why `weights` cannot run on `device` (with the model in `dtype`, when given) here, as one sentence,
+    or None when it can.
 
     `emulate`: a recipe torchao can run on a CPU (by dequantising) is accepted there, for measuring its
     numerical drift (evals/drift.py); serving never emulates, it would be slower than bf16."""
@@ -83,12 +99,15 @@ def missing(weights: str, device: torch.device, *, emulate: bool = False) -> str
             lacking.append(f"{device} ({name}) has compute capability {capability[0]}.{capability[1]}")
     elif not (emulate and device.type == "cpu" and recipe.emulated_on_cpu):
         lacking.append(f"the model runs on {device.type} here")
-    return f"{needs}; {' and '.join(lacking)}" if lacking else None
+    if lacking:
+        return f"{needs}; {' and '.join(lacking)}"
+    return wrong_dtype(weights, dtype) if dtype is not None else None
 
 
-def require(weights: str, device: torch.device) -> None:
-    """Refuse, with the one sentence of `missing`, weights that cannot run on `device` (for serving)."""
-    reason = missing(weights, device)
+def require(weights: str, device: torch.device, dtype: torch.dtype | None = None) -> None:
+    """Refuse, with the one sentence of `missing`, weights that cannot run on `device` in `dtype` (for
+    serving)."""
+    reason = missing(weights, device, dtype=dtype)
     if reason:
         raise ConfigError(reason)
 
@@ -121,10 +140,16 @@ def quantize_language_model(model: nn.Module, weights: str) -> int:
     (core/fused.py) are quantized as the one linear each is, so fuse first.
 
     No device check here (`require` is the gate for serving): torchao raises on a device its recipe
-    cannot run on."""
+    cannot run on. A dtype the recipe cannot take is refused with `wrong_dtype`'s sentence."""
     recipe = recipe_of(weights)
     if recipe is None:
         return 0
+    layers = model.model.language_model.layers
+    chosen = {id(m) for m in layers.modules() if quantizable(m)}
+    dtypes = {m.weight.dtype for m in layers.modules() if id(m) in chosen}
+    reason = next(filter(None, (wrong_dtype(weights, d) for d in dtypes)), None)
+    if reason:  # before torchao's bare assertion, on a model built without `require`
+        raise ConfigError(reason)
     # Said on every load while FP8 is slower than bf16 on the H200 (docs/performance.md, "8-bit weights").
     log.warning(
         "weights %s are experimental: on an H200 they halve the weights' memory but run slower than bf16 "
@@ -133,8 +158,6 @@ def quantize_language_model(model: nn.Module, weights: str) -> int:
     )
     from torchao.quantization import quantize_
 
-    layers = model.model.language_model.layers
-    chosen = {id(m) for m in layers.modules() if quantizable(m)}
     if chosen:
         quantize_(layers, torchao_config(recipe), filter_fn=lambda module, _name: id(module) in chosen)
     return len(chosen)

@@ -155,12 +155,18 @@ def test_the_server_fails_the_chunk_alone_and_another_session_is_unaffected(tiny
 
 def fill_gpu_memory(device) -> list[torch.Tensor]:
     """Ballast under a cap on this process's GPU memory (`set_per_process_memory_fraction`): tensors
-    taking the free space left inside the blocks the allocator holds, in pieces from 1 MiB to 512 B, so
-    that anything more needs new memory, which the cap refuses. (Filling the GPU itself would also
-    starve what CUDA allocates outside the allocator: streams, handles, graphs.)"""
+    taking the free space left inside the blocks the allocator holds, so that anything more needs new
+    memory, which the cap refuses. (Filling the GPU itself would also starve what CUDA allocates outside
+    the allocator: streams, handles, graphs.)
+
+    Sizes halve from 1 GiB to 512 B, each taken until the allocator refuses it: PyTorch keeps two pools,
+    blocks for requests over 1 MiB (which no smaller request can use) and 2 MiB segments for the rest, so
+    one size cannot fill both; 1 MiB + 512 B is the smallest request the large pool serves. (On the H200,
+    pieces from 1 MiB down left 131 MB free in large blocks, and the chunk after them ran.)"""
+    sizes = [2**k for k in range(30, 20, -1)] + [2**20 + 512] + [2**k for k in range(20, 8, -1)]
     ballast = []
-    for size in (2**20, 2**16, 2**9):
-        for _ in range(100_000):
+    for size in sizes:
+        while True:
             try:
                 ballast.append(torch.empty(size, dtype=torch.uint8, device=device))
             except torch.OutOfMemoryError:
@@ -234,6 +240,8 @@ def test_a_real_out_of_memory_error_on_the_gpu_fails_one_chunk_alone(tiny_dir):
         try:
             ballast = fill_gpu_memory(device)
             full = torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device), len(ballast)
+            with pytest.raises(torch.OutOfMemoryError):  # the ballast leaves no room: the premise of the test
+                torch.empty(512, dtype=torch.uint8, device=device)
             lost = a.push(frames[2], 2, 3)
         finally:
             ballast = None

@@ -77,6 +77,27 @@ def test_the_refusal_says_what_this_machine_lacks(monkeypatch):
     assert "runs on cpu" in quantize.missing("fp8-dynamic", CPU, emulate=True)
 
 
+def test_per_row_fp8_refuses_a_model_not_in_bfloat16_before_torchao_asserts(monkeypatch, tiny_model):
+    """fp8-dynamic's GEMM takes bfloat16 weights only (torchao asserts it); in float32 (the tiny model's)
+    or float16 the refusal names the dtype and both ways out, at the gate and at the quantization itself.
+    (On the H200, a float32 model met torchao's bare AssertionError.)"""
+    cuda = torch.device("cuda:0")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    for dtype in (torch.float32, torch.float16):
+        reason = quantize.missing("fp8", cuda, dtype=dtype)
+        name = str(dtype).removeprefix("torch.")
+        assert f"loaded in {name}" in reason and "--dtype bfloat16" in reason and "fp8-weight-only" in reason
+        with pytest.raises(ConfigError, match=f"loaded in {name}"):
+            quantize.require("fp8-dynamic", cuda, dtype)
+    assert quantize.missing("fp8-dynamic", cuda, dtype=torch.bfloat16) is None
+    assert quantize.missing("fp8-weight-only", cuda, dtype=torch.float32) is None
+    model = copy.deepcopy(tiny_model.model)
+    with pytest.raises(ConfigError, match="loaded in float32"):
+        quantize.quantize_language_model(model, "fp8-dynamic")
+    assert type(model.model.language_model.layers[0].mlp.up_proj.weight) is torch.nn.Parameter  # untouched
+
+
 def test_core_run_and_serve_refuse_fp8_on_a_cpu_in_one_line(capsys, tiny_dir):
     from core.__main__ import main as core_main
 
@@ -202,22 +223,25 @@ def test_each_recipe_drifts_little_from_bf16_on_the_gpu(gpu_bf16, recipe):
 @pytest.mark.gpu
 @pytest.mark.parametrize("weights", ["fp8-dynamic", "fp8-weight-only"])
 def test_fp8_model_streams_through_the_compiled_graph_captured_engine(tiny_dir, weights):
-    """The whole GPU path (compiled modules, CUDA graphs, the static step) on FP8 weights gives the
-    tokens of the eager path on the same FP8 weights, in float32 activations, where a difference is a
-    fault of the path and not rounding (how far FP8 is from bf16 is the drift test's). On the H200
-    with bf16 activations and random weights, FP8 and bf16 replies shared 2 of 7 first tokens: random
-    weights' nearly flat logits, the drift this file measures, not a broken path."""
+    """The whole GPU path (compiled modules, CUDA graphs, the static step) on FP8 weights.
+
+    fp8-weight-only, in float32 activations, gives the tokens of the eager path on the same weights,
+    where a difference is a fault of the path and not rounding (how far FP8 is from bf16 is the drift
+    test's). fp8-dynamic takes bfloat16 only, where compiled and eager kernels round differently and a
+    random model's nearly flat logits turn that into other tokens; there the path must stream every
+    chunk, and give the same tokens twice (two sessions of the one engine, its captured graphs replayed).
+    On the H200 with bf16 activations and random weights, FP8 and bf16 replies shared 2 of 7 first tokens:
+    the drift this file measures, not a broken path."""
     from core.engine import StreamingEngine
 
     if quantize.missing(weights, torch.device("cuda")):
         pytest.skip(quantize.missing(weights, torch.device("cuda")))
+    dtype = "bfloat16" if quantize.recipe_of(weights).dynamic_activations else "float32"
     forced = GenerationConfig(temperature=0.0, max_new_tokens=8, min_new_tokens=8)
     on = AccelerationConfig(compile=True, compile_in_background=False, cuda_graphs=True, static_decode=True)
     off = AccelerationConfig(compile=False, cuda_graphs=False, static_decode=False)
 
-    def replies(acceleration):
-        model = load_model(tiny_dir, device="cuda", dtype="float32", weights=weights)  # its own: compiled
-        engine = StreamingEngine(model, stream=SMALL_STREAM, generation=forced, acceleration=acceleration)
+    def replies(engine):
         session = engine.start(previous_text="Blue against red, second half.")
         rng = np.random.default_rng(3)
         out = []
@@ -227,4 +251,14 @@ def test_fp8_model_streams_through_the_compiled_graph_captured_engine(tiny_dir, 
             out.append(session.cache.token_ids())
         return out
 
-    assert replies(on) == replies(off)
+    def engine(acceleration):
+        model = load_model(tiny_dir, device="cuda", dtype=dtype, weights=weights)  # its own: compiled
+        return StreamingEngine(model, stream=SMALL_STREAM, generation=forced, acceleration=acceleration)
+
+    compiled = engine(on)
+    first = replies(compiled)
+    eager = replies(engine(off))
+    if dtype == "float32":
+        assert first == eager
+    else:
+        assert replies(compiled) == first
