@@ -470,7 +470,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=2,
         help="each client's first chunks left out of the latency figures (compilation, graph capture)",
     )
-    add_engine_arguments(parser, ("device", "dtype", "attn"))  # the served engine's (with --model)
+    add_engine_arguments(parser, ("device", "dtype", "attn", "weights"))  # the served engine's (with --model)
     parser.add_argument(
         "--serial",
         action="store_true",
