@@ -47,7 +47,7 @@ class TokenSampler:
             scores = torch.where(scores < 0, scores * cfg.repetition_penalty, scores / cfg.repetition_penalty)
             logits.scatter_(0, recent, scores)
         if step < cfg.min_new_tokens:
-            logits[self.stop_ids] = -torch.inf
+            logits.index_fill_(0, self.stop_ids, -torch.inf)  # `logits[ids] = x` copies x to the device, waiting for it
         if cfg.greedy:
             return logits.argmax()
         logits = logits / cfg.temperature

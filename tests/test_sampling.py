@@ -201,3 +201,43 @@ def test_top_p_at_the_boundary_keeps_what_transformers_keeps(probs, top_p):
     kept = set(torch.isfinite(expected).nonzero().flatten().tolist())
     drawn = draw(make_sampler(len(probs), temperature=1.0, top_p=top_p), logits, 500)
     assert set(drawn) == kept
+
+
+# Ops that make the host wait for the device (a read back, a blocking copy to it, a data-dependent shape)
+# or that build a host tensor for one (`logits[ids] = -inf` makes a host scalar and index_put_ copies it
+# over, synchronously: on the H200 that sync in every forced step left the GPU idle 1.3 ms per token).
+WAITS_FOR_THE_DEVICE = {
+    "aten.scalar_tensor.default",
+    "aten.index_put_.default",
+    "aten._to_copy.default",
+    "aten.copy_.default",
+    "aten._local_scalar_dense.default",
+    "aten.nonzero.default",
+}
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_a_draw_queues_only_device_work(temperature):
+    """The engine queues the next forward behind the draw before it reads the token back
+    (core/engine.py): nothing in a draw may wait for the device, with every option in play."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.add(str(func))
+            return func(*args, **(kwargs or {}))
+
+    config = GenerationConfig(
+        temperature=temperature, top_k=20, top_p=0.9, repetition_penalty=1.2, min_new_tokens=5, seed=1
+    )
+    sampler = TokenSampler(config, valid_vocab=90, stop_ids=[3, 4], suppress_ids=[7], device=torch.device("cpu"))
+    logits, recent = torch.randn(100), torch.tensor([1, 2, 5])
+    sampler(logits, recent, 0)  # the first call builds the banned mask, once
+    with Ops() as ops:
+        sampler(logits, recent, 0)  # step 0 < min_new_tokens: the stop tokens are masked too
+    assert "aten.index_fill_.int_Scalar" in ops.seen  # the stop mask ran
+    assert not ops.seen & WAITS_FOR_THE_DEVICE
