@@ -42,11 +42,12 @@ def main() -> None:
     timed("import transformers (model class)", lambda: __import__("transformers").Qwen2_5_VLForConditionalGeneration, rows)
 
     def read_all() -> int:
-        n = 0
+        # into one reused buffer: a new 64 MB bytes per read is bound by allocating it (~1.7 GB/s)
+        n, buffer = 0, bytearray(16 << 20)
         for s in shards:
-            with open(s, "rb") as f:
-                while chunk := f.read(64 << 20):
-                    n += len(chunk)
+            with open(s, "rb", buffering=0) as f:
+                while k := f.readinto(buffer):
+                    n += k
         return n
 
     timed("read bytes", read_all, rows)
