@@ -298,14 +298,20 @@ class Scheduler:
                 step.done.set()
 
     def _vision(self, jobs: list[PrefillJob]) -> list[torch.Tensor | None]:
-        """The tower once per frame grid over all the batch's chunks of that grid (one call, one CUDA
-        graph per grid and count); None for text-only jobs."""
+        """The tower over the batch's chunks of each frame grid, in calls of `vision_pieces` sizes (a CUDA
+        graph per grid and size); None for text-only jobs."""
         groups: dict[tuple[int, ...], list[int]] = {}
         for index, job in enumerate(jobs):
             if job.video is not None:  # batch-invariant: each chunk its own call, as alone
                 groups.setdefault((index,) if self.batch_invariant else _grid_key(job), []).append(index)
         features: list[torch.Tensor | None] = [None] * len(jobs)
+        pieces = []
         for members in groups.values():
+            start = 0
+            for size in vision_pieces(len(members)):
+                pieces.append(members[start : start + size])
+                start += size
+        for members in pieces:
             videos = [jobs[i].video for i in members]
             outs = self.model.encode_videos([v.pixel_values for v in videos], [v.grid_thw for v in videos])
             self.vision_calls += 1
@@ -376,6 +382,20 @@ def _close_all() -> None:
 # uses for its workers), and again at exit for any started after it.
 getattr(threading, "_register_atexit", atexit.register)(_close_all)
 atexit.register(_close_all)
+
+
+def vision_pieces(chunks: int) -> list[int]:
+    """How many chunks of one frame grid each tower call takes: powers of two, largest first (13 chunks:
+    8, 4, 1). Every new count is a new input shape for the tower, so a new CUDA graph captured (and, once
+    compiled, a recompilation) in the middle of the stream, stalling every session at once: on the H200,
+    8 streams waited ~1.7 s together when a batch met a count it had not met before. Powers of two bound
+    the counts to 1 + log2(sessions) per grid (5 for 24 streams), for a few more tower calls."""
+    sizes = []
+    while chunks:
+        size = 1 << (chunks.bit_length() - 1)
+        sizes.append(size)
+        chunks -= size
+    return sizes
 
 
 def _grid_key(job: PrefillJob) -> tuple[int, ...]:

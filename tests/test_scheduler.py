@@ -132,6 +132,44 @@ def test_the_vision_tower_over_several_chunks_gives_each_its_own_features(tiny_m
     assert not torch.allclose(alone[0], alone[1], atol=1e-3)  # each chunk's own: a mix-up would show
 
 
+def test_tower_calls_take_power_of_two_counts_so_few_shapes_ever_meet_the_tower():
+    from core.scheduler import vision_pieces
+
+    assert vision_pieces(13) == [8, 4, 1] and vision_pieces(16) == [16] and vision_pieces(0) == []
+    sizes = set()
+    for n in range(1, 64):
+        pieces = vision_pieces(n)
+        assert sum(pieces) == n and pieces == sorted(pieces, reverse=True)
+        assert all(p & (p - 1) == 0 for p in pieces) and len(set(pieces)) == len(pieces)
+        sizes.update(pieces)
+    assert sizes == {1, 2, 4, 8, 16, 32}  # up to 63 chunks at once: six shapes per frame grid
+
+
+def test_a_prefill_batch_of_seven_chunks_of_one_grid_calls_the_tower_with_4_2_and_1(engine, monkeypatch):
+    """The scheduler splits a grid's chunks into power-of-two calls, and each chunk still gets its own
+    features (as alone); a chunk of another grid has its own call."""
+    import types
+
+    import numpy as np
+
+    from conftest import random_frames
+    from core.frames import video_input
+
+    model = engine.model
+    rng = np.random.default_rng(0)
+    videos = [video_input(random_frames(rng, 56, 84), SMALL_STREAM, model.vision) for _ in range(7)]
+    videos.append(video_input(random_frames(rng, 84, 56), SMALL_STREAM, model.vision))
+    counts = []
+    encode_videos = model.encode_videos
+    monkeypatch.setattr(model, "encode_videos", lambda p, g: counts.append(len(p)) or encode_videos(p, g))
+    jobs = [types.SimpleNamespace(video=v) for v in videos]
+    features = engine.scheduler._vision(jobs)
+    assert sorted(counts) == [1, 1, 2, 4] and engine.scheduler.vision_chunks == 8
+    for video, got in zip(videos, features, strict=True):
+        alone = encode_videos([video.pixel_values], [video.grid_thw])[0]
+        assert got.shape == alone.shape and torch.allclose(got, alone, atol=1e-5)
+
+
 def test_a_sessions_failing_draw_fails_its_own_step_only(engine):
     """Two sessions' steps in one batched forward; one's draw raises: the other gets its token."""
     first, second = engine.start(), engine.start()
