@@ -149,3 +149,16 @@ def test_build_tiny_writes_a_loadable_model(tmp_path):
     result = run_cli("build-tiny", str(tmp_path / "m"))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "m" / "config.json").is_file() and (tmp_path / "m" / "tokenizer.json").is_file()
+
+
+def test_starting_says_nothing_about_libraries_the_user_did_not_ask_about():
+    """With the fp8 extra installed, transformers imports torchao, whose import made torch log two
+    `register_constant() ... deprecated` warnings on every start of every command. A fresh process that
+    imports what every command imports prints nothing on stderr."""
+    import subprocess
+    import sys
+
+    code = "import core, core.loading; from transformers import Qwen2_5_VLForConditionalGeneration"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip() == "", done.stderr
