@@ -131,13 +131,16 @@ def test_the_config_file_key_is_refused_the_same_way(tmp_path, tiny_dir):
 def test_the_benchmarks_take_the_option(capsys, tmp_path):
     from evals.__main__ import build_parser, main
 
-    for task in ("efficiency", "inf-stream"):
+    for task in ("efficiency", "inf-stream", "server-load"):
         (sub,) = [a for a in build_parser(task)._actions if isinstance(a, argparse._SubParsersAction)]
         options = {o for a in sub.choices[task]._actions for o in a.option_strings}
         assert "--weights" in options, task
     argv = ["efficiency", "--random-weights", "tiny", "--device", "cpu", "--weights", "fp8", "--seconds", "1"]
     (line,) = error_lines(*run_main(main, [*argv, "--out", str(tmp_path)], capsys))
     assert "compute capability 8.9" in line
+    argv = ["server-load", "--model", "tiny", "--device", "cpu", "--weights", "fp8", "--clients", "1"]
+    (line,) = error_lines(*run_main(main, [*argv, "--seconds", "1", "--out", str(tmp_path / "load")], capsys))
+    assert "compute capability 8.9" in line  # the served engine's weights, refused before any client starts
     argv = ["efficiency", "--random-weights", "tiny", "--drift", "--weights", "fp8"]
     (line,) = error_lines(*run_main(main, argv, capsys))
     assert "--drift" in line and "leave out --weights" in line
