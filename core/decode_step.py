@@ -124,6 +124,10 @@ class StaticDecodeStep:
         the model's modules (a switch to the compiled ones means another graph)."""
         self._capacity, self._modules = self.cache.capacity, self.model.modules_version
         self._slots = torch.arange(self._capacity, device=self.model.device)
+        if self.graph is not None:
+            # A step started ahead (overlap) may still be running the old graph: let it finish before
+            # the graph and its memory pool are given up.
+            torch.cuda.synchronize(self.model.device)
         self.graph, self._logits = None, None
         if not self.use_graph:
             return

@@ -124,6 +124,7 @@ class StreamingEngine:
         )
         self.pool = self._pool(sessions) if sessions is not None else None
         self.model_lock = threading.Lock()  # unbatched sessions: one chunk on the model at a time
+        self.steps_ahead = 0  # decode steps started before the host read the previous token (overlap)
         # Batched: one model thread for all sessions (needs the pool's slots and the ragged prefill).
         self.scheduler = (
             Scheduler(
@@ -490,7 +491,7 @@ class Session(Closeable):
                 model, self.cache, use_graph=acceleration.cuda_graphs, attention=acceleration.decode_attention
             )
         step_fn = self._static_step if acceleration.static_decode else None
-        overlap = step_fn is not None and acceleration.overlap and self.engine.scheduler is None
+        overlap = step_fn is not None and acceleration.overlap
         scheduler = self.engine.scheduler
         generated: list[int] = []
         drawn = None  # (token, id) the scheduler drew for this step along with its forward
@@ -499,17 +500,26 @@ class Session(Closeable):
         try:
             for step in range(gen.max_new_tokens):
                 last = step == gen.max_new_tokens - 1
+                launched = False  # this step's forward was started ahead (overlap)
                 if drawn is not None:
                     token, token_id = drawn
-                elif overlap and not last:
-                    token = self.sampler(logits, recent, step)
+                elif overlap and not last and (scheduler is None or scheduler.hold()):
                     # Start the next forward before the host knows the token: the GPU runs it while the
                     # host waits for the token, decides whether to stop and keeps the books. After a stop
                     # token that forward is wasted but harmless (it wrote one slot past the cached ones).
-                    self._token_reader.start(token)
-                    self.cache.ensure_capacity(1)
-                    logits = step_fn.launch(token, self.cache.cursor)
-                    token_id = self._token_reader.result()
+                    # With a scheduler, only while this session decodes alone (`hold`); the model thread
+                    # may run other work once released, queued on the GPU behind this forward.
+                    try:
+                        token = self.sampler(logits, recent, step)
+                        self._token_reader.start(token)
+                        self.cache.ensure_capacity(1)
+                        logits = step_fn.launch(token, self.cache.cursor)
+                        token_id = self._token_reader.result()
+                    finally:
+                        if scheduler is not None:
+                            scheduler.release()
+                    launched = True
+                    self.engine.steps_ahead += 1
                 else:
                     token = self.sampler(logits, recent, step)
                     token_id = int(token.item())  # the one host sync per token: do we stop?
@@ -519,7 +529,12 @@ class Session(Closeable):
                 if token_id in stop or last:
                     break
                 recent = torch.cat([recent, token.view(1)])
-                if scheduler is not None:
+                if launched:
+                    self.cache.append_token(Part.REPLY, self.round, token_id)
+                    step_fn.commit()
+                    if self.trace is not None:
+                        self.trace.logits.append((self.cache.length, logits[None].detach().cpu()))
+                elif scheduler is not None:
                     write_at = self.cache.length
                     position = self.cache.append_token(Part.REPLY, self.round, token_id)
                     solo = step_fn.launch if step_fn is not None else self._solo_step
@@ -533,10 +548,7 @@ class Session(Closeable):
                         self.trace.logits.append((self.cache.length, logits[None].detach().cpu()))
                 elif step_fn is not None:
                     position = self.cache.append_token(Part.REPLY, self.round, token_id)
-                    if overlap:
-                        step_fn.commit()
-                    else:
-                        logits = step_fn(token, position)
+                    logits = step_fn(token, position)
                     if self.trace is not None:
                         self.trace.logits.append((self.cache.length, logits[None].detach().cpu()))
                 else:

@@ -127,6 +127,10 @@ class StreamModel:
             return False
         self._settled = True
         self._vision.on_new_grid = None
+        if self.device.type == "cuda":
+            # A lone session's step started ahead (overlap) may still run on the GPU: the switch gives up
+            # the tower's graphs, and the model's modules change under it.
+            torch.cuda.synchronize(self.device)
         if not warmup.ok:
             log.info("staying with the uncompiled modules: %s", warmup.error)
             return True

@@ -47,7 +47,8 @@ class TokenSampler:
             scores = torch.where(scores < 0, scores * cfg.repetition_penalty, scores / cfg.repetition_penalty)
             logits.scatter_(0, recent, scores)
         if step < cfg.min_new_tokens:
-            logits.index_fill_(0, self.stop_ids, -torch.inf)  # `logits[ids] = x` copies x to the device, waiting for it
+            # not `logits[ids] = -inf`: that copies a host scalar to the device and waits for it
+            logits.index_fill_(0, self.stop_ids, -torch.inf)
         if cfg.greedy:
             return logits.argmax()
         logits = logits / cfg.temperature

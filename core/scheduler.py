@@ -128,6 +128,7 @@ class Scheduler:
         self.prefill_batches = 0  # ragged forwards run, and the chunks they carried (tests, reports)
         self.prefill_jobs = 0
         self.vision_calls = 0  # tower calls, and the chunks they carried
+        self.held_steps = 0  # lone sessions' steps taken on their own threads (`hold`)
         self.vision_chunks = 0
         # Where the model thread's time went (milliseconds): prefill batches (vision, inputs, forward),
         # decode steps (forward and draws), and waiting for work (benchmarks report them).
@@ -154,6 +155,26 @@ class Scheduler:
             self._decoding -= 1
             self._cond.notify_all()
 
+    def hold(self) -> bool:
+        """Take the model for a lone session's step on the session's own thread, when it is the only
+        session decoding and the model thread has nothing queued or running: True, and the model thread
+        waits until `release`. (No hand-over to the model thread and back per token: a single stream runs
+        as fast as without a scheduler.) False: go through `step`."""
+        with self._cond:
+            alone = (
+                not self.batch_invariant  # there every step is a fixed-size batched forward
+                and self._decoding <= 1
+                and not (self._steps or self._prefills or self._busy)
+            )
+            self._busy |= alone
+            self.held_steps += alone
+        return alone
+
+    def release(self) -> None:
+        with self._cond:
+            self._busy = False
+            self._cond.notify_all()
+
     def step(
         self,
         slot: int,
@@ -169,25 +190,13 @@ class Scheduler:
         draws and its id, drawn on the model thread with every row's, read back in one sync. `solo`: the
         session's own single-session step, used when no other session decodes at the same time
         (`core.batch.DecodeRow`)."""
-        with self._cond:
-            # Alone on an idle model: take the step on this thread (no hand-over to the model thread and
-            # back per token: a single stream runs as fast as without a scheduler).
-            inline = (
-                solo is not None
-                and not self.batch_invariant  # there every step is a fixed-size batched forward
-                and self._decoding <= 1
-                and not (self._steps or self._prefills or self._busy)
-            )
-            self._busy |= inline
-        if inline:
+        if solo is not None and self.hold():  # alone on an idle model: the step on this thread
             try:
                 logits = solo(token, position)
                 drawn = sample(logits) if sample is not None else None
                 return logits, drawn, None if drawn is None else int(drawn.item())
             finally:
-                with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
+                self.release()
         step = _Step(DecodeRow(slot, token, position, write_at, solo), deadline, sample)
         self._submit(step)
         step.done.wait()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import SMALL_STREAM, random_frames
-from core.config import CachePolicy, GenerationConfig
+from core.config import AccelerationConfig, CachePolicy, GenerationConfig
 from core.engine import StreamingEngine
 
 POLICY = CachePolicy(sink_tokens=6, text_window_tokens=10, vision_window_chunks=2, text_window_replies=3)
@@ -55,18 +55,29 @@ def run_stream(engine: StreamingEngine, index: int) -> list:
     return out
 
 
-def alone(model) -> list:
+def alone(model, acceleration: AccelerationConfig | None = None) -> list:
     results = []
     for index in range(len(STREAMS)):
-        engine = StreamingEngine(model, stream=SMALL_STREAM, cache=POLICY, sessions=1)
+        engine = StreamingEngine(
+            model, stream=SMALL_STREAM, cache=POLICY, sessions=1, acceleration=acceleration
+        )
         results.append(run_stream(engine, index))
     return results
 
 
-def together(model, batched: bool = True, pad: bool | None = None) -> tuple[list, StreamingEngine]:
+def together(
+    model, batched: bool = True, pad: bool | None = None, acceleration: AccelerationConfig | None = None
+) -> tuple[list, StreamingEngine]:
     """All streams at once from threads of their own; each session's generation is set before it starts.
     `pad`: pad batches to a power of two with scratch rows (as the CUDA-graph path does)."""
-    engine = StreamingEngine(model, stream=SMALL_STREAM, cache=POLICY, sessions=len(STREAMS), batched=batched)
+    engine = StreamingEngine(
+        model,
+        stream=SMALL_STREAM,
+        cache=POLICY,
+        sessions=len(STREAMS),
+        batched=batched,
+        acceleration=acceleration,
+    )
     if pad is not None:
         engine.scheduler.decode.pad = pad
     results: list = [None] * len(STREAMS)
@@ -120,6 +131,77 @@ def test_concurrent_sessions_get_their_solo_tokens_from_batched_steps(tiny_model
     lengths = {n for stream in solo for _, _, n in stream}
     assert min(lengths) < max(lengths)  # replies that stop early and ones that run to their limit
     assert engine.pool.in_use == 0  # every slot back
+
+
+# The GPU's decode: the static step, and a lone session's next step queued before its token is read back.
+OVERLAP = AccelerationConfig(static_decode=True, overlap=True)
+
+
+def test_a_lone_session_queues_its_next_step_ahead_through_the_scheduler(tiny_model, solo):
+    """`core run` and the app: one session on the scheduler, its steps taken on its own thread (`hold`)
+    with the next forward started before the token is read (wasted after a stop token): the same tokens,
+    replies that stop early and replies that run to their limit among them."""
+    engine = StreamingEngine(
+        tiny_model, stream=SMALL_STREAM, cache=POLICY, sessions=1, batched=True, acceleration=OVERLAP
+    )
+    ahead = []
+    for index in range(len(STREAMS)):
+        assert run_stream(engine, index) == solo[index]
+        ahead.append(engine.steps_ahead)
+    assert ahead[0] > 0 and all(a < b for a, b in zip(ahead, ahead[1:]))  # every stream's replies did
+
+
+def test_sessions_that_overlap_alone_and_batch_together_keep_their_tokens(tiny_model, solo):
+    """Five sessions at once with overlap on (mostly batched: they seldom decode alone): every token stays
+    its solo one."""
+    batched, engine = together(tiny_model, acceleration=OVERLAP)
+    assert batched == solo
+    assert engine.scheduler.decode.batches > 0 and engine.pool.in_use == 0
+
+
+def test_a_session_stepping_ahead_alone_joins_the_batch_mid_reply_when_another_arrives(tiny_model):
+    """A decodes alone, its steps started ahead; at its third such step B's chunk is queued, so A's next
+    step goes through the model thread, batched with B's once B decodes: both get their alone tokens."""
+    forced = GenerationConfig(temperature=0.0, max_new_tokens=16, min_new_tokens=16)
+    frames = {name: random_frames(np.random.default_rng(seed), 56, 84) for seed, name in enumerate("ab")}
+
+    def engine_of(sessions, acceleration=None):
+        return StreamingEngine(
+            tiny_model,
+            stream=SMALL_STREAM,
+            cache=POLICY,
+            generation=forced,
+            sessions=sessions,
+            batched=True,
+            acceleration=acceleration,
+        )
+
+    def stream(engine, name):
+        with engine.start(previous_text=f"Stream {name}.") as session:
+            for k in range(2):
+                session.push(frames[name], k, k + 1)
+            return session.cache.token_ids()
+
+    expected = {name: stream(engine_of(1), name) for name in "ab"}
+    engine = engine_of(2, OVERLAP)
+    scheduler, hold = engine.scheduler, engine.scheduler.hold
+    b_queued, got = threading.Event(), {}
+
+    def hold_then_let_b_in():
+        granted = hold()
+        if granted and engine.steps_ahead == 3 and not b_queued.is_set():
+            b.start()
+            while not scheduler._prefills:  # B's chunk waits for this step to be released
+                threading.Event().wait(0.005)
+            b_queued.set()
+        return granted
+
+    scheduler.hold = hold_then_let_b_in
+    b = threading.Thread(target=lambda: got.__setitem__("b", stream(engine, "b")))
+    got["a"] = stream(engine, "a")
+    b.join(120)
+    assert b_queued.is_set() and got == expected
+    assert scheduler.decode.batches > 0  # A and B shared steps after the hand-over
 
 
 def test_padding_rows_in_the_scratch_slot_change_nothing(tiny_model, solo):

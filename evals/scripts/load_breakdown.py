@@ -39,7 +39,11 @@ def main() -> None:
     size = sum(s.stat().st_size for s in shards)
     rows: list = []
     print(f"{len(shards)} shards, {size / 1e9:.2f} GB\n\n| step | s |\n|---|---|")
-    timed("import transformers (model class)", lambda: __import__("transformers").Qwen2_5_VLForConditionalGeneration, rows)
+    timed(
+        "import transformers (model class)",
+        lambda: __import__("transformers").Qwen2_5_VLForConditionalGeneration,
+        rows,
+    )
 
     def read_all() -> int:
         # into one reused buffer: a new 64 MB bytes per read is bound by allocating it (~1.7 GB/s)
