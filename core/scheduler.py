@@ -128,7 +128,6 @@ class Scheduler:
         self.prefill_batches = 0  # ragged forwards run, and the chunks they carried (tests, reports)
         self.prefill_jobs = 0
         self.vision_calls = 0  # tower calls, and the chunks they carried
-        self.held_steps = 0  # lone sessions' steps taken on their own threads (`hold`)
         self.vision_chunks = 0
         # Where the model thread's time went (milliseconds): prefill batches (vision, inputs, forward),
         # decode steps (forward and draws), and waiting for work (benchmarks report them).
@@ -167,7 +166,6 @@ class Scheduler:
                 and not (self._steps or self._prefills or self._busy)
             )
             self._busy |= alone
-            self.held_steps += alone
         return alone
 
     def release(self) -> None:
