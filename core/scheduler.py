@@ -160,11 +160,13 @@ class Scheduler:
         waits until `release`. (No hand-over to the model thread and back per token: a single stream runs
         as fast as without a scheduler.) False: go through `step`."""
         with self._cond:
-            alone = (
-                not self.batch_invariant  # there every step is a fixed-size batched forward
-                and self._decoding <= 1
-                and not (self._steps or self._prefills or self._busy)
-            )
+            if self.batch_invariant or self._decoding > 1:  # invariant: every step a fixed-size batch
+                return False
+            # The model thread may still be finishing the batch that answered this session (it marks
+            # itself idle after the answer): wait for that rather than hand the step over to it, unless
+            # other work arrives meanwhile (handing over would wait for the same batch anyway).
+            self._cond.wait_for(lambda: not self._busy or self._steps or self._prefills, IDLE_SECONDS)
+            alone = not (self._steps or self._prefills or self._busy)
             self._busy |= alone
         return alone
 
@@ -259,6 +261,7 @@ class Scheduler:
             finally:
                 with self._cond:
                     self._busy = False
+                    self._cond.notify_all()  # a lone session waiting to take its step (`hold`)
 
     def _take_prefills(self) -> list[PrefillJob]:
         """The waiting chunks by deadline, as many as the token budget holds (at least one)."""

@@ -189,7 +189,7 @@ def test_a_session_stepping_ahead_alone_joins_the_batch_mid_reply_when_another_a
 
     def hold_then_let_b_in():
         granted = hold()
-        if granted and engine.steps_ahead == 3 and not b_queued.is_set():
+        if granted and engine.steps_ahead >= 3 and not b_queued.is_set():
             b.start()
             while not scheduler._prefills:  # B's chunk waits for this step to be released
                 threading.Event().wait(0.005)
