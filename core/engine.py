@@ -537,12 +537,22 @@ class Session(Closeable):
                 elif scheduler is not None:
                     write_at = self.cache.length
                     position = self.cache.append_token(Part.REPLY, self.round, token_id)
-                    solo = step_fn.launch if step_fn is not None else self._solo_step
-                    # The next token is drawn on the model thread with every other row's, one host sync for all.
-                    draw = functools.partial(self.sampler, recent=recent, step=step + 1)
-                    logits, *drawn = scheduler.step(
-                        self._slot, token, position, write_at, self._deadline, solo=solo, sample=draw
-                    )
+                    if overlap and not last and scheduler.hold():
+                        # Alone again (the sessions it was batched with have stopped decoding): feed here,
+                        # and draw the next token above, its step started ahead.
+                        try:
+                            logits = step_fn.launch(token, position)
+                        finally:
+                            scheduler.release()
+                        drawn = None
+                    else:
+                        solo = step_fn.launch if step_fn is not None else self._solo_step
+                        # The next token is drawn on the model thread with every other row's, one host sync
+                        # for all.
+                        draw = functools.partial(self.sampler, recent=recent, step=step + 1)
+                        logits, *drawn = scheduler.step(
+                            self._slot, token, position, write_at, self._deadline, solo=solo, sample=draw
+                        )
                     self.cache.advance(1)
                     if self.trace is not None:
                         self.trace.logits.append((self.cache.length, logits[None].detach().cpu()))

@@ -151,6 +151,39 @@ def test_a_lone_session_queues_its_next_step_ahead_through_the_scheduler(tiny_mo
     assert ahead[0] > 0 and all(a < b for a, b in zip(ahead, ahead[1:]))  # every stream's replies did
 
 
+def test_a_reply_handed_over_to_the_model_thread_steps_ahead_again_once_alone(tiny_model):
+    """The model thread busy for two of a lone session's steps (its `hold` refused twice): those go
+    through the model thread, and the reply's later steps are started ahead again, same tokens."""
+    forced = GenerationConfig(temperature=0.0, max_new_tokens=16, min_new_tokens=16)
+    frames = random_frames(np.random.default_rng(5), 56, 84)
+
+    def reply(acceleration, refuse=()):
+        engine = StreamingEngine(
+            tiny_model,
+            stream=SMALL_STREAM,
+            cache=POLICY,
+            generation=forced,
+            sessions=1,
+            batched=True,
+            acceleration=acceleration,
+        )
+        hold, calls = engine.scheduler.hold, []
+
+        def refusing():
+            calls.append(len(calls) + 1)
+            return False if len(calls) in refuse else hold()
+
+        engine.scheduler.hold = refusing
+        with engine.start(previous_text="Blue against red.") as session:
+            session.push(frames, 0, 1)
+            return session.cache.token_ids(), engine.steps_ahead
+
+    expected, _ = reply(None)
+    tokens, ahead = reply(OVERLAP, refuse={2, 3})
+    assert tokens == expected
+    assert ahead == 13  # 15 steps could start ahead (not the last); the two refused did not
+
+
 def test_sessions_that_overlap_alone_and_batch_together_keep_their_tokens(tiny_model, solo):
     """Five sessions at once with overlap on (mostly batched: they seldom decode alone): every token stays
     its solo one."""
