@@ -263,6 +263,10 @@ def _plan(
     from huggingface_hub.utils import filter_repo_objects
 
     api = HfApi(endpoint=endpoint, token=token)
+    # One request first, which fails at once where the hub cannot be reached: `resolve_revision` falls
+    # back on the cache's refs/ then (and a commit hash needs no request at all), and the listing below
+    # would retry with backoff for ~23 s before saying so.
+    api.repo_info(repo_id, revision=revision)
     # Resolved once (and recorded in the cache's refs/, where a later start looks): every file
     # below, and the final linking, is of this one commit.
     resolved = api.resolve_revision(repo_id, revision=revision, cache_dir=cache)

@@ -243,15 +243,35 @@ def test_partial_files_that_cannot_be_resumed_start_over(repo_files, tmp_path, o
     assert events[-1].done == events[-1].total == hub.total()
 
 
+def hub_backoff_waits(monkeypatch) -> list[float]:
+    """The waits of huggingface_hub's retries from now on, recorded instead of slept (its backoff sleeps
+    through its module's `time`)."""
+    import huggingface_hub.utils._http as hub_http
+
+    waits: list[float] = []
+
+    class Clock:
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+        def sleep(self, seconds: float) -> None:
+            waits.append(seconds)
+
+    monkeypatch.setattr(hub_http, "time", Clock())
+    return waits
+
+
 def test_a_snapshot_cached_without_the_file_listing_is_used_when_the_hub_is_unreachable(
-    repo_files, tmp_path, online
+    repo_files, tmp_path, online, monkeypatch
 ):
     """Fetched before (by transformers, which keeps no listing): offline, it is loaded as it is,
-    as it was before this module; with the listing kept, an incomplete one is refused instead."""
+    as it was before this module; with the listing kept, an incomplete one is refused instead, at once
+    (no request retried: huggingface_hub's backoff made it wait 23 s)."""
     cache = tmp_path / "hub"
     with FakeHub(REPO, repo_files) as hub:
         folder = fetch(REPO, cache_dir=cache, endpoint=hub.url)
     shutil.rmtree(cache / "models--org--name" / "trees")
+    waits = hub_backoff_waits(monkeypatch)
     assert fetch(REPO, cache_dir=cache, endpoint="http://127.0.0.1:9") == folder
 
     from core.errors import ModelNotFoundError
@@ -261,3 +281,5 @@ def test_a_snapshot_cached_without_the_file_listing_is_used_when_the_hub_is_unre
     (folder / "tokenizer.json").unlink()
     with pytest.raises(ModelNotFoundError, match="cannot be reached"):
         fetch(REPO, cache_dir=cache, endpoint="http://127.0.0.1:9")
+    # said at once: the listing after the cached refs/ retried 5 times first (1 + 2 + 4 + 8 + 8 s)
+    assert waits == []
