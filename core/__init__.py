@@ -7,7 +7,7 @@ import logging
 # of noise about a library the user may not even be using. Only that module's logger is quieted.
 logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
-from core.config import CachePolicy  # noqa: E402, EvictionMode, GenerationConfig, StreamConfig
+from core.config import CachePolicy, EvictionMode, GenerationConfig, StreamConfig  # noqa: E402
 from core.errors import StreamVLMError  # noqa: E402
 from core.types import Commentary, Frame  # noqa: E402
 
