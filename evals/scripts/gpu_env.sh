@@ -30,6 +30,10 @@
 #   python evals/scripts/qt_bundle.py
 if compgen -G ".whl*/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl*/*.whl
+  # Bytecode once, as a user's pip install writes it: the GPU image writes none at import
+  # (PYTHONDONTWRITEBYTECODE), so without this every process compiled transformers' sources again, and
+  # the startup runs counted ~10 s of imports for it. -j 0: all cores; compileall skips what is current.
+  python3 -m compileall -q -j 0 /tmp/site > /dev/null 2>&1 || true
   export PYTHONPATH=/tmp/site:$PWD
 else
   export PYTHONPATH=$PWD
