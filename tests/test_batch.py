@@ -135,6 +135,20 @@ def test_concurrent_sessions_get_their_solo_tokens_from_batched_steps(tiny_model
 
 # The GPU's decode: the static step, and a lone session's next step queued before its token is read back.
 OVERLAP = AccelerationConfig(static_decode=True, overlap=True)
+FORCED = GenerationConfig(temperature=0.0, max_new_tokens=16, min_new_tokens=16)
+
+
+def scheduled(model, sessions: int, acceleration: AccelerationConfig | None = None) -> StreamingEngine:
+    """An engine with the scheduler (the path of `core run` with one slot), 16 greedy tokens forced."""
+    return StreamingEngine(
+        model,
+        stream=SMALL_STREAM,
+        cache=POLICY,
+        generation=FORCED,
+        sessions=sessions,
+        batched=True,
+        acceleration=acceleration,
+    )
 
 
 def test_a_lone_session_queues_its_next_step_ahead_through_the_scheduler(tiny_model, solo):
@@ -154,19 +168,10 @@ def test_a_lone_session_queues_its_next_step_ahead_through_the_scheduler(tiny_mo
 def test_a_reply_handed_over_to_the_model_thread_steps_ahead_again_once_alone(tiny_model):
     """The model thread busy for two of a lone session's steps (its `hold` refused twice): those go
     through the model thread, and the reply's later steps are started ahead again, same tokens."""
-    forced = GenerationConfig(temperature=0.0, max_new_tokens=16, min_new_tokens=16)
     frames = random_frames(np.random.default_rng(5), 56, 84)
 
     def reply(acceleration, refuse=()):
-        engine = StreamingEngine(
-            tiny_model,
-            stream=SMALL_STREAM,
-            cache=POLICY,
-            generation=forced,
-            sessions=1,
-            batched=True,
-            acceleration=acceleration,
-        )
+        engine = scheduled(tiny_model, 1, acceleration)
         hold, calls = engine.scheduler.hold, []
 
         def refusing():
@@ -195,19 +200,7 @@ def test_sessions_that_overlap_alone_and_batch_together_keep_their_tokens(tiny_m
 def test_a_session_stepping_ahead_alone_joins_the_batch_mid_reply_when_another_arrives(tiny_model):
     """A decodes alone, its steps started ahead; at its third such step B's chunk is queued, so A's next
     step goes through the model thread, batched with B's once B decodes: both get their alone tokens."""
-    forced = GenerationConfig(temperature=0.0, max_new_tokens=16, min_new_tokens=16)
     frames = {name: random_frames(np.random.default_rng(seed), 56, 84) for seed, name in enumerate("ab")}
-
-    def engine_of(sessions, acceleration=None):
-        return StreamingEngine(
-            tiny_model,
-            stream=SMALL_STREAM,
-            cache=POLICY,
-            generation=forced,
-            sessions=sessions,
-            batched=True,
-            acceleration=acceleration,
-        )
 
     def stream(engine, name):
         with engine.start(previous_text=f"Stream {name}.") as session:
@@ -215,8 +208,8 @@ def test_a_session_stepping_ahead_alone_joins_the_batch_mid_reply_when_another_a
                 session.push(frames[name], k, k + 1)
             return session.cache.token_ids()
 
-    expected = {name: stream(engine_of(1), name) for name in "ab"}
-    engine = engine_of(2, OVERLAP)
+    expected = {name: stream(scheduled(tiny_model, 1), name) for name in "ab"}
+    engine = scheduled(tiny_model, 2, OVERLAP)
     scheduler, hold = engine.scheduler, engine.scheduler.hold
     b_queued, got = threading.Event(), {}
 
