@@ -1,15 +1,20 @@
 """A local Ray instance serving the tiny model from CPU replicas (core/remote/cluster.py), for the cluster tests.
 
+Ray runs in a child process of its own (`clusterhost.host`), never in the test process: a Ray driver
+torn down in the process that goes on running the other tests leaves native state behind that a later
+garbage collection (an object reference's finaliser) or thread can touch after it was freed, a
+segmentation fault in whichever test happens to run then (ray-project/ray#31145; it took down a CI run
+in the first app test after the cluster's). The child starts and stops Ray, answers for the replicas'
+process ids, and ends every process it started; `stop` here ends the child's whole tree if it hangs.
 Ray is held small on the 2-core machine (its CPUs, no dashboard, a small object store, its files in a
-temporary folder), and `LocalCluster.stop` ends every process it started: Serve and Ray are shut down,
-then any of this process's children still alive (a raylet, a worker) are killed by their process ids.
+temporary folder).
 """
 
 from __future__ import annotations
 
-import os
+import dataclasses
+import multiprocessing
 import shutil
-import signal
 import tempfile
 
 import psutil
@@ -19,17 +24,19 @@ from conftest import SMALL_STREAM
 from core.config import EngineConfig, ModelConfig
 from serverhelpers import GREEDY
 
-ray = pytest.importorskip(
-    "ray", reason="the cluster extra (pip install 'streamvlm[cluster]') is not installed"
-)
+pytest.importorskip("ray", reason="the cluster extra (pip install 'streamvlm[cluster]') is not installed")
 
-from core.remote.cluster import Cluster, ReplicaSettings, deploy  # noqa: E402
+from clusterhost import host  # noqa: E402
+
+from core.remote.cluster import ReplicaSettings  # noqa: E402
 
 RAY_OPTIONS = {
     "include_dashboard": False,
     "object_store_memory": 80 * 2**20,  # Serve passes little through it
     "log_to_driver": False,  # the replicas' logs stay in Ray's folder
 }
+START_SECONDS = 240  # Ray, Serve and the replicas' model loads on 2 busy cores
+STOP_SECONDS = 60
 
 
 def tiny_config(tiny_dir) -> EngineConfig:
@@ -42,59 +49,65 @@ def tiny_config(tiny_dir) -> EngineConfig:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class HostedCluster:
+    url: str
+
+
 class LocalCluster:
-    """`deploy` on a Ray instance of this process's own; `.cluster.url` for clients."""
+    """`deploy` on a Ray instance in a child process; `.cluster.url` for clients."""
 
     def __init__(self, tiny_dir, replicas: int, port: int, **settings) -> None:
-        self._env = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED")}
-        # A loopback instance of the test's own: no token file written into the user's home, no usage report.
-        os.environ.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
         self.temp = tempfile.mkdtemp(prefix="ray-")
-        self.children_before = {p.pid for p in psutil.Process().children(recursive=True)}
+        options = {**RAY_OPTIONS, "num_cpus": replicas, "_temp_dir": self.temp}
+        context = multiprocessing.get_context("spawn")  # no fork of a process holding threads and torch
+        self._conn, child_end = context.Pipe()
+        self._child = context.Process(
+            target=host,
+            args=(child_end, tiny_config(tiny_dir), ReplicaSettings(**settings), replicas, port, options),
+            name="streamvlm-ray-host",
+        )
+        self._child.start()
+        child_end.close()
         try:
-            self.cluster: Cluster = deploy(
-                tiny_config(tiny_dir),
-                ReplicaSettings(**settings),
-                replicas=replicas,
-                port=port,
-                ray_options={**RAY_OPTIONS, "num_cpus": replicas, "_temp_dir": self.temp},
-            )
+            self.cluster = HostedCluster(self._answer(START_SECONDS, "start the cluster"))
         except BaseException:
             self.stop()
             raise
 
-    @staticmethod
-    def replica_pids() -> dict[str, int]:
+    def _answer(self, seconds: float, what: str):
+        if not self._conn.poll(seconds):
+            raise TimeoutError(f"the Ray host did not {what} within {seconds} s")
+        kind, value = self._conn.recv()
+        if kind == "error":
+            raise value
+        return value
+
+    def replica_pids(self) -> dict[str, int]:
         """Each live replica's id (as sent in `ready`) and the process id of its Ray actor."""
-        pids = {}
-        for actor in ray.util.list_named_actors(all_namespaces=True):
-            if actor["name"].startswith("SERVE_REPLICA::"):
-                handle = ray.get_actor(actor["name"], namespace=actor["namespace"])
-                with_id = actor["name"].rsplit("#", 1)[-1]
-                try:
-                    pids[with_id] = ray.get(handle.__ray_call__.remote(lambda _: os.getpid()), timeout=30)
-                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-                    continue  # dead, or not started yet
-        return pids
+        self._conn.send("pids")
+        return self._answer(STOP_SECONDS, "list the replicas")
 
     def stop(self) -> None:
-        if hasattr(self, "cluster"):
-            self.cluster.stop()
-        elif ray.is_initialized():
-            ray.shutdown()
-        leftovers = [
-            p for p in psutil.Process().children(recursive=True) if p.pid not in self.children_before
-        ]
-        _, alive = psutil.wait_procs(leftovers, timeout=10)
-        for process in alive:  # by id: only what this cluster started
+        try:
+            if self._child.is_alive():
+                self._conn.send("stop")
+                self._answer(STOP_SECONDS, "stop")
+        except (OSError, EOFError, TimeoutError):
+            pass  # ended, or hung: its tree is ended below
+        self._child.join(10)
+        if self._child.is_alive():
             try:
-                os.kill(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        psutil.wait_procs(alive, timeout=10)
+                tree = psutil.Process(self._child.pid)
+                processes = [*tree.children(recursive=True), tree]
+            except psutil.NoSuchProcess:
+                processes = []
+            for process in processes:
+                try:
+                    process.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            psutil.wait_procs(processes, timeout=10)
+            self._child.join(10)
+        self._conn.close()
         shutil.rmtree(self.temp, ignore_errors=True)
-        for key, value in self._env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
