@@ -318,3 +318,25 @@ def test_batched_steps_on_the_gpu_give_the_solo_tokens(tiny_dir):
     batched, engine = together(gpu)
     assert engine.scheduler.decode.rows > engine.scheduler.decode.batches
     assert batched == alone(gpu)
+
+
+@pytest.mark.gpu
+def test_a_lone_session_on_the_gpu_steps_ahead_through_the_scheduler_with_the_solo_tokens(tiny_dir):
+    """`core run` and the app on a GPU (tiny model, float32): one session on the scheduler, its captured
+    static step launched ahead of the token's read-back; the tokens of the engine without a scheduler."""
+    import torch
+
+    from core.loading import load_model
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    gpu = load_model(tiny_dir, device="cuda", dtype="float32")
+    eager = AccelerationConfig(compile=False)  # graphs, static step and overlap as decided on a GPU
+    engine = StreamingEngine(
+        gpu, stream=SMALL_STREAM, cache=POLICY, sessions=1, batched=True, acceleration=eager
+    )
+    assert engine.scheduler is not None and engine.decided.cuda_graphs and engine.decided.overlap
+    reference = alone(gpu, eager)
+    for index in range(len(STREAMS)):
+        assert run_stream(engine, index) == reference[index], index
+    assert engine.steps_ahead > 0
