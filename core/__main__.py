@@ -565,7 +565,9 @@ def _serve_cluster(args: argparse.Namespace, config: EngineConfig, token: str | 
     try:
         with StopSignals(lambda signum: stopping.set(), "stopping the replicas") as stop:
             print(
-                f"serving {config.model.path} at {cluster.url} from {cluster.replicas} replicas", flush=True
+                f"serving {config.model.path} at {cluster.url} from {cluster.replicas} "
+                f"replica{'s' if cluster.replicas != 1 else ''}",
+                flush=True,
             )
             while not stopping.wait(0.5):
                 pass
@@ -652,6 +654,14 @@ def _quiet_transformers() -> None:
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # the hub's client logs each request at INFO
 
 
+# What a command interrupted outside its own signal handling (while loading, or a signal in its clean-up)
+# has left behind, said after "stopped on SIGINT".
+STOPPED = {
+    "run": "; the subtitles and the recording written so far are complete",
+    "serve": "; the server's sessions are closed",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # flag types check every number here
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -663,11 +673,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, Stopping) else signal.SIGINT
-        print(
-            f"stopped on {signal.Signals(signum).name}; the subtitles and the recording written so far are "
-            "complete",
-            file=sys.stderr,
-        )
+        print(f"stopped on {signal.Signals(signum).name}{STOPPED.get(args.command, '')}", file=sys.stderr)
         return 128 + signum
 
 

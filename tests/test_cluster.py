@@ -74,8 +74,11 @@ def test_serve_without_cluster_imports_nothing_of_ray(tiny_dir):
     ],
 )
 def test_cluster_flags_are_checked_with_one_line_errors(tiny_dir, flags, words):
+    from livehelpers import free_port
+
+    port = ["--port", str(free_port())]  # not the default: a server on this machine may hold it
     done = subprocess.run(
-        [sys.executable, "-m", "core", "serve", "--model", str(tiny_dir), "--device", "cpu", *flags],
+        [sys.executable, "-m", "core", "serve", "--model", str(tiny_dir), "--device", "cpu", *port, *flags],
         capture_output=True,
         text=True,
         env=ENV,
