@@ -27,7 +27,6 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 from core.cli_args import (
     PORT,
@@ -36,11 +35,12 @@ from core.cli_args import (
     add_engine_arguments,
     config_from_args,
     number,
+    path_arg,
     question,
 )
 from core.config import EngineConfig
-from core.errors import ConfigError, StreamVLMError
-from core.paths import check_outputs, recording_outputs, source_file
+from core.errors import ConfigError, StreamVLMError, os_error_line
+from core.paths import check_outputs, read_text_file, recording_outputs, source_file
 from core.prefetch import prefetch_weights
 from core.types import CommentarySession
 
@@ -140,13 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--token", help="the remote server's token (or set STREAMVLM_TOKEN)")
     run.add_argument("--instruction", default=None, help="what to do (default: 'Commentate on this match')")
     run.add_argument("--previous-text", default="", help="context: a title or earlier commentary")
-    run.add_argument("--srt", type=Path, help="write SRT subtitles here, one cue per line of commentary")
-    run.add_argument("--vtt", type=Path, help="write WebVTT subtitles here")
-    run.add_argument("--jsonl", type=Path, help="write {start, end, text} JSON lines here")
+    run.add_argument("--srt", type=path_arg, help="write SRT subtitles here, one cue per line of commentary")
+    run.add_argument("--vtt", type=path_arg, help="write WebVTT subtitles here")
+    run.add_argument("--jsonl", type=path_arg, help="write {start, end, text} JSON lines here")
     run.add_argument("--realtime", action="store_true", help="pace the file at real time, like a live feed")
     run.add_argument(
         "--record",
-        type=Path,
+        type=path_arg,
         help="record the stream with the commentary burned in to this .mp4 (and a .srt beside it)",
     )
     run.add_argument(
@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the sound output to speak on, by index (default: the system's; an unknown one lists them)",
     )
     speech.add_argument(
-        "--speech-wav", type=Path, help="write what was spoken to this .wav, on the stream's clock"
+        "--speech-wav", type=path_arg, help="write what was spoken to this .wav, on the stream's clock"
     )
     add_engine_arguments(run)
 
@@ -199,11 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="address to listen on (other than loopback needs a token)"
     )
     srv.add_argument("--port", type=PORT, default=8765, help="0 picks a free port (printed)")
-    srv.add_argument("--token-file", type=Path, help="a file holding the token clients must present")
+    srv.add_argument("--token-file", type=path_arg, help="a file holding the token clients must present")
     srv.add_argument(
-        "--tls-cert", type=Path, help="TLS certificate (PEM); with --tls-key, clients use wss://"
+        "--tls-cert", type=path_arg, help="TLS certificate (PEM); with --tls-key, clients use wss://"
     )
-    srv.add_argument("--tls-key", type=Path)
+    srv.add_argument("--tls-key", type=path_arg)
     srv.add_argument(
         "--max-sessions",
         type=_sessions,
@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_arguments(srv)
 
     tiny = sub.add_parser("build-tiny", help="write the tiny random-weight model (for tests and smoke runs)")
-    tiny.add_argument("path", type=Path)
+    tiny.add_argument("path", type=path_arg)
     tiny.add_argument("--layers", type=number(1, 64, integer=True), default=2)
     return parser
 
@@ -475,10 +475,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError("--address and --replicas are for a cluster; add --cluster")
     token = None
     if args.token_file:
-        try:
-            token = args.token_file.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read the token file '{args.token_file}' ({exc.strerror})") from None
+        token = read_text_file(args.token_file, "the token file").strip()
         if not token:
             raise ConfigError(f"the token file '{args.token_file}' is empty; put the token in it")
     context = None
@@ -670,6 +667,9 @@ def main(argv: list[str] | None = None) -> int:
         return commands[args.command](args)
     except StreamVLMError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path, a disk or a permission no check above caught
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, Stopping) else signal.SIGINT

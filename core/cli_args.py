@@ -131,7 +131,7 @@ def add_engine_arguments(
 
     parser.add_argument(
         "--config",
-        type=_path,
+        type=path_arg,
         help="TOML or YAML file with [stream], [cache], [generation], [model], [acceleration] "
         "(assets/config.example.toml); flags given here win over it",
     )
@@ -183,7 +183,11 @@ def config_from_args(args: argparse.Namespace):
     return resolve_config(getattr(args, "config", None), engine_overrides(args))
 
 
-def _path(text: str):
+def path_arg(text: str):
+    """An argparse type for a file or folder: a Path, refusing an empty one (Path("") is the current
+    folder, so an unset variable in `--out "$DIR"` would write there)."""
     from pathlib import Path
 
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; give a file or folder name")
     return Path(text)

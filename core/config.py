@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from core.errors import ConfigError
+from core.paths import read_text_file
 
 PATCH_FACTOR = 28  # 14-px patches merged 2x2: one LLM token per 28x28 px per temporal group
 
@@ -389,9 +390,7 @@ def load_config_file(path: str | Path) -> EngineConfig:
     """Read the sections of `EngineConfig` ([stream], [cache], [generation], [model], [acceleration])
     from a TOML or YAML file; sections left out keep their defaults."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' not found; pass an existing .toml or .yaml file")
-    text = path.read_text()
+    text = read_text_file(path, "config file")
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:

@@ -8,6 +8,10 @@ case on a case-insensitive disk); when one of them does not exist yet, when thei
 equal, or when they are names in one folder that differ only in case (on a case-insensitive disk they
 are one file, and a case-sensitive one cannot be told apart without creating it). An existing output
 that is no input is overwritten, as a rerun expects. Only the standard library is imported here.
+
+Files and folders the user names are read and made here too: `read_text_file` (a config, a token, a
+list: a folder, a device, a pipe or bytes that are not UTF-8 are refused in one sentence) and
+`make_output_folder` (an output folder created, or refused when it is a file or cannot be created).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 from core.errors import ConfigError, StreamVLMError
 
 PathLike = str | os.PathLike
+TEXT_FILE_LIMIT = 64 * 2**20  # a config or a list the user wrote; anything larger is the wrong file
 
 
 def cache_root() -> Path:
@@ -111,3 +116,49 @@ def same_file(a: PathLike, b: PathLike) -> bool:
         return os.path.samefile(real_a.parent, real_b.parent)
     except OSError:
         return real_a.parent == real_b.parent
+
+
+def read_text_file(path: PathLike, what: str) -> str:
+    """The text of `what` (a phrase: "config file", "the token file") at `path`; ConfigError when it is
+    missing, a folder, not a regular file (a device or a pipe, which could block or never end), too large,
+    unreadable or not UTF-8 text."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} '{path}' is a folder; give a file")
+    if not path.exists():
+        raise ConfigError(f"{what} '{path}' not found; give an existing file")
+    if not path.is_file():
+        raise ConfigError(f"{what} '{path}' is not a regular file (a device or a pipe); give a file")
+    try:
+        if path.stat().st_size > TEXT_FILE_LIMIT:
+            raise ConfigError(
+                f"{what} '{path}' is {path.stat().st_size / 2**20:.0f} MiB, too large for a text file "
+                "a person wrote; check the path"
+            )
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} '{path}' ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8-sig")  # a byte-order mark, as some editors save, is not content
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{what} '{path}' is not UTF-8 text (byte {exc.start} cannot be read); check the path, or save "
+            "it as UTF-8"
+        ) from None
+
+
+def make_output_folder(folder: PathLike, what: str) -> Path:
+    """Create `what` (a phrase: "the output folder") at `folder` with its parents, as needed; ConfigError
+    when it is a file or cannot be created or written to. Returns it as a Path."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{what} '{folder}' is a file; give a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create {what} '{folder}' ({exc.strerror or exc}); choose a folder you can write to"
+        ) from None
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"{what} '{folder}' is not writable; choose a folder you can write to")
+    return folder
