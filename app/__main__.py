@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from app.timeline import Timeline
-from core.cli_args import ArgumentParser
+from core.cli_args import ArgumentParser, nonempty, path_arg
 from core.config import resolve_config
 from core.errors import StreamVLMError
 from core.paths import folder_problem
@@ -28,13 +28,18 @@ APP_NAME = "streamvlm"
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m app", description="streamvlm: live video commentary")
-    parser.add_argument("--model", help="checkpoint folder, hub id, or tiny")
-    parser.add_argument("--source", help="a file, camera:N, screen:N[@x,y,w,h] or a stream URL")
+    parser.add_argument("--model", type=nonempty, help="checkpoint folder, hub id, or tiny")
+    parser.add_argument(
+        "--source", type=nonempty, help="a file, camera:N, screen:N[@x,y,w,h] or a stream URL"
+    )
     parser.add_argument("--smoke", action="store_true", help="offline smoke mode on the tiny random model")
     parser.add_argument("--start", action="store_true", help="start streaming as soon as the window opens")
-    parser.add_argument("--record", metavar="FOLDER", help="record into this folder (recording switched on)")
+    parser.add_argument(
+        "--record", type=path_arg, metavar="FOLDER", help="record into this folder (recording switched on)"
+    )
     parser.add_argument(
         "--config",
+        type=path_arg,
         help="TOML or YAML engine settings ([stream], [cache], [generation], [model], [acceleration]) for every run",
     )
     return parser
@@ -68,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         stop.window = window
         if args.record:
             window.record_check.setChecked(True)
-            window.output_edit.setText(args.record)
+            window.output_edit.setText(str(args.record))
         window.show()
         if args.start:
             window.start()

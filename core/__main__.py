@@ -34,13 +34,15 @@ from core.cli_args import (
     ArgumentParser,
     add_engine_arguments,
     config_from_args,
+    nonempty,
     number,
     path_arg,
     question,
+    server_url,
 )
 from core.config import EngineConfig
 from core.errors import ConfigError, StreamVLMError, os_error_line
-from core.paths import check_outputs, read_text_file, recording_outputs, source_file
+from core.paths import check_outputs, make_output_folder, read_text_file, recording_outputs, source_file
 from core.prefetch import prefetch_weights
 from core.types import CommentarySession
 
@@ -129,13 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--source",
         required=True,
+        type=nonempty,
         help="a video file, camera:N (or camera:/dev/videoN), screen:N or screen:N@x,y,w,h, or a stream URL "
         "(rtsp, rtmp, http(s), udp, srt)",
     )
     where = run.add_mutually_exclusive_group(required=True)
-    where.add_argument("--model", help="local checkpoint folder, hub id, or 'tiny' (smoke test)")
     where.add_argument(
-        "--server", help="a remote engine: ws://host:8765 (or wss://) started by 'python -m core serve'"
+        "--model", type=nonempty, help="local checkpoint folder, hub id, or 'tiny' (smoke test)"
+    )
+    where.add_argument(
+        "--server",
+        type=server_url,
+        help="a remote engine: ws://host:8765 (or wss://) started by 'python -m core serve'",
     )
     run.add_argument("--token", help="the remote server's token (or set STREAMVLM_TOKEN)")
     run.add_argument("--instruction", default=None, help="what to do (default: 'Commentate on this match')")
@@ -194,7 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("sources", help="list the cameras that open and the monitors of this display")
 
     srv = sub.add_parser("serve", help="serve a model to remote clients over WebSocket (docs/protocol.md)")
-    srv.add_argument("--model", required=True, help="local checkpoint folder, hub id, or 'tiny'")
+    srv.add_argument(
+        "--model", required=True, type=nonempty, help="local checkpoint folder, hub id, or 'tiny'"
+    )
     srv.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (other than loopback needs a token)"
     )
@@ -237,8 +246,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The flags of `run` that set up the engine itself (its weights, its device, its cache, how it samples):
+# with --server the engine is the server's, so they would change nothing.
+SERVER_SIDE = (
+    "device", "dtype", "attn", "weights", "no_compile", "cache_mode", "max_new_tokens", "min_new_tokens",
+    "temperature", "top_p", "top_k", "repetition_penalty", "seed",
+)  # fmt: skip
+
+
+def check_remote_flags(args: argparse.Namespace) -> None:
+    """Refuse flags that a run's other half would ignore: engine flags with --server, --token without it."""
+    if args.server is None:
+        if args.token is not None:
+            raise ConfigError("--token is the remote server's; add --server, or leave --token out")
+        return
+    given = [
+        f"--{name.replace('_', '-')}"
+        for name in SERVER_SIDE
+        if getattr(args, name, None) not in (None, False)
+    ]
+    if given:
+        raise ConfigError(
+            f"{', '.join(given)} {'sets' if len(given) == 1 else 'set'} up the engine, which with --server is "
+            "the server's: leave it out here, or give it to the 'python -m core serve' of that server"
+        )
+
+
 def check_run(args: argparse.Namespace) -> EngineConfig:
     """Everything about a run that can be checked without torch: the config and every output path."""
+    check_remote_flags(args)
     config = config_from_args(args)
     if args.record_fps is not None and args.record_fps < config.stream.fps:
         raise ConfigError(
@@ -614,10 +650,14 @@ def cmd_sources(args: argparse.Namespace) -> int:
 
 
 def cmd_build_tiny(args: argparse.Namespace) -> int:
-    if args.path.exists() and not args.path.is_dir():
+    from core.builders import is_tiny_build
+
+    if args.path.is_dir() and any(args.path.iterdir()) and not is_tiny_build(args.path):
         raise ConfigError(
-            f"'{args.path}' is a file; build-tiny writes a folder, give a new or existing folder"
+            f"'{args.path}' is a folder with files in it, not a tiny model that build-tiny wrote; give a "
+            "new or empty folder (nothing was written)"
         )
+    make_output_folder(args.path, "the model folder")
     _quiet_transformers()
     from core.builders import build_tiny_model
 

@@ -9,7 +9,10 @@ checkpoint. Synthetic clips to feed them come from `core.synthetic`.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,7 @@ QWEN_VL_CHAT_TEMPLATE = (
 
 CORPUS = Path(__file__).parent / "data" / "tokenizer_corpus.txt"
 TINY_VOCAB = 640
+TINY_MARK = "streamvlm-tiny.json"  # written by build_tiny_model: what build-tiny may overwrite
 
 
 def build_tokenizer(vocab_size: int = TINY_VOCAB) -> Any:
@@ -191,6 +195,7 @@ def build_tiny_model(path: str | os.PathLike, *, num_layers: int = 2, seed: int 
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    (path / TINY_MARK).write_text(json.dumps({"layers": num_layers, "seed": seed}) + "\n")
     tokenizer = build_tokenizer()
     config = tiny_config(tokenizer, num_layers=num_layers)
     with torch.random.fork_rng(devices=[]):
@@ -204,12 +209,29 @@ def build_tiny_model(path: str | os.PathLike, *, num_layers: int = 2, seed: int 
 
 def tiny_model_dir() -> Path:
     """Where `--model tiny` keeps its built model (built on first use, reused after)."""
-    from core.paths import cache_root
+    from core.paths import cache_root, make_output_folder
 
-    path = cache_root() / "tiny-model-v1"
+    cache = make_output_folder(cache_root(), "streamvlm's cache folder (STREAMVLM_CACHE)")
+    path = cache / "tiny-model-v1"
     if not (path / "config.json").is_file():
-        build_tiny_model(path)
+        # Built beside it and renamed into place: a build cut short (Ctrl+C, a full disk) leaves no
+        # half-written model that later starts would take for a whole one.
+        partial = Path(tempfile.mkdtemp(prefix=f"{path.name}.partial-", dir=cache))
+        try:
+            build_tiny_model(partial)
+            try:
+                partial.rename(path)
+            except OSError:  # another process finished first (or left a broken folder: said at load)
+                if not (path / "config.json").is_file():
+                    raise
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
     return path
+
+
+def is_tiny_build(path: str | os.PathLike) -> bool:
+    """Whether `path` holds a model written by `build_tiny_model` (its mark file)."""
+    return (Path(path) / TINY_MARK).is_file()
 
 
 def build_random_model(

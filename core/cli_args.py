@@ -183,6 +183,34 @@ def config_from_args(args: argparse.Namespace):
     return resolve_config(getattr(args, "config", None), engine_overrides(args))
 
 
+def nonempty(text: str) -> str:
+    """An argparse type for a name that cannot be blank (a --model, a --source): `--model "$MODEL"` with
+    the variable unset is caught here, not read as the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty value; give one (see --help)")
+    return text
+
+
+def server_url(text: str) -> str:
+    """An argparse type for a server's URL (`python -m core serve`'s): ws:// or wss://, a host, and a
+    port that is a number from 0 to 65535 if one is given."""
+    from urllib.parse import urlsplit
+
+    url = text.strip()
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (parsed on access: a port that is no number or out of range raises)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a server URL ({exc}); use ws://host:port"
+        ) from None
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a server URL; use ws://host:port (or wss:// for a server with TLS)"
+        )
+    return url
+
+
 def path_arg(text: str):
     """An argparse type for a file or folder: a Path, refusing an empty one (Path("") is the current
     folder, so an unset variable in `--out "$DIR"` would write there)."""

@@ -114,7 +114,10 @@ def load_model(
     `name_or_path == "tiny"` builds (once) and loads the tiny random-weight model: a smoke mode.
     `weights` and `acceleration.fuse_projections`: the load-time transforms (`adapt_weights`).
     """
+    from safetensors import SafetensorError
     from transformers import AutoProcessor, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+    from core.paths import cache_root
 
     name = str(name_or_path)
     if name == "tiny":
@@ -140,11 +143,18 @@ def load_model(
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             source, dtype=torch_dtype, attn_implementation=backend, device_map=str(torch_device)
         )
-    except OSError as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
+        # The folder is on this disk by now (downloaded complete, or built): a file in it is damaged,
+        # cut short or of another model (a truncated .safetensors, a tokenizer.json that is not JSON).
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        again = (
+            f"delete '{source}' and it is built again"
+            if name == source and Path(source).parent == cache_root()
+            else "copy or download it again"
+        )
         raise ModelNotFoundError(
-            f"model '{name}' could not be found locally or downloaded from the hub ({reason[:160]}); "
-            "check the id, your network and HF_TOKEN, or pass a local folder"
+            f"the model folder '{source}' could not be loaded ({type(exc).__name__}: {reason[:160]}); a file "
+            f"in it is damaged, incomplete or not of a Qwen2.5-VL checkpoint: {again}"
         ) from None
     adapt_weights(model, weights, acceleration)
     return StreamModel(model, tokenizer, name=name, processor=processor, acceleration=acceleration)

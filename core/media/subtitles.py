@@ -15,6 +15,7 @@ import html
 import json
 import logging
 import os
+import stat
 from pathlib import Path
 from typing import TextIO
 
@@ -35,6 +36,9 @@ class SubtitleWriter(Closeable, abc.ABC):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._file = _create(self.path)
+        # A pipe, a terminal or /dev/null (`--srt /dev/stdout | ...`) cannot be synced (EINVAL): only a
+        # file on a disk is.
+        self._durable = stat.S_ISREG(os.fstat(self._file.fileno()).st_mode)
         self.stopped: str | None = None  # why cues stopped being written (a full disk), if they did
         self._cues = 0
         self._append(self.header)
@@ -61,7 +65,8 @@ class SubtitleWriter(Closeable, abc.ABC):
         try:
             self._file.write(text)
             self._file.flush()
-            os.fsync(self._file.fileno())  # flush() only reaches the OS; fsync reaches the disk
+            if self._durable:
+                os.fsync(self._file.fileno())  # flush() only reaches the OS; fsync reaches the disk
         except OSError as exc:
             # A full disk stops this file, not the run: the cues before stay whole (each was synced), and
             # the other writers and the commentary go on.

@@ -191,7 +191,7 @@ class RemoteSession(Closeable):
         stack = ExitStack()
         try:
             ws = stack.enter_context(connect(self.url, open_timeout=self.timeout, max_size=p.MAX_TEXT_BYTES))
-        except InvalidURI as exc:
+        except (InvalidURI, ValueError) as exc:  # ValueError: a port that is no number, a bad [IPv6]
             raise StreamVLMError(f"{self.url} is not a server URL ({exc}); use ws://host:port") from None
         except (OSError, InvalidHandshake, TimeoutError) as exc:
             raise ServerLost(

@@ -19,9 +19,12 @@ class SpeechWav(Closeable):
     def __init__(self, path: str | Path, rate: int) -> None:
         self.path, self.rate = Path(path), rate
         try:
-            self._wav = wave.open(str(self.path), "wb")
+            # Opened here, not by `wave.open(path)`: a Wave_write whose open failed is left half-made, and
+            # its finaliser then prints an AttributeError after the one-line error.
+            self._file = open(self.path, "wb")  # noqa: SIM115 (owned until close)
         except OSError as exc:
             raise StreamVLMError(f"cannot write the speech to '{self.path}' ({exc.strerror})") from None
+        self._wav = wave.open(self._file, "wb")
         self._wav.setnchannels(1)
         self._wav.setsampwidth(2)
         self._wav.setframerate(rate)
@@ -44,5 +47,8 @@ class SpeechWav(Closeable):
 
     def close(self) -> None:
         if self._wav is not None:
-            self._wav.close()
-            self._wav = None
+            try:
+                self._wav.close()  # writes the final header; leaves the file it was given open
+            finally:
+                self._wav = None
+                self._file.close()
