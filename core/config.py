@@ -386,6 +386,15 @@ def coerce_fields(config: Any, section: str) -> None:
             object.__setattr__(config, f.name, coerced)
 
 
+def parse_error_line(exc: Exception) -> str:
+    """A TOML or YAML parser's complaint in one line: what it expected, and where (YAML's own message
+    quotes the text around both marks over several lines)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"{exc.problem} (at line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(exc).split())
+
+
 def load_config_file(path: str | Path) -> EngineConfig:
     """Read the sections of `EngineConfig` ([stream], [cache], [generation], [model], [acceleration])
     from a TOML or YAML file; sections left out keep their defaults."""
@@ -395,7 +404,7 @@ def load_config_file(path: str | Path) -> EngineConfig:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(
-            f"config file '{path}' is not valid {path.suffix.lstrip('.').upper()}: {exc}"
+            f"config file '{path}' is not valid {path.suffix.lstrip('.').upper()}: {parse_error_line(exc)}"
         ) from None
     data = data or {}
     if not isinstance(data, dict):

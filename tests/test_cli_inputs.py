@@ -229,3 +229,18 @@ def test_speech_wav_in_a_missing_folder_is_one_error_and_nothing_after(tmp_path,
         SpeechWav(tmp_path / "missing" / "speech.wav", 16000)
     gc.collect()
     assert leftovers == []  # wave's half-made writer printed "Exception ignored ... AttributeError"
+
+
+def test_a_yaml_config_with_a_syntax_error_is_one_line_with_its_place(tmp_path, capsys):
+    config = tmp_path / "settings.yaml"
+    config.write_text("stream:\n  fps: 2\n bad: [\n")
+    status, lines = run_main(
+        core_main, ["run", "--source", str(CLIP), "--model", "tiny", "--config", str(config)], capsys
+    )
+    assert_one_error_line(status, lines, "not valid YAML", "line 3, column 2")
+
+
+def test_a_camera_that_does_not_open_is_one_line_without_opencvs_warnings(capfd):
+    pytest.importorskip("cv2")
+    status, lines = run_main(core_main, ["run", "--source", "camera:97", "--model", "tiny"], capfd)
+    assert_one_error_line(status, lines, "camera 97")

@@ -802,4 +802,7 @@ def _import_cv2():
         import cv2
     except ImportError:
         raise SourceError("cameras need OpenCV; install it with pip install 'streamvlm[live]'") from None
+    # OpenCV's own warnings ("[ WARN:0@0.007] ... can't open camera by index") go straight to stderr from
+    # C++, before the one line that says the same to the user: errors only.
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     return cv2
