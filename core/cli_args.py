@@ -16,7 +16,13 @@ from core.config import Range, field_range
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a usage error is the one line `error: ...` (exit status 2), like every other error."""
+    """argparse, but a usage error is the one line `error: ...` (exit status 2), like every other error,
+    and a flag is only ever its whole name: argparse's prefix matching read `serve --token T` as
+    `--token-file T` and would let a later flag change what an old command line means."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)  # subcommands' parsers are made through here too
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {message} (see '{self.prog} --help')\n")

@@ -244,3 +244,9 @@ def test_a_camera_that_does_not_open_is_one_line_without_opencvs_warnings(capfd)
     pytest.importorskip("cv2")
     status, lines = run_main(core_main, ["run", "--source", "camera:97", "--model", "tiny"], capfd)
     assert_one_error_line(status, lines, "camera 97")
+
+
+def test_a_flag_is_only_its_whole_name(capsys):
+    """`serve --token T` was read as `--token-file T` (argparse's prefix matching)."""
+    status, lines = run_main(core_main, ["serve", "--model", "tiny", "--token", "s3cret"], capsys)
+    assert status == 2 and "unrecognized arguments: --token s3cret" in lines[-1], lines
