@@ -8,6 +8,7 @@ run killed with SIGKILL resumes exactly where its checkpoint left off, and the e
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -239,6 +240,39 @@ def test_a_malformed_sample_is_skipped_and_leaves_the_step_unchanged(loaded, tin
     assert losses[0][:2] == pytest.approx(losses[1][:2]) and (losses[0][2], losses[1][2]) == (1, 0)
 
 
+def test_a_run_with_no_usable_sample_is_refused_and_a_mostly_unusable_one_warns(
+    loaded, tiny_cfg, rng, tmp_path, caplog
+):
+    good = handmade_sample(loaded.spec, rng)
+    with pytest.raises(
+        ConfigError, match=r"all 3 samples this run reads were skipped \(the first: list:1: broken"
+    ):
+        T.check_usable(_ListDataset([None] * 3), [0, 1, 2])
+    with pytest.raises(ConfigError, match="the first 64 of the 100 samples this run reads were all skipped"):
+        T.check_usable(_ListDataset([None] * 100), list(range(100)))
+    assert T.check_usable(_ListDataset([None, None, good]), [0, 1, 2]) == 2
+
+    def config(out: str):
+        overrides = ["batch.global_samples=2", "run.max_steps=3", "run.export=false", "data.shuffle=false"]
+        return load_train_config(
+            TINY, [f"model.path={tiny_cfg.model.path}", f"run.out={tmp_path / out}", *overrides]
+        )
+
+    with pytest.raises(
+        ConfigError, match="no usable training sample: all 6 samples this run reads were skipped"
+    ):
+        T.train(config("none"), _ListDataset([None] * 6))
+    assert not (tmp_path / "none" / "checkpoints").exists()
+    with caplog.at_level(logging.INFO, logger="trainer"):
+        result = T.train(config("most"), _ListDataset([None, None, None, good, None, None]))
+    assert [r["skipped"] for r in result.steps] == [2, 1, 2]
+    warnings = [r.message for r in caplog.records if r.levelno == logging.WARNING and "of the" in r.message]
+    assert warnings == [
+        "5 of the 6 samples read were unusable and skipped; the run trained on the rest only: check data.dir "
+        "and the files its data lines name (the first: list:1: broken on purpose)"
+    ]
+
+
 # -- data order and schedule --------------------------------------------------------------------------
 
 
@@ -254,6 +288,7 @@ def test_data_plan_shards_by_rank_and_is_the_same_for_any_process_count():
     for rank in range(2):
         mine = list(two.rank_indices(3, 7, rank))
         assert mine == [i for s in range(3, 7) for i in two.window(s)[rank::2]]
+    assert list(two.rank_indices(3, 7)) == [i for s in range(3, 7) for i in two.window(s)]  # every rank's
     assert one.order(0) != one.order(1) and one.order(0) == T.DataPlan(23, 1, 4, 2, seed=7).order(0)
     assert sorted(one.order(1)) == list(range(23))
 

@@ -15,10 +15,9 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 
-from core.cli_args import ArgumentParser
-from core.errors import StreamVLMError
+from core.cli_args import ArgumentParser, path_arg
+from core.errors import StreamVLMError, os_error_line
 
 COMMANDS = ("train", "make-fixture")
 
@@ -28,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="run a training recipe (the default command)")
     train.add_argument(
-        "--config", type=Path, required=True, help="a recipe, e.g. trainer/configs/stage1.yaml"
+        "--config", type=path_arg, required=True, help="a recipe, e.g. trainer/configs/stage1.yaml"
     )
     train.add_argument(
         "overrides", nargs="*", metavar="section.key=value", help="change a setting, e.g. optim.lr=1e-4"
@@ -60,23 +59,29 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
         argv.insert(0, "train")  # `python -m trainer --config X` means train
-    if argv and argv[0] == "make-fixture":
-        return cmd_make_fixture(argv[1:])
-    args = build_parser().parse_args(argv)
-    rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
-        format=f"%(levelname)s %(name)s{f'[{rank}]' if rank else ''}: %(message)s",
-        stream=sys.stderr,
-    )
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    fixture = bool(argv) and argv[0] == "make-fixture"
+    if not fixture:
+        args = build_parser().parse_args(argv)
+        rank = int(os.environ.get("RANK", "0"))
+        logging.basicConfig(
+            level=logging.INFO if rank == 0 else logging.WARNING,
+            format=f"%(levelname)s %(name)s{f'[{rank}]' if rank else ''}: %(message)s",
+            stream=sys.stderr,
+        )
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
-        return cmd_train(args)
+        return cmd_make_fixture(argv[1:]) if fixture else cmd_train(args)
     except StreamVLMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a path, a disk or a permission no check caught
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("interrupted; resume from the last checkpoint with the same command", file=sys.stderr)
+        if fixture:
+            print("interrupted; run make-fixture again to write the whole fixture", file=sys.stderr)
+        else:
+            print("interrupted; resume from the last checkpoint with the same command", file=sys.stderr)
         return 130
 
 

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from core.config import ATTENTION_BACKENDS, coerce_fields, raise_if
+from core.config import ATTENTION_BACKENDS, coerce_fields, parse_error_line, raise_if
 from core.errors import ConfigError
+from core.paths import read_text_file
 
 if TYPE_CHECKING:  # torch loads only for DType.torch: `python -m trainer` checks a recipe before it loads
     import torch
@@ -55,7 +56,7 @@ class ModelSettings:
 
     def __post_init__(self) -> None:
         coerce_fields(self, "model")
-        problems = []
+        problems = _blank(self, "path", "a checkpoint folder, a hub id or tiny")
         if self.attn not in ATTENTION_BACKENDS:
             problems.append(f"attn must be one of {', '.join(ATTENTION_BACKENDS)} (got {self.attn!r})")
         if self.num_layers is not None and self.num_layers < 1:
@@ -77,7 +78,7 @@ class DataSettings:
 
     def __post_init__(self) -> None:
         coerce_fields(self, "data")
-        problems = []
+        problems = _blank(self, "dir", "the dataset folder")
         if self.min_pixels is not None and self.max_pixels is not None and self.min_pixels > self.max_pixels:
             problems.append(f"min_pixels ({self.min_pixels}) must be <= max_pixels ({self.max_pixels})")
         if self.num_workers < 0:
@@ -176,7 +177,7 @@ class RunSettings:
 
     def __post_init__(self) -> None:
         coerce_fields(self, "run")
-        problems = []
+        problems = _blank(self, "out", "the run folder")
         for name in ("save_every", "log_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
@@ -236,12 +237,11 @@ def load_train_config(path: str | Path | None, overrides: list[str] | tuple[str,
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file '{path}' not found; pass an existing .yaml file")
+        text = read_text_file(path, "config file")  # a folder, a device, a pipe or non-UTF-8: one sentence
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
+            raise ConfigError(f"config file '{path}' is not valid YAML: {parse_error_line(exc)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file '{path}' must hold a mapping of sections ({', '.join(SECTIONS)})")
     where = f" in '{path}'" if path is not None else ""
@@ -278,6 +278,13 @@ def load_train_config(path: str | Path | None, overrides: list[str] | tuple[str,
 
 
 # -- type checks -----------------------------------------------------------------------------------
+
+
+def _blank(settings: Any, name: str, what: str) -> list[str]:
+    """A path setting left empty (`run.out=''`, an unset variable) would mean the current folder."""
+    if str(getattr(settings, name)).strip():
+        return []
+    return [f"{name} is empty; give {what} (an empty path would be the current folder)"]
 
 
 def _plain(value: Any) -> Any:

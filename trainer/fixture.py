@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from core.cli_args import ArgumentParser, number
+from core.cli_args import ArgumentParser, number, path_arg
+from core.errors import ConfigError
+from core.paths import make_output_folder
 from core.synthetic import synthetic_frames, write_video
 from trainer.data.seeks import DATA_SUFFIX, write_seeks
 
@@ -149,20 +151,24 @@ def _line(
 def main_make_fixture(argv: list[str] | None = None) -> None:
     """`make-fixture DIR [--videos N --seconds S --seed K ...]`."""
     parser = ArgumentParser(prog="python -m trainer make-fixture", description=make_fixture.__doc__)
-    parser.add_argument("directory", type=Path)
+    parser.add_argument("directory", type=path_arg)
     parser.add_argument("--videos", type=number(1, 1000, integer=True), default=3)
     parser.add_argument("--seconds", type=number(0, 3600, low_open=True), default=32.0)
     parser.add_argument("--seed", type=number(0, 2**32 - 1, integer=True), default=0)
     parser.add_argument("--width", type=number(16, 4096, integer=True), default=160)
     parser.add_argument("--height", type=number(16, 4096, integer=True), default=120)
     args = parser.parse_args(argv)
-    paths = make_fixture(
-        args.directory,
-        videos=args.videos,
-        seconds=args.seconds,
-        seed=args.seed,
-        width=args.width,
-        height=args.height,
-    )
+    make_output_folder(args.directory, "the fixture folder")  # a file, /proc/x, read-only: one sentence
+    try:
+        paths = make_fixture(
+            args.directory,
+            videos=args.videos,
+            seconds=args.seconds,
+            seed=args.seed,
+            width=args.width,
+            height=args.height,
+        )
+    except ValueError as exc:  # the sizes do not fit together (videos shorter than a window)
+        raise ConfigError(f"{exc}; pass a larger --seconds") from None
     for path in paths:
         print(f"wrote {path} ({sum(1 for _ in open(path))} samples)")

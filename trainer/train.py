@@ -20,12 +20,13 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -33,12 +34,16 @@ import yaml
 from torch import nn
 
 from core.errors import ConfigError
+from core.paths import make_output_folder, same_file
 from core.spec import ModelSpec
 from trainer import checkpoint, distributed
 from trainer.config import Decay, ScheduleSettings, TrainConfig
 from trainer.data.errors import SampleError
 from trainer.data.sample import IGNORE_INDEX, TrainSample
 from trainer.loss import chunked_cross_entropy, shift_targets
+
+if TYPE_CHECKING:
+    from core.download import ProgressCallback
 
 log = logging.getLogger("trainer")
 
@@ -63,25 +68,24 @@ class Loaded:
     processor: Any
 
 
-def resolve_model_path(path: str) -> str:
-    """'tiny' -> core's tiny random-weight model (built on first use); a folder or a hub id as is."""
-    from core.builders import tiny_model_dir
+def resolve_model_path(path: str, progress: ProgressCallback | None = None) -> str:
+    """The checkpoint folder of `model.path`, as `python -m core run --model` resolves it
+    (`core.loading.model_folder`): 'tiny' built on first use, a local folder as is, a hub id from the
+    Hugging Face cache, downloaded first when needed. A missing folder, an unknown id or no network is
+    a `ModelNotFoundError` of one sentence."""
+    from core.loading import model_folder
 
-    if path == "tiny":
-        return str(tiny_model_dir())
-    local = Path(path).expanduser()
-    if local.exists() and not (local / "config.json").is_file():
-        raise ConfigError(f"model.path '{path}' has no config.json; pass a folder written by save_pretrained")
-    return str(local) if local.exists() else path
+    return str(model_folder(path, progress=progress))
 
 
-def load_for_training(cfg: TrainConfig, device: torch.device) -> Loaded:
-    """The checkpoint in the master dtype on the host, the vision tower frozen in the compute dtype."""
+def load_for_training(cfg: TrainConfig, device: torch.device, source: str | None = None) -> Loaded:
+    """The checkpoint in the master dtype on the host, the vision tower frozen in the compute dtype.
+    `source`: the folder `resolve_model_path` gave for `cfg.model.path` (resolved here when None)."""
     from transformers import AutoConfig, AutoProcessor, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
     from core.loading import resolve_attention
 
-    source = resolve_model_path(cfg.model.path)
+    source = source or resolve_model_path(cfg.model.path)
     config = AutoConfig.from_pretrained(source)
     if cfg.model.num_layers is not None:
         config.text_config.num_hidden_layers = min(cfg.model.num_layers, config.text_config.num_hidden_layers)
@@ -231,15 +235,17 @@ class DataPlan:
         start = within * self.global_batch
         return self.order(epoch)[start : start + self.global_batch]
 
-    def rank_indices(self, start_step: int, end_step: int, rank: int) -> Iterator[int]:
-        """This rank's samples from `start_step` to `end_step`, in micro-step order."""
+    def rank_indices(self, start_step: int, end_step: int, rank: int | None = None) -> Iterator[int]:
+        """This rank's samples from `start_step` to `end_step`, in micro-step order (every rank's, in
+        window order, when `rank` is None)."""
         cached: tuple[int, list[int]] | None = None
+        first, stride = (0, 1) if rank is None else (rank, self.world)
         for step in range(start_step, end_step):
             epoch, within = divmod(step, self.steps_per_epoch)
             if cached is None or cached[0] != epoch:
                 cached = (epoch, self.order(epoch))
             base = within * self.global_batch
-            yield from cached[1][base + rank : base + self.global_batch : self.world]
+            yield from cached[1][base + first : base + self.global_batch : stride]
 
 
 def open_data(cfg: TrainConfig, spec: ModelSpec) -> Dataset:
@@ -261,6 +267,79 @@ def open_data(cfg: TrainConfig, spec: ModelSpec) -> Dataset:
         raise ConfigError(
             f"cannot open the training data ({exc}); check data.dir and data.patterns"
         ) from None
+
+
+PROBE_LIMIT = 64  # samples tried before training for one that builds; none of them: the data are wrong
+
+
+def check_usable(dataset: Dataset, indices: Sequence[int], limit: int = PROBE_LIMIT) -> int:
+    """Refuse (ConfigError) a run that has no usable sample among the distinct samples `indices` it
+    reads (every video missing, a wrong data.dir): it would train on placeholders only and export the
+    model unchanged. Tries them in order until one builds, at most `limit` (so a dataset whose first
+    `limit` samples all fail is refused too); the one found is built again when the run reads it.
+    Returns how many were tried and skipped before it."""
+    problems: list[str] = []
+    for index in indices[:limit]:
+        try:
+            dataset[index]
+        except SampleError as exc:
+            problems.append(str(exc))
+            continue
+        return len(problems)
+    if not problems:
+        return 0  # nothing left to read: a finished run
+    if len(problems) == len(indices):
+        scope = f"all {len(problems)} samples this run reads were skipped"
+    else:
+        scope = f"the first {len(problems)} of the {len(indices)} samples this run reads were all skipped"
+    raise ConfigError(
+        f"no usable training sample: {scope} (the first: {problems[0]}); check data.dir and the files "
+        "its data lines name"
+    )
+
+
+class _SkipTally:
+    """Samples read and skipped over the run (every rank's): one warning, as soon as it is clear, when
+    most are unusable, and a summary at the end."""
+
+    AFTER = 32  # samples read before the share of skipped ones is judged (or the whole run, if shorter)
+
+    def __init__(self, run_samples: int, main: bool) -> None:
+        self.run_samples, self.main = run_samples, main
+        self.read = self.skipped = 0
+        self.first = ""  # this rank's first reason
+        self.warned = False
+
+    def note(self, problem: str) -> None:
+        self.first = self.first or problem
+
+    def add(self, read: int, skipped: int) -> None:
+        self.read += read
+        self.skipped += skipped
+        if self.read < min(self.AFTER, self.run_samples) or self.read >= self.run_samples:
+            return  # too early to judge, or the end of the run: the summary says it
+        if self.main and self.mostly_skipped and not self.warned:
+            self.warned = True
+            log.warning("%s so far; the run goes on with the rest: %s", self._counts(), self._advice())
+
+    @property
+    def mostly_skipped(self) -> bool:
+        return 2 * self.skipped > self.read
+
+    def summary(self) -> None:
+        if not (self.main and self.skipped):
+            return
+        if self.mostly_skipped:
+            log.warning("%s; the run trained on the rest only: %s", self._counts(), self._advice())
+        else:
+            log.info("%s (see the warnings above)", self._counts())
+
+    def _counts(self) -> str:
+        return f"{self.skipped} of the {self.read} samples read were unusable and skipped"
+
+    def _advice(self) -> str:
+        first = f"the first: {self.first}" if self.first else "see the other ranks' warnings"
+        return f"check data.dir and the files its data lines name ({first})"
 
 
 class _Guarded(torch.utils.data.Dataset):
@@ -454,6 +533,65 @@ def memory_gib(device: torch.device) -> float:
     return psutil.Process().memory_info().rss / 2**30
 
 
+def run_outputs(cfg: TrainConfig) -> dict[str, Path]:
+    """What a run writes in run.out, each named for messages."""
+    out = Path(cfg.run.out)
+    written = {
+        "the config file": out / "config.yaml",
+        "the metrics file": out / "metrics.jsonl",
+        "the TensorBoard folder": out / "tensorboard",
+        "the checkpoints folder": out / "checkpoints",
+    }
+    if cfg.run.export:
+        written["the export folder"] = out / "export"  # replaced as a whole at the end of the run
+    return written
+
+
+def check_run_outputs(cfg: TrainConfig, inputs: dict[str, str | os.PathLike | None]) -> None:
+    """Refuse (ConfigError), before anything is created, a run whose outputs would land on or in an
+    input (`inputs`: setting -> folder, such as the model folder and data.dir; None is skipped):
+    run.out that is an input folder, or an input on or inside one of the outputs (the export, which
+    the run replaces at its end; the checkpoints ...). An input elsewhere in run.out is fine
+    (model.path=runs/x/export with run.out=runs), and so is run.out in a subfolder of an input (its
+    own new files, beside the input's: data.dir=. with run.out=runs/x). Symlinks and hard links count
+    as what they name."""
+    out = Path(cfg.run.out)
+    for setting, given in inputs.items():
+        if given is None:
+            continue
+        folder = Path(given)
+        if same_file(out, folder):
+            raise ConfigError(
+                f"run.out '{out}' is the {setting} '{folder}', so the run would write its checkpoints "
+                "and export among its own input's files; choose another run.out"
+            )
+        for what, path in run_outputs(cfg).items():
+            if _inside(folder, path):
+                where = "is" if same_file(folder, path) else "lies inside"
+                raise ConfigError(
+                    f"the {setting} '{folder}' {where} {what} '{path}' of run.out, which the run writes "
+                    "over; choose another run.out"
+                )
+
+
+def _inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether `path` is `folder` or lies in it, by core.paths.same_file on each of its folders."""
+    real = Path(os.path.realpath(path))
+    return any(same_file(p, folder) for p in (real, *real.parents))
+
+
+def _fetch_model(cfg: TrainConfig, ctx: distributed.Context) -> str:
+    """The model folder, a hub id downloaded first under a progress bar on rank 0 (as `core run`)."""
+    if not ctx.main:
+        return resolve_model_path(cfg.model.path)
+    from rich.console import Console
+
+    from core.download import progress_bar
+
+    with progress_bar(Console(stderr=True)) as show:
+        return resolve_model_path(cfg.model.path, progress=show)
+
+
 def train(cfg: TrainConfig, dataset: Dataset | None = None) -> RunResult:
     """Run the recipe: resume if a checkpoint exists, train to the end, save and export."""
     ctx = distributed.init()
@@ -468,7 +606,13 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, out: Path, dataset: Datas
     # -- setup -------------------------------------------------------------------------------------
     seed_everything(cfg.run.seed + ctx.rank)
     accumulation = cfg.batch.accumulation(ctx.world)
-    loaded = load_for_training(cfg, ctx.device)
+    # Where the run reads and writes, checked before anything is created, loaded or trained: its
+    # outputs never land in its inputs (an export over the model it trains, say).
+    source = _fetch_model(cfg, ctx)
+    inputs = {"model folder (model.path)": source, "dataset folder (data.dir)": cfg.data.dir}
+    check_run_outputs(cfg, inputs if dataset is None else {"model folder (model.path)": source})
+    make_output_folder(out, "the run folder (run.out)")
+    loaded = load_for_training(cfg, ctx.device, source)
     if dataset is None:
         dataset = open_data(cfg, loaded.spec)
     plan = DataPlan(
@@ -504,8 +648,11 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, out: Path, dataset: Datas
                 "position means nothing here; use a new run.out or run.resume=false"
             )
         start = meta["step"]
+    # A run none of whose samples can be used stops here, not after training on placeholders only
+    # (every rank tries the same samples, so all stop together).
+    upcoming = list(dict.fromkeys(plan.rank_indices(start, total_steps)))
+    check_usable(dataset, upcoming)
     if ctx.main:
-        out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         frozen = sum(p.numel() for p in loaded.model.model.visual.parameters())
         log.info(
@@ -530,12 +677,14 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, out: Path, dataset: Datas
         dataset, list(plan.rank_indices(start, total_steps, ctx.rank)), cfg.data.num_workers
     )
     metrics = _Metrics(out, ctx, cfg.run.tensorboard)
+    tally = _SkipTally((total_steps - start) * plan.global_batch, ctx.main)
 
     def micro_batches() -> Iterator[TrainSample | None]:
         for _ in range(accumulation):
             index, sample, problem = next(stream)
             if sample is None:
                 log.warning("rank %d: skipping sample %d: %s", ctx.rank, index, problem)
+                tally.note(problem)
             yield sample
 
     last_saved = start
@@ -557,11 +706,14 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, out: Path, dataset: Datas
                 "samples": plan.window(step),
             }
             result.steps.append(record)
+            tally.add(plan.global_batch, stats.skipped)
             metrics.write(record, show=done % cfg.run.log_every == 0 or done == total_steps)
             advance(stats)
             if done % cfg.run.save_every == 0 and done < total_steps:
                 _save(out, done, forward, optimizer, scheduler, ctx, cfg, plan)
                 last_saved = done
+
+    tally.summary()
 
     # -- save --------------------------------------------------------------------------------------
     if last_saved != total_steps:
@@ -608,7 +760,6 @@ class _Metrics:
         self.writer = None
         if not self.main:
             return
-        out.mkdir(parents=True, exist_ok=True)
         self.file = (out / "metrics.jsonl").open("a")
         if tensorboard:
             try:
@@ -628,7 +779,7 @@ class _Metrics:
                 self.writer.add_scalar(f"train/{key}", record[key], record["step"])
         if show:
             log.info(
-                "step %d  loss %.4f  lr %.3g  grad norm %.3g  %.0f tokens/s  %.1f s/step  %.1f GiB",
+                "step %d  loss %.4f  lr %.3g  grad norm %.3g  %.0f tokens/s  %.1f s/step  %.1f GiB%s",
                 record["step"],
                 record["loss"],
                 record["lr"],
@@ -636,6 +787,9 @@ class _Metrics:
                 record["tokens_per_s"],
                 record["step_s"],
                 record["memory_gib"],
+                f"  {record['skipped']} of {len(record['samples'])} samples skipped"
+                if record["skipped"]
+                else "",
             )
 
     def close(self) -> None:
