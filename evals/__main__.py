@@ -7,7 +7,7 @@ import os
 import sys
 
 from core.cli_args import ArgumentParser
-from core.errors import StreamVLMError
+from core.errors import StreamVLMError, os_error_line
 from evals.registry import TASKS
 
 
@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         return TASKS[args.task].load().run(args)
     except StreamVLMError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path, a disk or a permission no check above caught
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 2
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import TYPE_CHECKING
+
+from core.cli_args import path_arg
+from core.paths import make_output_folder
 
 if TYPE_CHECKING:  # torch loads in run (evals/registry.py says why)
     import torch
@@ -18,7 +20,12 @@ if TYPE_CHECKING:  # torch loads in run (evals/registry.py says why)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", type=Path, default=None, help="write ceilings.json here")
+    parser.add_argument(
+        "--out",
+        type=path_arg,
+        default=None,
+        help="write ceilings.json into this folder (another run's folder too)",
+    )
 
 
 def measure(device: torch.device) -> dict:
@@ -47,9 +54,10 @@ def measure(device: torch.device) -> dict:
 def run(args: argparse.Namespace) -> int:
     from core.loading import resolve_device
 
+    if args.out:  # before the measurement, which takes a while
+        make_output_folder(args.out, "the output folder (--out)")
     result = measure(resolve_device(args.device))
     print(json.dumps(result, indent=1))
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "ceilings.json").write_text(json.dumps(result, indent=1))
     return 0

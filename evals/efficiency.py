@@ -28,10 +28,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from core.cli_args import add_engine_arguments, engine_overrides, number, parse_resolution, setting
+from core.cli_args import add_engine_arguments, engine_overrides, number, parse_resolution, path_arg, setting
 from core.config import EvictionMode, GenerationConfig, StreamConfig, resolve_config
 from core.errors import ConfigError
 from core.provenance import git_revision, package_version
+from evals.runner import output_folder
 
 if TYPE_CHECKING:  # torch, psutil, the engine and the baseline load in run (evals/registry.py says why)
     import torch
@@ -46,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", help="checkpoint folder or hub id")
     which.add_argument("--random-weights", choices=["7b", "tiny"], help="full-size (or tiny) random weights")
-    parser.add_argument("--source", type=Path, help="video file to stream (default: synthetic frames)")
+    parser.add_argument("--source", type=path_arg, help="video file to stream (default: synthetic frames)")
     parser.add_argument(
         "--seconds", type=number(1, 10**6, integer=True), default=60, help="stream length in seconds"
     )
@@ -70,7 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=2,
         help="first chunks left out of the summary",
     )
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/efficiency-TIME)")
+    parser.add_argument(
+        "--out", type=path_arg, default=None, help="output folder (default runs/efficiency-TIME)"
+    )
     parser.add_argument(
         "--fuse-projections",
         choices=["auto", "on", "off"],
@@ -92,8 +95,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     unknown = [p for p in policies if p not in POLICIES]
-    if unknown:
-        raise ConfigError(f"unknown policies {', '.join(unknown)}; use {', '.join(POLICIES)}")
+    if unknown or not policies:
+        what = f"unknown policies {', '.join(unknown)}" if unknown else "--policies names no policy"
+        raise ConfigError(f"{what}; use one or more of {', '.join(POLICIES)}, comma-separated")
     width, height = parse_resolution(args.resolution)
     overrides = engine_overrides(args)
     if args.fuse_projections:
@@ -112,6 +116,12 @@ def run(args: argparse.Namespace) -> int:
             "--drift loads the weights as they are and measures every FP8 recipe against them; leave out --weights"
         )
 
+    out = args.out or Path("runs") / f"efficiency-{time.strftime('%Y%m%d-%H%M%S')}"
+    with output_folder(out, "efficiency"):
+        return _measure(args, policies, config, (width, height), out)
+
+
+def _measure(args: argparse.Namespace, policies: list[str], config, size: tuple[int, int], out: Path) -> int:
     import torch
     from rich.console import Console
     from rich.progress import Progress
@@ -122,8 +132,7 @@ def run(args: argparse.Namespace) -> int:
     from core.loading import model_from_config
     from evals.stock import StockStream, probe_out_of_memory
 
-    out = args.out or Path("runs") / f"efficiency-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
+    width, height = size
     console = Console(stderr=True)
 
     started = time.perf_counter()

@@ -22,7 +22,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from core.cli_args import number
+from core.cli_args import number, path_arg
+from core.paths import make_output_folder
 from core.synthetic import write_clip
 
 SECONDS, WIDTH, HEIGHT, FPS = 12, 112, 64, 4
@@ -226,12 +227,13 @@ class ScriptedChatServer:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", type=Path, help="folder to write the fixtures into")
+    parser.add_argument("path", type=path_arg, help="folder to write the fixtures into")
     parser.add_argument("--videos", type=number(1, 100, integer=True), default=2)
     parser.add_argument("--seconds", type=number(1, 3600, integer=True), default=SECONDS)
 
 
 def run(args: argparse.Namespace) -> int:
+    make_output_folder(args.path, "the fixtures folder")
     for name, path in make_fixtures(args.path, args.videos, args.seconds).items():
         print(f"{name:22s} --data {path}")
     return 0

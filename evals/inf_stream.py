@@ -72,8 +72,10 @@ class Window:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     runner.add_common_arguments(parser, api_model=True)
-    parser.add_argument("--metadata", type=Path, help="default: DATA/eval_all_metadata.jsonl")
-    parser.add_argument("--windows", type=Path, help="score windows (jsonl); default: DATA/windows.jsonl")
+    parser.add_argument("--metadata", type=cli_args.path_arg, help="default: DATA/eval_all_metadata.jsonl")
+    parser.add_argument(
+        "--windows", type=cli_args.path_arg, help="score windows (jsonl); default: DATA/windows.jsonl"
+    )
     parser.add_argument(
         "--start",
         type=cli_args.number(0, 10**7),
@@ -84,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--restart-every", type=cli_args.SECONDS, help="start a new session every N seconds (e.g. 100)"
     )
     parser.add_argument(
-        "--baseline-run", type=Path, help="a finished inf-stream run folder to compare against"
+        "--baseline-run", type=cli_args.path_arg, help="a finished inf-stream run folder to compare against"
     )
     parser.add_argument(
         "--seed",
@@ -106,7 +108,9 @@ def load_videos(metadata: Path, root: Path) -> list[Video]:
             raise runner.DataError(f"{where}: video '{name}' appears twice")
         seen.add(name)
         videos.append(Video(name, runner.resolve_video(root, name), words))
-    return videos
+    return runner.selected(
+        videos, "videos", f"'{metadata}'", "give Inf-Streams-Eval's eval_all_metadata.jsonl"
+    )
 
 
 def blame(video: Video, start: float) -> dict[str, str]:
@@ -137,7 +141,7 @@ def load_windows(path: Path) -> list[Window]:
                 where=where,
             )
         )
-    return windows
+    return runner.selected(windows, "score windows", f"'{path}'", "give Inf-Streams-Eval's windows.jsonl")
 
 
 def window_text(items: list[dict], start: float, end: float) -> str:
@@ -170,6 +174,22 @@ def run(args: argparse.Namespace) -> int:
     api = runner.endpoint(args, "baseline-api", max_tokens=400, temperature=0.0)
     if args.baseline_run and api:
         raise ConfigError("give --baseline-run or --baseline-api-*, not both")
+    baseline_run = None
+    if judge and args.baseline_run:  # checked before anything is generated
+        baseline_run = runner.baseline_generations(args.baseline_run, "inf-stream")
+    elif args.baseline_run:
+        runner.earlier_run(args.baseline_run, "inf-stream", "--baseline-run")
+    settings = runner.model_settings(args, streaming=True) if args.model else {}
+    if args.model:
+        settings.update({"--start": args.start, "--restart-every": args.restart_every, "--seed": args.seed})
+    settings.update(runner.judging_settings(judge, api, args.baseline_run))
+    with runner.output_folder(out, "inf-stream", settings, shard):
+        return _run(args, data, videos, judge, api, baseline_run)
+
+
+def _run(args: argparse.Namespace, data: Path, videos: list[Video], judge, api, baseline_run) -> int:
+    out: Path = args.out
+    shard = runner.shard_of(args)
     meta = run_meta(
         "inf-stream",
         {**vars(args), "engine": runner.engine_settings(args), "instruction": INSTRUCTION},
@@ -209,7 +229,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     windows = [w for w in load_windows(args.windows or data / "windows.jsonl") if w.end > args.start]
     wanted = {v.key for v in videos}
-    windows = [w for w in windows if w.video in wanted]
+    windows = runner.selected(
+        [w for w in windows if w.video in wanted],
+        f"score windows ending after --start {args.start:g} s",
+        f"'{args.windows or data / 'windows.jsonl'}' for these {len(videos)} videos",
+        "give a smaller --start or the windows of these videos",
+    )
 
     if api:
         baseline_store = ResultFile(out, "baseline", shard)
@@ -227,11 +252,19 @@ def run(args: argparse.Namespace) -> int:
         baseline = _items_by_video(baseline_store.load(), video_of=lambda r: r["video"])
         baseline_name = f"api:{api.model}"
     else:
-        baseline = _items_by_video(ResultFile(args.baseline_run, "generations", shard).load())
+        baseline = _items_by_video(baseline_run)
         baseline_name = str(args.baseline_run)
 
     model = _items_by_video(generations.load())
     ready = [w for w in windows if w.video in model and w.video in baseline]
+    if not ready:
+        missing = (
+            "this run" if not any(w.video in model for w in windows) else f"the baseline {baseline_name}"
+        )
+        raise runner.DataError(
+            f"none of the {len(windows)} score windows after --start {args.start:g} s can be judged: "
+            f"{missing} has no commentary of their videos; generate it (--model) or give another baseline"
+        )
     pairs = [
         Pair(
             key=w.key,

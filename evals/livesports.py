@@ -16,13 +16,12 @@ or a folder holding one, with the videos beside it (or in `--video-dir`).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.cli_args import setting
+from core.cli_args import path_arg, setting
 from core.config import GenerationConfig
 from core.errors import ConfigError
 from evals import runner
@@ -60,9 +59,11 @@ class Event:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     runner.add_common_arguments(parser, api_model=True)
-    parser.add_argument("--video-dir", type=Path, help="where the videos are (default: beside the data file)")
     parser.add_argument(
-        "--baseline-run", type=Path, help="a finished livesports-cc run folder to compare against"
+        "--video-dir", type=path_arg, help="where the videos are (default: beside the data file)"
+    )
+    parser.add_argument(
+        "--baseline-run", type=path_arg, help="a finished livesports-cc run folder to compare against"
     )
     parser.add_argument("--seed", type=setting(GenerationConfig, "seed"), default=0)
 
@@ -88,7 +89,7 @@ def load_events(data: Path, video_dir: Path | None) -> list[Event]:
                       row["event_title"], row["preasr_text"], row["event_asr_text"], where)  # fmt: skip
         check_span(event.begin, event.end, **event.blame())
         events.append(event)
-    return events
+    return runner.selected(events, "events", f"'{path}'", "give the LiveSports_3K_CC test split")
 
 
 def judge_messages(pair: Pair, text_a: str, text_b: str) -> list[dict]:
@@ -110,6 +111,20 @@ def run(args: argparse.Namespace) -> int:
     api = runner.endpoint(args, "baseline-api", max_tokens=400, temperature=0.0)
     if args.baseline_run and api:
         raise ConfigError("give --baseline-run or --baseline-api-*, not both")
+    baseline_run = None
+    if judge and args.baseline_run:  # checked before anything is generated
+        baseline_run = runner.baseline_generations(args.baseline_run, "livesports-cc")
+    elif args.baseline_run:
+        runner.earlier_run(args.baseline_run, "livesports-cc", "--baseline-run")
+    settings = {**runner.model_settings(args, streaming=True), "--seed": args.seed} if args.model else {}
+    settings.update(runner.judging_settings(judge, api, args.baseline_run))
+    with runner.output_folder(out, "livesports-cc", settings, shard):
+        return _run(args, events, judge, api, baseline_run)
+
+
+def _run(args: argparse.Namespace, events: list[Event], judge, api, baseline_run) -> int:
+    out: Path = args.out
+    shard = runner.shard_of(args)
     meta = run_meta("livesports-cc", {**vars(args), "engine": runner.engine_settings(args)},
                     judge.describe() if judge else None)  # fmt: skip
     by_key = {e.key: e for e in events}
@@ -148,13 +163,16 @@ def run(args: argparse.Namespace) -> int:
             store.append({"key": key, "prediction": item["response"]})
         baseline, baseline_name = store.load(), f"api:{api.model}"
     else:
-        baseline, baseline_name = (
-            ResultFile(args.baseline_run, "generations", shard).load(),
-            str(args.baseline_run),
-        )
+        baseline, baseline_name = baseline_run, str(args.baseline_run)
 
     model = generations.load()
     ready = [e for e in events if e.key in model and e.key in baseline]
+    if not ready:
+        missing = "this run" if not any(e.key in model for e in events) else f"the baseline {baseline_name}"
+        raise runner.DataError(
+            f"none of the {len(events)} events can be judged: {missing} has no commentary of them; "
+            "generate it (--model) or give another baseline"
+        )
     pairs = [
         Pair(
             e.key, model[e.key]["prediction"], baseline[e.key]["prediction"], e.reference, {"title": e.title}
@@ -227,10 +245,7 @@ def _rows(path: Path) -> list[tuple[int, dict]]:
     if path.suffix == ".jsonl":
         return runner.read_jsonl(path, "LiveSports-3K CC")
     if path.suffix == ".json":
-        try:
-            rows = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise runner.DataError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        rows = runner.read_json(path, "LiveSports-3K CC")
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise runner.DataError(f"{path} must hold a JSON list of objects, one per event")
         return list(enumerate(rows, 1))

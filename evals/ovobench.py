@@ -29,13 +29,12 @@ about long memory without it.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.cli_args import number
+from core.cli_args import number, path_arg
 from core.errors import ConfigError
 from evals import runner
 from evals.report import bar_plot, table, write_outputs
@@ -73,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-frames", type=number(1, 100_000, integer=True), default=MAX_FRAMES)
     parser.add_argument(
-        "--compare", type=Path, help="another ovobench run folder (e.g. the base model) to diff against"
+        "--compare", type=path_arg, help="another ovobench run folder (e.g. the base model) to diff against"
     )
     parser.add_argument(
         "--recent-frames",
@@ -178,11 +177,25 @@ def load_questions(data: Path) -> list[Question]:
         raise runner.DataError(
             f"'{path}' does not exist; put OVO-Bench's ovo_bench_new.json there or fix --data"
         )
-    try:
-        items = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise runner.DataError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    return questions(items, path.parent, path.name)
+    items = runner.read_json(path, "OVO-Bench's ovo_bench_new.json")
+    return runner.selected(
+        questions(items, path.parent, path.name), "OVO-Bench items", f"'{path}'", "give OVO-Bench's file"
+    )
+
+
+ALL_TASKS = tuple(t for names in GROUPS.values() for t in names)
+
+
+def wanted_tasks(text: str | None) -> set[str] | None:
+    """`--tasks`: the task names asked for (None: all); an unknown or missing name is a ConfigError."""
+    if text is None:
+        return None
+    names = {t.strip() for t in text.split(",") if t.strip()}
+    unknown = sorted(names - set(ALL_TASKS))
+    if unknown or not names:
+        what = f"unknown task {', '.join(unknown)}" if unknown else "no task"
+        raise ConfigError(f"--tasks names {what}; choose from {', '.join(ALL_TASKS)}")
+    return names
 
 
 def clip_frames(q: Question, max_frames: int, recent: int | None = None) -> tuple[list, float]:
@@ -202,16 +215,47 @@ def run(args: argparse.Namespace) -> int:
     runner.data_folder(args.data, "OVO-Bench (ovo_bench_new.json and its videos)")
     if args.baseline_model and not args.recent_frames:
         raise ConfigError("--baseline-model answers the recent-frames baseline; add --recent-frames N")
+    wanted = wanted_tasks(args.tasks)
+    other = runner.earlier_run(args.compare, "ovobench", "--compare", results=True) if args.compare else None
     qs = load_questions(args.data)
-    from evals.offline_qa import OVO_ANSWERS, OVO_PREFIX, FrameBudget
+    from evals.offline_qa import FrameBudget
 
-    if args.tasks:
-        wanted = {t.strip() for t in args.tasks.split(",")}
-        qs = [q for q in qs if q.task in wanted]
+    if wanted is not None:
+        present = sorted({q.task for q in qs})
+        qs = runner.selected(
+            [q for q in qs if q.task in wanted],
+            f"questions of the tasks {', '.join(sorted(wanted))}",
+            f"'{args.data}'",
+            f"it has {', '.join(present)}",
+        )
     qs = qs[: args.limit]
     shard = runner.shard_of(args)
     by_key = {q.key: q for q in qs}
     budget = FrameBudget.capped(args.max_pixels)
+    with runner.output_folder(args.out, "ovobench", _settings(args, budget), shard):
+        return _run(args, by_key, budget, shard, other)
+
+
+def _settings(args: argparse.Namespace, budget) -> dict:
+    """What changes an answer: the checkpoint and its precision, the frames, the pixel budget; with the
+    recent-frames baseline, its frames and checkpoint."""
+    from dataclasses import asdict
+
+    settings = {
+        **runner.model_settings(args),
+        "--max-frames": args.max_frames,
+        "--max-pixels": asdict(budget),
+    }
+    if args.recent_frames:
+        settings["--recent-frames"] = args.recent_frames
+        if args.baseline_model or args.model:
+            settings["--baseline-model"] = args.baseline_model or args.model
+    return settings
+
+
+def _run(args: argparse.Namespace, by_key: dict, budget, shard, other: dict | None) -> int:
+    from evals.offline_qa import OVO_ANSWERS, OVO_PREFIX
+
     store = ResultFile(args.out, "answers", shard)
     stages = [(store, args.model, None)]
     if args.recent_frames:
@@ -233,8 +277,7 @@ def run(args: argparse.Namespace) -> int:
         base = summarize(stages[1][0].load(), list(by_key), {})
         base.pop("meta")
         results["baseline"] = {**meta["provenance"]["baseline"], **base}
-    if args.compare:
-        other = json.loads((args.compare / "results.json").read_text())
+    if other is not None:
         results["compare"] = {"run": str(args.compare), "delta": _delta(results, other)}
     write_outputs(args.out, results, markdown(results), lambda o: _plot(results, o))
     print(markdown(results))
@@ -327,7 +370,9 @@ def _delta(mine: dict, other: dict) -> dict:
     return {
         g: round(mine["groups"][g] - other["groups"][g], 2)
         for g in GROUPS
-        if mine["groups"].get(g) is not None and other.get("groups", {}).get(g) is not None
+        if mine["groups"].get(g) is not None
+        and isinstance(other.get("groups"), dict)
+        and isinstance(other["groups"].get(g), (int, float))
     }
 
 

@@ -16,7 +16,9 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from core.cli_args import path_arg
 from core.errors import ConfigError
+from core.paths import make_output_folder, read_text_file
 from evals.results import COMPARED_FIELDS, write_json
 
 log = logging.getLogger(__name__)
@@ -25,7 +27,7 @@ log = logging.getLogger(__name__)
 def write_outputs(
     out: Path, results: dict, markdown: str, plot: Callable[[Path], None] | None = None
 ) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_folder(out, "the output folder (--out)")
     write_json(out / "results.json", results)
     (out / "summary.md").write_text(markdown)
     if plot is not None:
@@ -80,7 +82,7 @@ NOT_RECORDED = "(not recorded)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR", help="benchmark output folders")
+    parser.add_argument("runs", type=path_arg, nargs="+", metavar="RUN_DIR", help="benchmark output folders")
     parser.add_argument(
         "--allow-differences",
         action="store_true",
@@ -106,7 +108,7 @@ def load_run(path: Path) -> dict:
     if not file.is_file():
         raise ConfigError(f"'{path}' has no results.json; give benchmark output folders (their --out)")
     try:
-        results = json.loads(file.read_text())
+        results = json.loads(read_text_file(file, "results.json"))
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{file} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(results, dict):

@@ -107,7 +107,7 @@ def append_record(path: Path, record: dict) -> None:
 def read_records(path: Path) -> dict[str, dict]:
     """Records of one JSON-lines file by key; a torn line (a killed writer) is skipped with a warning."""
     records: dict[str, dict] = {}
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:  # bytes not UTF-8: U+FFFD, not a traceback
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -149,7 +149,7 @@ def provenance(
     """
     if sampling not in ("streaming", "offline"):
         raise ValueError(f"sampling must be 'streaming' or 'offline' (got {sampling!r})")
-    return _jsonable({
+    return jsonable({
         "task": task,
         "benchmark": benchmark or task,
         "model": model,
@@ -206,7 +206,7 @@ def run_meta(task: str, config: dict[str, Any], judge: dict | None = None, how: 
         "task": task,
         "git": git_revision(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "config": _jsonable(config),
+        "config": jsonable(config),
         "judge": judge,
         "versions": versions(),
         "provenance": how,
@@ -214,17 +214,18 @@ def run_meta(task: str, config: dict[str, Any], judge: dict | None = None, how: 
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write whole, then rename: a reader never sees half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(data), indent=1, ensure_ascii=False))
+    """Write whole, then rename: a reader never sees half a file (nor a half written by another shard's
+    process: each writes its own temporary file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(jsonable(data), indent=1, ensure_ascii=False))
     tmp.replace(path)
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)

@@ -44,10 +44,13 @@ from core.cli_args import (
     engine_overrides,
     number,
     parse_resolution,
+    path_arg,
+    server_url,
     setting,
 )
 from core.config import StreamConfig, resolve_config
 from core.errors import ConfigError, StreamVLMError
+from evals.runner import output_folder
 
 log = logging.getLogger(__name__)
 
@@ -443,7 +446,9 @@ def client_levels(text: str) -> list[int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", help="serve this checkpoint folder, hub id or 'tiny' on loopback")
-    which.add_argument("--url", help="load an already running server instead (ws://host:port)")
+    which.add_argument(
+        "--url", type=server_url, help="load an already running server instead (ws://host:port)"
+    )
     parser.add_argument("--token", help="the server's token (with --url)")
     parser.add_argument(
         "--clients",
@@ -477,14 +482,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --model: serve one chunk at a time (no cache pool, no batched decode), for comparison",
     )
     parser.add_argument(
-        "--out", type=Path, default=None, help="output folder (default runs/server-load-TIME)"
+        "--out", type=path_arg, default=None, help="output folder (default runs/server-load-TIME)"
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.progress import Progress
-
     levels = args.clients if isinstance(args.clients, list) else [args.clients]
     if not levels or min(levels) < 1 or args.seconds < 1:
         raise ConfigError("--clients and --seconds must be at least 1")
@@ -493,7 +495,15 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--content synthetic needs frames of at least 32x32 (got {width}x{height})")
     config = resolve_config(args.config, {**engine_overrides(args), "stream": {"fps": args.fps}})
     out = args.out or Path("runs") / time.strftime("server-load-%Y%m%d-%H%M%S")
-    out.mkdir(parents=True, exist_ok=True)
+    with output_folder(out, "server-load"):
+        return _load(args, levels, (width, height), config, out)
+
+
+def _load(args: argparse.Namespace, levels: list[int], size: tuple[int, int], config, out: Path) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    width, height = size
     console = Console(stderr=True)
     logging.getLogger("websockets").setLevel(logging.WARNING)  # one line per connection otherwise
     server_thread = None

@@ -42,12 +42,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from core.cli_args import add_engine_arguments, number, parse_resolution
+from core.cli_args import add_engine_arguments, number, parse_resolution, path_arg
 from core.config import resolve_config
 from core.errors import ConfigError
+from core.paths import make_output_folder
 from core.types import Frame
 from evals.report import table, write_outputs
 from evals.results import run_meta
+from evals.runner import bookkeeping, output_folder
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--weights-dir",
-        type=Path,
+        type=path_arg,
         help="with --random-weights: write them here (a new or empty folder) and load",
     )
     parser.add_argument(
@@ -93,7 +95,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="stream seconds of the first and last windows compared",
     )
     parser.add_argument("--resolution", default="160x96", help="synthetic frame size WxH")
-    parser.add_argument("--source", type=Path, help="a video file, looped, instead of the synthetic scene")
+    parser.add_argument(
+        "--source", type=path_arg, help="a video file, looped, instead of the synthetic scene"
+    )
     parser.add_argument(
         "--remote", action="store_true", help="through a loopback server and a remote session"
     )
@@ -101,12 +105,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tokens", type=number(0, 4096, integer=True), default=8, help="tokens forced per chunk (0: config)"
     )
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/soak-TIME)")
+    parser.add_argument("--out", type=path_arg, default=None, help="output folder (default runs/soak-TIME)")
     add_engine_arguments(parser, ("device", "dtype", "attn"))
 
 
 def run(args: argparse.Namespace) -> int:
-    from evals.startup import engine_settings, write_random
+    from evals.startup import engine_settings
 
     width, height = parse_resolution(args.resolution, minimum=32)
     overrides = engine_settings(args, weights_dir_needed=False)
@@ -119,11 +123,20 @@ def run(args: argparse.Namespace) -> int:
     if args.source is not None and not args.source.is_file():
         raise ConfigError(f"--source {args.source} is not a file; pass a video file")
     out = args.out or Path("runs") / f"soak-{time.strftime('%Y%m%d-%H%M%S')}"
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and (not out.is_dir() or any(not bookkeeping(p) for p in out.iterdir())):
         raise ConfigError(
             f"--out {out} is not an empty folder; pass a new or empty one (nothing is overwritten)"
         )
     config = resolve_config(args.config, overrides)  # checked before torch loads
+    if args.weights_dir:
+        make_output_folder(args.weights_dir, "--weights-dir")
+    with output_folder(out, "soak"):
+        return _soak_run(args, config, overrides, out, (width, height))
+
+
+def _soak_run(args: argparse.Namespace, config, overrides: dict, out: Path, size: tuple[int, int]) -> int:
+    from evals.startup import write_random
+
     model = None
     if args.random_weights and args.weights_dir:
         folder = write_random(args.random_weights, args.weights_dir, config)
@@ -139,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         overrides["model"] = {**overrides.get("model", {}), "path": args.model}
     config = resolve_config(args.config, overrides)
 
-    samples, meta = soak(config, args, out, (width, height), model)
+    samples, meta = soak(config, args, out, size, model)
     verdict = judge(
         samples,
         args.warmup,
@@ -173,7 +186,6 @@ def soak(
 
     stream = config.stream
     engine = open_engine(config, model)
-    out.mkdir(parents=True, exist_ok=True)
     partial = (out / "samples.jsonl").open("a", encoding="utf-8")
     process = psutil.Process()
     frames = _looped(args.source, size, stream.fps)

@@ -61,11 +61,13 @@ from pathlib import Path
 
 import yaml
 
-from core.cli_args import add_engine_arguments, engine_overrides, number, parse_resolution
+from core.cli_args import add_engine_arguments, engine_overrides, number, parse_resolution, path_arg
 from core.config import resolve_config
 from core.errors import ConfigError
+from core.paths import make_output_folder
 from evals.report import table, write_outputs
 from evals.results import run_meta
+from evals.runner import output_folder
 
 log = logging.getLogger(__name__)
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -80,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["7b", "tiny"],
         help="write random weights to --weights-dir, then time them",
     )
-    parser.add_argument("--weights-dir", type=Path, help="with --random-weights: a new or empty folder")
+    parser.add_argument("--weights-dir", type=path_arg, help="with --random-weights: a new or empty folder")
     parser.add_argument(
         "--warm", type=number(0, 100, integer=True), default=2, help="warm runs after the cold one"
     )
@@ -96,7 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--compile-cache",
-        type=Path,
+        type=path_arg,
         help="the folder the runs' compile caches go to: new or empty (default: a temporary one, removed)",
     )
     parser.add_argument(
@@ -109,7 +111,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also time the desktop app (python -m app, offscreen), cold and warm, after the CLI's runs",
     )
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/startup-TIME)")
+    parser.add_argument(
+        "--out", type=path_arg, default=None, help="output folder (default runs/startup-TIME)"
+    )
     add_engine_arguments(parser, ("device", "dtype", "attn"))
 
 
@@ -140,6 +144,15 @@ def run(args: argparse.Namespace) -> int:
             )
         _app_works()  # before minutes of writing weights
     out = args.out or Path("runs") / f"startup-{time.strftime('%Y%m%d-%H%M%S')}"
+    for flag, folder in (("--weights-dir", args.weights_dir), ("--compile-cache", args.compile_cache)):
+        if folder is not None:
+            make_output_folder(folder, flag)
+    with output_folder(out, "startup"):
+        return _startup(args, config, overrides, (width, height), out)
+
+
+def _startup(args: argparse.Namespace, config, overrides: dict, size: tuple[int, int], out: Path) -> int:
+    width, height = size
 
     if args.random_weights:
         folder = write_random(args.random_weights, args.weights_dir, config)

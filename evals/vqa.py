@@ -22,14 +22,15 @@ import argparse
 import ast
 import csv
 import importlib.util
-import json
+import io
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.cli_args import number
+from core.cli_args import number, path_arg
 from core.errors import ConfigError
+from core.paths import read_text_file
 from evals import runner, vlmevalkit
 from evals.report import bar_plot, table, write_outputs
 from evals.results import ResultFile, provenance, run_meta, write_json
@@ -63,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=["auto", "vlmevalkit", "builtin"], default="auto")
     parser.add_argument("--max-frames", type=number(1, 100_000, integer=True), default=vlmevalkit.MAX_FRAMES)
     parser.add_argument(
-        "--compare", type=Path, help="another vqa run folder (e.g. the base model) to diff against"
+        "--compare", type=path_arg, help="another vqa run folder (e.g. the base model) to diff against"
     )
 
 
@@ -74,9 +75,10 @@ def load_items(benchmark: str, data: Path) -> list[Item]:
             f"'{path}' does not exist; put VLMEvalKit's {benchmark}.tsv and its videos in --data"
         )
     root = path.parent
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
-    return [_item(benchmark, row, root, f"{path} row {n}") for n, row in enumerate(rows, 2)]
+    text = read_text_file(path, f"{benchmark}'s TSV")
+    rows = list(csv.DictReader(io.StringIO(text, newline=""), delimiter="\t"))
+    items = [_item(benchmark, row, root, f"{path} row {n}") for n, row in enumerate(rows, 2)]
+    return runner.selected(items, f"{benchmark} questions", f"'{path}'", f"give VLMEvalKit's {benchmark}.tsv")
 
 
 def _item(benchmark: str, row: dict, root: Path, where: str) -> Item:
@@ -130,9 +132,32 @@ def run(args: argparse.Namespace) -> int:
     if backend == "auto":
         backend = "vlmevalkit" if importlib.util.find_spec("vlmeval") else "builtin"
     runner.data_folder(args.data, f"{args.benchmark} (VLMEvalKit's TSV and videos)")
+    other = runner.earlier_run(args.compare, "vqa", "--compare", results=True) if args.compare else None
+    if other is not None and other.get("benchmark") != args.benchmark:
+        raise ConfigError(
+            f"--compare '{args.compare}' is a {other.get('benchmark')} run, not {args.benchmark}; give a "
+            f"{args.benchmark} run's folder"
+        )
     items = load_items(args.benchmark, args.data)[: args.limit]
+    shard = runner.shard_of(args)
+    with runner.output_folder(args.out, "vqa", _settings(args, backend), shard):
+        return _run(args, backend, items, shard, other)
+
+
+def _settings(args: argparse.Namespace, backend: str) -> dict:
+    """What changes an answer: the benchmark, the backend, the checkpoint and its precision, the frames
+    and the pixel budget."""
+    from dataclasses import asdict
+
+    from evals.offline_qa import FrameBudget
+
+    return {"--benchmark": args.benchmark, "--backend": backend, **runner.model_settings(args),
+            "--max-frames": args.max_frames, "--max-pixels": asdict(FrameBudget.capped(args.max_pixels))}  # fmt: skip
+
+
+def _run(args: argparse.Namespace, backend: str, items: list[Item], shard, other: dict | None) -> int:
     by_key = {i.key: i for i in items}
-    store = ResultFile(args.out, "answers", runner.shard_of(args))
+    store = ResultFile(args.out, "answers", shard)
     if backend == "vlmevalkit":
         _run_vlmevalkit(args, items, store)
     else:
@@ -141,12 +166,12 @@ def run(args: argparse.Namespace) -> int:
         "vqa", {**vars(args), "backend": backend, **BENCHMARKS[args.benchmark]}, how=_provenance(args)
     )
     results = summarize(store.load(), list(by_key), meta, args.benchmark)
-    if args.compare:
-        other = json.loads((args.compare / "results.json").read_text())
-        results["compare"] = {
-            "run": str(args.compare),
-            "delta": round(results["accuracy"] - other["accuracy"], 2),
-        }
+    if other is not None:
+        theirs = other.get("accuracy")
+        delta = None
+        if results["accuracy"] is not None and isinstance(theirs, (int, float)):
+            delta = round(results["accuracy"] - theirs, 2)
+        results["compare"] = {"run": str(args.compare), "delta": delta}
     write_outputs(args.out, results, markdown(results), lambda o: _plot(results, o))
     print(markdown(results))
     return 0
@@ -259,7 +284,9 @@ def markdown(results: dict) -> str:
         )  # fmt: skip
     )
     if "compare" in results:
-        text += f"\nDifference from `{results['compare']['run']}`: {results['compare']['delta']:+.2f} points "
+        delta = results["compare"]["delta"]
+        shown = "-" if delta is None else f"{delta:+.2f}"
+        text += f"\nDifference from `{results['compare']['run']}`: {shown} points "
         text += "(published: LongVideoBench +4.30 over the base model)\n"
     return text
 
