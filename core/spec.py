@@ -158,8 +158,13 @@ class ModelSpec:
         return cls(name=name, tokenizer=tokenizer, special=special, vision=vision_spec, text=text_spec)
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of plain text (no special-token parsing surprises: specials are written explicitly)."""
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        """Token ids of plain text (no special-token parsing surprises: specials are written explicitly).
+
+        Text that spells a special token ("<|im_end|>" in a client's question) is tokenized as the
+        characters it is (`split_special_tokens`), never as the special id, so no text can close a turn,
+        open another role's or add vision pads. Every call sets the tokenizer's flag the same way, so
+        sessions encoding on several threads agree."""
+        return self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)

@@ -207,6 +207,12 @@ class RemoteSession(Closeable):
         self.replica = p.ready_replica(ready)  # a cluster's replica serving this connection (else None)
         limit = ready.get("max_image_bytes")
         self.max_image_bytes = limit if type(limit) is int and limit > 0 else p.MAX_IMAGE_BYTES
+        # The server's limits on a chunk, left out by older servers: frames (the protocol's), vision tokens
+        # (a server with a cache pool: `stream.fps` x `stream.chunk_seconds` frames of any size always fit),
+        # and questions not yet asked.
+        self.max_frames_per_chunk = p.ready_limit(ready, "max_frames_per_chunk", p.MAX_FRAMES_PER_CHUNK)
+        self.max_chunk_vision_tokens = p.ready_limit(ready, "max_chunk_vision_tokens")
+        self.max_questions_waiting = p.ready_limit(ready, "max_questions_waiting")
         self._stack = stack
         return ws
 

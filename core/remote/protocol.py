@@ -19,6 +19,16 @@ MAX_TEXT_BYTES = 64 * 1024  # one JSON message, UTF-8 encoded
 MAX_IMAGE_BYTES = 8 * 1024 * 1024  # one encoded frame
 MAX_FRAME_PIXELS = 3840 * 2160  # a decoded frame
 MAX_FRAMES_PER_CHUNK = 32
+# A JPEG's scans (SOS markers): each scan walks every block of the image again, however few its bytes
+# (a 4K frame: about 5 ms a scan on one core), so a frame of a few hundred bytes per scan repeated
+# thousands of times cost seconds of decoding. libjpeg's progressive script writes 10 scans (6 for
+# grayscale), a baseline JPEG 1 (3 when not interleaved); 32 leaves room for other encoders' scripts and
+# holds a frame's decoding to a few times an ordinary progressive one of its size. Counted in the bytes
+# before decoding (`core.remote.server.jpeg_scans`).
+MAX_JPEG_SCANS = 32
+# Questions a session holds that no chunk has asked yet. A chunk asks one, so a fourth waits four chunks
+# for its answer; more would only be answered later still (and a flood of them grew without bound).
+MAX_QUESTIONS_WAITING = 4
 # Chunk times are stream seconds; a year of stream is far more than any session lasts, and the bound
 # keeps the times the model reads ("Time=12.0-13.0s") short.
 MAX_STREAM_SECONDS = 366 * 24 * 3600.0
@@ -27,7 +37,8 @@ MAX_STREAM_SECONDS = 366 * 24 * 3600.0
 FRAME_FORMATS = ("PNG", "JPEG")
 
 # The model's stages a `chunk_done`'s `timing` splits a chunk into (milliseconds, `core.engine.ChunkStats`'s
-# names), between its `queue_ms` (arrival to the model starting on it) and `total_ms` (arrival to done).
+# names), between its `queue_ms` (arrival to the model starting on it) and `total_ms` (arrival to done). A
+# chunk arrives with its header: receiving and decoding its frames count in both, and in its `latency`.
 TIMING_STAGES = ("vision_ms", "evict_ms", "prefill_ms", "decode_ms")
 
 # Close codes (RFC 6455 ones where they fit, 4000-4999 for the application).
@@ -35,7 +46,7 @@ CLOSE_UNSUPPORTED = 1003  # a message of the wrong kind (binary where text was d
 CLOSE_POLICY = 1008  # missing or wrong token
 CLOSE_TOO_BIG = 1009
 CLOSE_BAD_VERSION = 4001
-CLOSE_TOO_MANY_SESSIONS = 4002
+CLOSE_TOO_MANY_SESSIONS = 4002  # the server is full: no session slot, or too many connections (retry later)
 CLOSE_IDLE = 4003
 CLOSE_MALFORMED = 4004  # text that is not a valid message of this protocol
 CLOSE_INTERNAL = 1011
@@ -135,6 +146,13 @@ def question_text(message: dict[str, Any]) -> str:
 def answer_question(message: dict[str, Any]) -> str | None:
     """The question a "commentary" message answers (None: it is commentary, not an answer)."""
     return field(message, "question", (str, type(None)), None)
+
+
+def ready_limit(message: dict[str, Any], name: str, default: int | None = None) -> int | None:
+    """An optional limit of a "ready" (`max_frames_per_chunk`, `max_chunk_vision_tokens`, ...): a positive
+    integer, or `default` when the server did not send it (an older one) or sent something else."""
+    value = message.get(name)
+    return value if type(value) is int and value > 0 else default
 
 
 def ready_replica(message: dict[str, Any]) -> str | None:

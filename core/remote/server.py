@@ -13,9 +13,15 @@ the budget: then a chunk that waited behind at most one other is still answered)
 that breaks the protocol or a limit closes its own connection with a code and a reason that
 names the problem (a bug of the server's: 1011 and its traceback in the log); the server and
 the other sessions go on. Frames are decoded as PNG or JPEG only, sized from their header
-first, on threads: the event loop never decodes. A session slot is held from a valid hello
-until that session closes, on every path. Idle connections are closed after `idle_timeout`
-seconds. Each session's open and close are logged with the peer and the reason. A wrong token is
+first (a JPEG's scans counted in its bytes), on threads: the event loop never decodes. A session
+decodes one frame at a time, each resized to the model's size at once, so a chunk holds its frames
+at that size plus one frame at full size, and no session holds more than one of the shared decoder
+threads; a chunk whose frames would need more vision tokens than a session's cache slot has room for
+is refused from its first frame's header, saying how many such frames fit. A session slot is held
+from a valid hello until that session closes, on every path. The connections held open are capped (in
+all, and per address those without an accepted hello), refusals logged once per burst; a connection
+must send its hello within HELLO_TIMEOUT_S, and is closed after `idle_timeout` seconds idle
+afterwards. Each session's open and close are logged with the peer and the reason. A wrong token is
 refused after a wait that grows with each one from that address (core/remote/guard.py), logged once
 per burst. `shut_down` closes every session with 1001 "server shutting down" (SIGINT, SIGTERM).
 
@@ -35,6 +41,7 @@ import hmac
 import io
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -42,6 +49,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import numpy as np
+import torch
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
@@ -49,16 +57,31 @@ from core.chunk_guard import GuardedSession
 from core.conversation import QuestionError
 from core.engine import DEFAULT_INSTRUCTION, ChunkStats, Session, StreamingEngine
 from core.errors import ConfigError, SourceError, StreamVLMError
-from core.frames import target_size
+from core.frames import _resize, target_size
 from core.latency import LatencyBudget
 from core.pool import CapacityError
 from core.remote import protocol as p
-from core.remote.guard import TokenGuard
+from core.remote.guard import Admission, BurstLog, ConnectionLimits, TokenGuard
 
 log = logging.getLogger(__name__)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 CLOSE_GOING_AWAY = 1001  # RFC 6455's code for a server going down
 SHUTDOWN_REASON = "server shutting down"
+HELLO_TIMEOUT_S = 10.0  # a client sends its hello as soon as it has connected; an idle one holds a descriptor
+# The read queue of one connection (websockets' `max_queue`, in frames): reading from its socket pauses
+# once more than 2 frames wait, until none does. A session reads the next frame while one decodes, and a
+# connection whose wrong token is being refused slowly reads nothing, so with compression off (frames are
+# JPEG or PNG, which do not compress; text messages are small) a connection buffers at most about 3
+# messages of MAX_IMAGE_BYTES and one being received, whatever it sends: with the default 16 and
+# permessage-deflate, 8 KB on the wire became 8 MiB each, 16 of them queued before the token was checked.
+READ_QUEUE = 2
+# Connections held open: each session's, and as many again opening, being refused or reconnecting, plus
+# CONNECTIONS_SPARE; per address, connections without an accepted hello: as many as the server has
+# sessions, plus PENDING_SPARE (clients starting together behind one address). Each costs a descriptor
+# and its buffers; `serve` keeps the total under half the open-files limit.
+CONNECTIONS_SPARE = 32
+PENDING_SPARE = 8
+ACCEPT_OUT_OF_RESOURCES = "socket.accept() out of system resource"  # asyncio's message for EMFILE & co.
 
 
 class Disconnected(Exception):
@@ -100,7 +123,17 @@ class WebsocketsConnection:
             raise Disconnected(str(exc)) from None
 
     async def close(self, code: int, reason: str) -> None:
-        await self.ws.close(code, reason)
+        # What the client sent before it saw the close waits in the read queue, whose reading pauses
+        # once it holds READ_QUEUE frames, and the client's answering close would wait behind it until
+        # the library's close timeout: the rest is read and dropped until the connection has closed.
+        closing = asyncio.ensure_future(self.ws.close(code, reason))
+        try:
+            while not closing.done():
+                await self.ws.recv()
+        except ConnectionClosed:
+            pass
+        finally:
+            await closing
 
     async def wait_closed(self) -> None:
         await self.ws.wait_closed()
@@ -124,6 +157,8 @@ class InferenceServer:
         idle_timeout: float = 60.0,
         budget: float = 2.0,
         replica: str | None = None,
+        max_connections: int | None = None,
+        max_pending_per_host: int | None = None,
     ) -> None:
         self.engine, self.token = engine, token
         self.replica = replica  # a cluster replica's id, told to clients in "ready" (None: a single server)
@@ -131,6 +166,12 @@ class InferenceServer:
         self.max_sessions = engine.pool.slots if engine.pool is not None else max_sessions
         self.idle_timeout = idle_timeout
         self.guard = TokenGuard()  # wrong tokens from one address: refused ever more slowly
+        self.connection_limits = ConnectionLimits(
+            max_connections if max_connections is not None else 2 * self.max_sessions + CONNECTIONS_SPARE,
+            max_pending_per_host if max_pending_per_host is not None else self.max_sessions + PENDING_SPARE,
+        )
+        self._refused = BurstLog("connections refused")
+        self._accept_failures = BurstLog("cannot accept connections")
         self.sessions = 0  # slots held: sessions starting or open
         self._ids = itertools.count(1)
         # Without batched decode steps, one chunk is on the model at a time and sessions take turns;
@@ -141,9 +182,19 @@ class InferenceServer:
         self._pushers = ThreadPoolExecutor(max(1, self.max_sessions), thread_name_prefix="session")
         self.latency = LatencyBudget(budget)  # the late-chunk policy, shared with the real-time runner
         # Frames are decoded on threads of their own, never on the event loop, and not on the threads
-        # the model's chunks run on. One per session slot: a session decodes one frame at a time, so
-        # no session's frame waits behind another session's slow one.
+        # the model's chunks run on. One per session slot: a session decodes one frame at a time
+        # (`_frames`), so no session's frame waits behind another session's.
         self._decoder = ThreadPoolExecutor(max(1, self.max_sessions), thread_name_prefix="frame-decoder")
+        # The vision tokens one chunk may need: what a session's cache slot is sized for (core.pool.slot_tokens:
+        # frames_per_chunk frames at max_pixels). A chunk over it would not fit the slot once the
+        # vision window is full. Without a pool a session's cache grows: no limit but the protocol's.
+        vision, stream = engine.model.vision, engine.stream
+        self.max_chunk_tokens = (
+            math.ceil(stream.frames_per_chunk / vision.temporal_patch_size)
+            * (stream.max_pixels // vision.factor**2)
+            if engine.pool is not None
+            else None
+        )
         # What every session here runs with, told to clients in "ready" (a client must send `fps` frames
         # a second), as plain JSON values.
         self._settings = {
@@ -154,23 +205,70 @@ class InferenceServer:
 
     async def serve(self, host: str = "127.0.0.1", port: int = 8765, ssl=None) -> Server:
         check_exposure(host, self.token)
+        files = raise_open_files_limit()
+        if files is not None:  # half the descriptors for connections, the rest for everything else
+            self.connection_limits.total = min(self.connection_limits.total, max(16, files // 2))
+        self._quiet_accept_failures(asyncio.get_running_loop())
         # The largest message is a frame (the library refuses a larger one, 1009, before buffering it);
-        # text messages are held to MAX_TEXT_BYTES by p.decode.
-        return await serve(self.handle, host, port, max_size=p.MAX_IMAGE_BYTES, ssl=ssl)
+        # text messages are held to MAX_TEXT_BYTES by p.decode. No compression, a short read queue: READ_QUEUE.
+        return await serve(
+            self.handle,
+            host,
+            port,
+            max_size=p.MAX_IMAGE_BYTES,
+            max_queue=READ_QUEUE,
+            compression=None,
+            ssl=ssl,
+            logger=_ConnectionLog(logging.getLogger("websockets.server"), {}),
+        )
+
+    def _quiet_accept_failures(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Out of file descriptors, asyncio's accept loop reports every failed accept (with a traceback)
+        to the loop's exception handler: hundreds of thousands a minute. They are logged as a burst here
+        instead (one warning, then a count), and other reports go where they went."""
+        previous = loop.get_exception_handler()
+
+        def handler(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+            if context.get("message") == ACCEPT_OUT_OF_RESOURCES:
+                exc = context.get("exception")
+                self._accept_failures.note(
+                    "accept",
+                    f"{exc or 'out of resources'}; {self.connection_limits.open} connections open (at most "
+                    f"{self.connection_limits.total}); new ones wait until descriptors are free (raise `ulimit -n`)",
+                )
+            elif previous is not None:
+                previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+
+        loop.set_exception_handler(handler)
 
     async def handle(self, ws: ServerConnection) -> None:
         """The WebSocket server's handler: one connection, one session (`run_session`)."""
         await self.run_session(WebsocketsConnection(ws))
 
     async def run_session(self, conn: Connection) -> None:
-        """One connection, one session: whatever ends it, its slot is freed and the close is logged."""
+        """One connection, one session: whatever ends it, its slot is freed and the close is logged. A
+        connection over the limits (`ConnectionLimits`) is closed at once, logged once per burst."""
+        admission = self.connection_limits.admit(conn.host)
+        if isinstance(admission, str):
+            self._refused.note(conn.host, admission)
+            await conn.close(p.CLOSE_TOO_MANY_SESSIONS, p.close_reason(admission))
+            return
+        try:
+            await self._run_session(conn, admission)
+        finally:
+            admission.close()
+
+    async def _run_session(self, conn: Connection, admission: Admission) -> None:
         name = f"connection from {conn.peer}"
         try:
-            hello = p.decode(await self._recv(conn), ("hello",))
+            hello = p.decode(await self._recv(conn, min(self.idle_timeout, HELLO_TIMEOUT_S)), ("hello",))
             if not self._admit(hello):  # a wrong token: refused after the guard's wait, logged by it
                 await self.guard.refuse(conn.host, conn.wait_closed())
                 await conn.close(p.CLOSE_POLICY, "missing or wrong token")
                 return
+            admission.greeted()
             with self._slot():
                 session = await self._start(hello)
                 try:
@@ -178,12 +276,19 @@ class InferenceServer:
                     name = f"session {number} ({conn.peer})"
                     # Old clients ignore `replica`, which only a cluster's replicas send.
                     where = {"replica": self.replica} if self.replica is not None else {}
+                    # Old clients ignore the limits too; `max_chunk_vision_tokens` only with a pool.
+                    tokens = (
+                        {"max_chunk_vision_tokens": self.max_chunk_tokens} if self.max_chunk_tokens else {}
+                    )
                     await conn.send(
                         p.encode(
                             "ready",
                             version=p.VERSION,
                             session=number,
                             max_image_bytes=p.MAX_IMAGE_BYTES,
+                            max_frames_per_chunk=p.MAX_FRAMES_PER_CHUNK,
+                            max_questions_waiting=p.MAX_QUESTIONS_WAITING,
+                            **tokens,
                             config=self._settings,
                             **where,
                         )
@@ -270,11 +375,12 @@ class InferenceServer:
         """Model work on a thread of the sessions' pool (one per session slot), never on the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._pushers, functools.partial(call, *args))
 
-    async def _recv(self, conn: Connection) -> str | bytes:
+    async def _recv(self, conn: Connection, timeout: float | None = None) -> str | bytes:
+        timeout = self.idle_timeout if timeout is None else timeout
         try:
-            message = await asyncio.wait_for(conn.recv(), self.idle_timeout)
+            message = await asyncio.wait_for(conn.recv(), timeout)
         except TimeoutError:
-            raise p.ProtocolError(p.CLOSE_IDLE, f"idle for {self.idle_timeout:.0f} s") from None
+            raise p.ProtocolError(p.CLOSE_IDLE, f"idle for {timeout:g} s") from None
         # The largest message is a frame. The `websockets` transport refuses a larger one itself; a
         # transport that hands over whatever came (an ASGI proxy's, up to its own limit) is held to it here.
         if isinstance(message, bytes) and len(message) > p.MAX_IMAGE_BYTES:
@@ -284,36 +390,45 @@ class InferenceServer:
             )
         return message
 
-    async def _frame(self, data: str | bytes) -> np.ndarray:
-        if isinstance(data, str):
-            raise p.ProtocolError(p.CLOSE_UNSUPPORTED, "expected a frame (a binary PNG or JPEG), got text")
+    async def _frames(self, conn: Connection, count: int) -> list[np.ndarray]:
+        """A chunk's `count` frames, decoded off the event loop one at a time (the next one is received
+        meanwhile, READ_QUEUE), each resized to the model's size as soon as it is decoded; the first
+        bad frame's error closes the connection. One at a time, a session holds at most one of the
+        decoder threads (one per session slot), so every other session's frame finds one free."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._decoder, decode_frame, data, self._usable)
+        check = functools.partial(self._plan, _ChunkPlan(count))
+        frames = []
+        for _ in range(count):
+            data = await self._recv(conn)
+            if isinstance(data, str):
+                raise p.ProtocolError(
+                    p.CLOSE_UNSUPPORTED, "expected a frame (a binary PNG or JPEG), got text"
+                )
+            frames.append(await loop.run_in_executor(self._decoder, decode_frame, data, check))
+        return frames
 
-    def _usable(self, width: int, height: int) -> None:
-        """Refuses a frame this engine cannot resize (the model's aspect-ratio limit), before decoding it."""
+    def _plan(self, plan: _ChunkPlan, width: int, height: int) -> tuple[int, int]:
+        """From a frame's header, before its pixels are decoded: refuses a frame this engine cannot resize
+        (the model's aspect-ratio limit) and, from the chunk's first frame, a chunk that needs more vision
+        tokens than a session has room for; returns the (height, width) the frame is resized to (the
+        model's size for the chunk's first frame: `core.frames.video_input` resizes a chunk's frames to it)."""
+        stream, vision = self.engine.stream, self.engine.model.vision
         try:
-            target_size(height, width, self.engine.stream, self.engine.model.vision)
+            size = target_size(height, width, stream, vision)
         except SourceError as exc:
             raise p.ProtocolError(p.CLOSE_UNSUPPORTED, str(exc)) from None
-
-    async def _frames(self, conn: Connection, count: int) -> list:
-        """A chunk's `count` frames, each decoded (off the event loop) while the next one arrives; the
-        first bad frame's error, as soon as it is known, closes the connection."""
-        decoding: list[asyncio.Future] = []
-        try:
-            for _ in range(count):
-                data = await self._recv(conn)
-                for task in decoding:
-                    if task.done():
-                        task.result()  # raises a bad frame's ProtocolError now
-                decoding.append(asyncio.ensure_future(self._frame(data)))
-            return list(await asyncio.gather(*decoding))
-        finally:
-            for task in decoding:  # on an error: the others stop, and none is left unretrieved
-                task.cancel()
-                if task.done() and not task.cancelled():
-                    task.exception()
+        if plan.size is None:
+            per_group = (size[0] // vision.factor) * (size[1] // vision.factor)
+            need = math.ceil(plan.count / vision.temporal_patch_size) * per_group
+            if self.max_chunk_tokens is not None and need > self.max_chunk_tokens:
+                most = self.max_chunk_tokens // per_group * vision.temporal_patch_size
+                raise p.ProtocolError(
+                    p.CLOSE_UNSUPPORTED,
+                    f"{plan.count} frames of {width}x{height} need {need:,} vision tokens, over the "
+                    f"{self.max_chunk_tokens:,} a chunk has: send at most {most} such frames a chunk",
+                )
+            plan.size = size
+        return plan.size
 
     async def _chunk(self, conn: Connection, session: Session) -> None:
         message = p.decode(await self._recv(conn), ("chunk", "question"))
@@ -321,15 +436,19 @@ class InferenceServer:
             await self._ask(conn, session, p.question_text(message))
             return
         t_start, t_end, count = p.chunk_header(message)
-        frames = await self._frames(conn, count)
+        # The chunk's latency counts from here, its header: receiving and decoding its frames included.
         arrived = time.monotonic()
+        frames = await self._frames(conn, count)
+        decoded = time.monotonic()
         async with self._model_lock:
             started = time.monotonic()
-            waited = started - arrived
+            # The late-chunk policy judges the wait for the model; `queued` (the timing's queue_ms) is
+            # everything before the model started on it.
+            waited, queued = started - decoded, started - arrived
             # A session sends its next chunk only after this one is done, so each chunk is its stream's
             # newest; one that waited behind at most one other session's chunk still counts as fresh.
             if not self.latency.allows(waited, newest=waited < self.latency.seconds_per_chunk):
-                await self._done(conn, t_start, t_end, arrived, waited, skipped=True)
+                await self._done(conn, t_start, t_end, arrived, queued, skipped=True)
                 return
             try:
                 # Batched, the scheduler runs the chunk with the earliest deadline first.
@@ -350,13 +469,22 @@ class InferenceServer:
                 p.encode("commentary", start=event.start, end=event.end, text=event.text, **answer)
             )
         await self._done(
-            conn, t_start, t_end, arrived, waited, skipped=False, stats=stats, failed=guarded.last_failure
+            conn, t_start, t_end, arrived, queued, skipped=False, stats=stats, failed=guarded.last_failure
         )
 
     async def _ask(self, conn: Connection, session: Session, text: str) -> None:
         """Queue a question for the session's next chunk. One the session cannot ask (too long: the
         client cannot count the model's tokens) is answered with `question_refused` and the stream goes
-        on; a malformed question message has already closed the connection (`p.question_text`)."""
+        on; a malformed question message has already closed the connection (`p.question_text`). So is one
+        past MAX_QUESTIONS_WAITING not yet asked: a chunk asks one, and a flood of them grew without bound."""
+        waiting = session.questions_waiting
+        if waiting >= p.MAX_QUESTIONS_WAITING:
+            reason = (
+                f"{waiting} questions are waiting already, the most a session holds; each chunk asks one, "
+                "so ask again once one is answered"
+            )
+            await conn.send(p.encode("question_refused", question=text, reason=reason))
+            return
         try:
             # On a thread: checking a question tokenizes it, which must not hold up the event loop.
             await self._in_thread(session.ask, text)
@@ -375,8 +503,9 @@ class InferenceServer:
         stats=None,
         failed: str | None = None,
     ) -> None:
-        """The chunk's `chunk_done`, with the latency and the server's `timing` of it, and `failed` (why)
-        for a chunk that failed on the server (out of GPU memory)."""
+        """The chunk's `chunk_done`, with the latency (from its header's arrival, `arrived`) and the server's
+        `timing` of it (`waited`: arrival to the model starting on it, or to being skipped), and `failed`
+        (why) for a chunk that failed on the server (out of GPU memory)."""
         total = time.monotonic() - arrived
         timing = chunk_timing(waited, total, stats)
         why = {"failed": failed} if failed is not None else {}
@@ -429,11 +558,31 @@ class ServerThread:
         self.thread.join(30)
 
 
-def decode_frame(data: bytes, check: Callable[[int, int], None] | None = None) -> np.ndarray:
+@dataclasses.dataclass
+class _ChunkPlan:
+    """What a chunk's first frame decides for the rest, its frames being decoded one after another."""
+
+    count: int  # the chunk's frames
+    size: tuple[int, int] | None = None  # (height, width) every frame is resized to: the model's size
+
+
+def jpeg_scans(data: bytes) -> int:
+    """How many scans (SOS markers, FF DA) a JPEG's bytes hold, at most: entropy-coded data escapes
+    every FF byte (FF 00) but for restart markers, so only a marker or the payload of another segment
+    (an EXIF thumbnail) can spell it, and a decoder starts no scan that is not counted here."""
+    return data.count(b"\xff\xda")
+
+
+def decode_frame(
+    data: bytes, check: Callable[[int, int], tuple[int, int] | None] | None = None
+) -> np.ndarray:
     """One frame as uint8 RGB [H, W, 3], or ProtocolError: PNG or JPEG only, sized from its header first.
 
-    `check(width, height)` may refuse the frame before any pixel is decoded. Pillow's own
-    decompression-bomb check stays on, behind the tighter MAX_FRAME_PIXELS.
+    `check(width, height)` may refuse the frame before any pixel is decoded; it returns the (height,
+    width) to resize the frame to at once (the model's size: a JPEG several times larger is decoded
+    at a half, a quarter or an eighth of its size, never below it), or None to keep its size. A JPEG
+    with more than MAX_JPEG_SCANS scans is refused before decoding (each scan costs a pass over the
+    whole image). Pillow's own decompression-bomb check stays on, behind the tighter MAX_FRAME_PIXELS.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -445,9 +594,16 @@ def decode_frame(data: bytes, check: Callable[[int, int], None] | None = None) -
                     p.CLOSE_TOO_BIG,
                     f"a frame of {width}x{height} is over the limit of {p.MAX_FRAME_PIXELS} pixels",
                 )
-            if check is not None:
-                check(width, height)
-            return np.asarray(image.convert("RGB"))
+            if image.format == "JPEG" and (scans := jpeg_scans(data)) > p.MAX_JPEG_SCANS:
+                raise p.ProtocolError(
+                    p.CLOSE_TOO_BIG,
+                    f"a JPEG frame of {scans} scans is over the limit of {p.MAX_JPEG_SCANS}; "
+                    "send baseline or ordinary progressive JPEG",
+                )
+            size = check(width, height) if check is not None else None
+            if size is not None and image.format == "JPEG":
+                image.draft(None, (size[1], size[0]))  # DCT scaling: the decoded image stays >= size
+            rgb = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
     except p.ProtocolError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # the latter where warnings raise
@@ -458,6 +614,50 @@ def decode_frame(data: bytes, check: Callable[[int, int], None] | None = None) -
         raise p.ProtocolError(p.CLOSE_UNSUPPORTED, "a frame is not a PNG or JPEG image") from None
     except Exception as exc:  # the decoder's only input is the client's bytes: a corrupt or truncated image
         raise p.ProtocolError(p.CLOSE_UNSUPPORTED, f"a frame could not be decoded ({exc})") from None
+    return rgb if size is None else _to_size(rgb, size)
+
+
+def _to_size(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`rgb` resized to (height, width) with the model's own resize (`core.frames`), so that
+    `video_input` finds the chunk's frames at its size and the result is what it would have made of
+    them at full size (torchvision's resize treats each frame of a batch alone)."""
+    if rgb.shape[:2] == tuple(size):
+        return rgb
+    pixels = torch.from_numpy(rgb if rgb.flags.writeable else rgb.copy()).permute(2, 0, 1)[None]
+    return _resize(pixels, *size)[0].permute(1, 2, 0).contiguous().numpy()
+
+
+def raise_open_files_limit() -> int | None:
+    """Raises this process's soft limit of open files to its hard limit (each connection is one), and
+    returns the soft limit now (None where there is none to read: not a POSIX system)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            log.info("open files limit raised from %d to %d", soft, want)
+            soft = want
+        except (ValueError, OSError) as exc:  # e.g. above the kernel's nr_open
+            log.warning("could not raise the open files limit from %d to %d (%s)", soft, want, exc)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+class _ConnectionLog(logging.LoggerAdapter):
+    """websockets' logger with its line for each connection opened and closed at DEBUG: the server logs
+    each connection's end itself (with the peer and the reason), refusals once per burst, and a flood of
+    connections must not make two lines each."""
+
+    def log(self, level, msg, *args, **kwargs) -> None:
+        if level == logging.INFO and msg in ("connection open", "connection closed"):
+            level = logging.DEBUG
+        super().log(level, msg, *args, **kwargs)
+
+    def process(self, msg, kwargs):  # the connection's own adapter sets `extra`: kept as it is
+        return msg, kwargs
 
 
 def chunk_timing(queue_s: float, total_s: float, stats: ChunkStats | None = None) -> dict[str, float]:
