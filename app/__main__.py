@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     app = application()
+    from app import lingering
     from app.signals import AppStopSignals
 
     # SIGINT and SIGTERM stop the run as Stop does, then close the window (app/signals.py); from here, so
@@ -79,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
             window.start()
         if timeline is not None:
             timeline.watch(window)
-        return stop.exit_code(app.exec())
+        code = app.exec()
+        lingering.wait_all()  # a model load the closed window could not interrupt
+        return stop.exit_code(code)
 
 
 def application():

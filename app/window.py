@@ -42,6 +42,7 @@ from app import help as help_texts
 from app import speech
 from app.form import RunForm, default_record_folder, display_path
 from app.icon import app_icon
+from app.lingering import let_finish
 from app.run_state import ErrorReport, Phase, RunLog, RunState
 from app.state import DEMO_SOURCE, RunRequest, demo_clip, resolve_source
 from app.widgets import DownloadPanel, ErrorPanel, VideoView, dropped_file, scaled_rgb
@@ -585,10 +586,9 @@ class MainWindow(QMainWindow):
 
     @Slot()
     def on_finished(self) -> None:
-        thread, self.thread, self.worker = self.thread, None, None
+        thread, worker, self.thread, self.worker = self.thread, self.worker, None, None
         if thread is not None:
-            thread.quit()
-            thread.wait(2000)
+            let_finish(thread, worker)
         self.run.finish()
         self._show_state()
         self._paint()  # the last frame holds, with the commentary that came after it
@@ -642,9 +642,9 @@ class MainWindow(QMainWindow):
         if self.worker is not None:
             self.run.stop()
             self.worker.stop()
-        if self.thread is not None:
-            self.thread.quit()
-            self.thread.wait(2000)
+        if self.thread is not None:  # a model still loading ends by itself, held by app.lingering
+            thread, worker, self.thread, self.worker = self.thread, self.worker, None, None
+            let_finish(thread, worker)
         self.view.leave_full_screen()
         self.settings.setValue("window/geometry", self.saveGeometry())
         self.settings.setValue("window/splitter", self.splitter.saveState())
