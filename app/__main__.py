@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         stop.window = window
         if args.record:
             window.record_check.setChecked(True)
-            window.output_edit.setText(str(args.record))
+            window.output_edit.setText(str(Path(args.record).expanduser().resolve()))
         window.show()
         if args.start:
             window.start()

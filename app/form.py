@@ -244,8 +244,29 @@ class RunForm(QWidget):
 
     # -- recording -------------------------------------------------------------------------------------
 
-    def record_folder(self) -> Path:
-        return Path(self.output_edit.text().strip()).expanduser()
+    def record_folder(self) -> Path | None:
+        """The folder typed for recordings, or None when it names none (see `record_folder_problem`)."""
+        text = self.output_edit.text().strip()
+        try:
+            folder = Path(text).expanduser()
+        except RuntimeError:  # '~someone' with no such user
+            return None
+        return folder if text and folder.is_absolute() else None
+
+    def record_folder_problem(self) -> str | None:
+        """Why the typed folder cannot take recordings (a phrase), or None."""
+        text = self.output_edit.text().strip()
+        folder = self.record_folder()
+        if not text:
+            return "choose a folder to record into"
+        if folder is None:
+            # '~name' of no user, or a relative path: it would depend on where the app was started
+            return (
+                f"'{text}' is not a folder's full path; choose the folder with its button or type it in full"
+            )
+        if folder == default_record_folder() and not folder.exists():
+            return None  # made at Start
+        return folder_problem(folder)
 
     @Slot()
     def update_record_rows(self, *_) -> None:
@@ -261,10 +282,10 @@ class RunForm(QWidget):
         elif on:
             folder = self.record_folder()
             name = recording_name()
-            if folder == default_record_folder() and not folder.exists():
-                note = f"Saves {name} and its .srt here (the folder is created at Start)."
-            elif problem := folder_problem(folder):
+            if problem := self.record_folder_problem():
                 note = problem[0].upper() + problem[1:] + "."
+            elif folder == default_record_folder() and not folder.exists():
+                note = f"Saves {name} and its .srt here (the folder is created at Start)."
             else:
                 note = f"Saves {name} and its .srt here."
         else:
@@ -277,7 +298,8 @@ class RunForm(QWidget):
             self._name_timer.stop()
 
     def _choose_folder(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Record into", str(self.record_folder()))
+        start = self.record_folder() or default_record_folder()
+        folder = QFileDialog.getExistingDirectory(self, "Record into", str(start))
         if folder:
             self.output_edit.setText(display_path(Path(folder)))
             self.record_check.setChecked(True)
@@ -285,16 +307,16 @@ class RunForm(QWidget):
     def recording_path(self, source: str) -> tuple[str | None, str | None]:
         """At Start: (the recording's path, None), or (None, why it cannot record). The default folder
         is made if it is missing; another missing folder is refused (a typo is not created)."""
+        problem = self.record_folder_problem()
+        if problem:
+            return None, f"cannot record: {problem}"
         folder = self.record_folder()
         if folder == default_record_folder() and not folder.exists():
             try:
                 folder.mkdir(parents=True)
             except OSError as exc:
                 return None, f"cannot create the folder '{folder}' ({exc.strerror}); choose another"
-        problem = folder_problem(folder)
-        if problem:
-            return None, f"cannot record: {problem}"
-        path = str(folder / recording_name())
+        path = str(folder / recording_name(folder))
         try:  # a recording never overwrites the video it records (e.g. replaying an earlier one)
             check_outputs(recording_outputs(path), {"the source": source_file(source)})
         except StreamVLMError as exc:

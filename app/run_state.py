@@ -26,11 +26,13 @@ words the log's lines: commentary, the questions asked ('Q: ...') and their answ
 from __future__ import annotations
 
 import enum
+import itertools
 import math
 import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from app.speech import speech_text
 from core.download import DownloadProgress
@@ -287,9 +289,17 @@ def duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-def recording_name() -> str:
-    """The file a recording started now is written to (in the chosen folder); its .srt is beside it."""
-    return time.strftime("streamvlm-%Y%m%d-%H%M%S.mp4")
+def recording_name(folder: Path | None = None) -> str:
+    """The file a recording started now is written to (in the chosen folder); its .srt is beside it.
+    With `folder`: a name no file there has yet, with or without its .srt (two recordings started in
+    one second get -2, -3 ...; the second used to overwrite the first)."""
+    stem = time.strftime("streamvlm-%Y%m%d-%H%M%S")
+    if folder is None:
+        return f"{stem}.mp4"
+    for n in itertools.count(1):
+        name = f"{stem}{f'-{n}' if n > 1 else ''}.mp4"
+        if not any((folder / name).with_suffix(suffix).exists() for suffix in (".mp4", ".srt")):
+            return name
 
 
 @dataclass(frozen=True)

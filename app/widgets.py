@@ -128,6 +128,13 @@ class VideoView(QWidget):
         self.show()
         self.full_screen_changed.emit(False)
 
+    def closeEvent(self, event) -> None:  # noqa: N802
+        if self.is_full_screen:  # Alt+F4 or the window manager's close: the picture goes back, not away
+            event.ignore()
+            self.leave_full_screen()
+        else:
+            super().closeEvent(event)
+
     def keyPressEvent(self, event) -> None:  # noqa: N802
         if event.key() == Qt.Key.Key_Escape and self.is_full_screen:
             self.leave_full_screen()

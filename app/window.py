@@ -248,6 +248,8 @@ class MainWindow(QMainWindow):
         help_menu = bar.addMenu("&Help")
         action(help_menu, "Keyboard shortcuts", self.show_shortcuts, "F1")
         action(help_menu, "About streamvlm", self.show_about)
+        # The full-screen picture is a window of its own: the same keys work there too.
+        self.view.addActions(self._actions)
         self.dialog: QMessageBox | None = None  # the help or about box open now
 
     def _restore(self, *, model: str | None, source: str | None) -> None:
@@ -293,7 +295,7 @@ class MainWindow(QMainWindow):
         volume = (
             speech.DEFAULT_VOLUME
             if self.smoke
-            else self.settings.value("speech/volume", speech.DEFAULT_VOLUME, int)
+            else self._saved_number("speech/volume", speech.DEFAULT_VOLUME, int, 0, 100)
         )
         self.volume_slider.setValue(volume)
         self.volume_label.setText(f"{self.volume_slider.value()}%")
@@ -319,9 +321,19 @@ class MainWindow(QMainWindow):
         self.settings.setValue("speech/device", self.speech_device_box.currentText())
         self.settings.setValue("speech/volume", self.volume_slider.value())
 
+    def _saved_number(self, key: str, default: float, kind: type, low: float, high: float) -> float:
+        """A remembered number, or `default` when the settings file holds something else there (edited
+        by hand, or written by another version): a bad value never keeps the app from starting, and a
+        volume of 'loud' is not read as 0."""
+        try:
+            value = kind(self.settings.value(key, default))
+        except (TypeError, ValueError):
+            return default
+        return value if low <= value <= high else default
+
     def _overlay_style(self) -> OverlayStyle:
         position = self.settings.value("overlay/position", "bottom", str)
-        scale = float(self.settings.value("overlay/font_scale", 1.0))
+        scale = self._saved_number("overlay/font_scale", 1.0, float, 0.0, float("inf"))
         try:
             return OverlayStyle(position=position, font_scale=scale)
         except ValueError:
@@ -458,6 +470,8 @@ class MainWindow(QMainWindow):
         with kind(path) as writer:
             for line in self.lines:
                 writer.write(line)
+            if writer.stopped:  # a live run's writer goes on without its file; an export has failed
+                raise StreamVLMError(writer.stopped.replace("subtitles stopped: ", "export failed: "))
         return len(self.lines)
 
     def _export_dialog(self) -> None:

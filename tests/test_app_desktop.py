@@ -257,3 +257,68 @@ def test_the_state_is_shown_in_one_place(qtbot, window):
     assert text.startswith("Idle")
     same = [w for w in window.findChildren(QLabel) if w is not window.state_label and w.text() == text]
     assert same == []
+
+
+# -- what a probe of the window as a careless user found ------------------------------------------------
+
+
+def test_recordings_started_in_the_same_second_get_names_of_their_own(tmp_path, monkeypatch):
+    from app.run_state import recording_name
+
+    monkeypatch.setattr("app.run_state.time.strftime", lambda fmt: "streamvlm-20261130-090000")
+    first = recording_name(tmp_path)
+    (tmp_path / first).write_bytes(b"a recording")
+    second = recording_name(tmp_path)
+    (tmp_path / second).with_suffix(".srt").write_text("its subtitles only")
+    third = recording_name(tmp_path)
+    assert (first, second, third) == (
+        "streamvlm-20261130-090000.mp4",
+        "streamvlm-20261130-090000-2.mp4",
+        "streamvlm-20261130-090000-3.mp4",
+    )
+
+
+@pytest.mark.parametrize("typed", ["", "   ", "relative/folder", "~no-such-user-here/films"])
+def test_a_record_folder_that_names_no_full_path_is_refused_and_nothing_is_written(
+    qtbot, window, tmp_path, monkeypatch, typed
+):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # where a relative or empty folder used to put the recording
+    window.record_check.setChecked(True)
+    window.output_edit.setText(typed)  # typing '~name' of no user raised in this slot on every key
+    assert window.record_note.isVisible() and window.record_note.text()
+    window.model_edit.setText("tiny")
+    window.start()
+    assert window.thread is None and window.message.text().lower().startswith("cannot record")
+    assert list(cwd.iterdir()) == []
+
+
+def test_an_export_onto_a_full_disk_is_an_error_not_a_success(qtbot, window, tmp_path, monkeypatch):
+    window.on_commentary(Commentary(0.0, 1.0, "Kick-off"))
+    full = tmp_path / "full.srt"
+    full.symlink_to("/dev/full")
+    monkeypatch.setattr("app.window.QFileDialog.getSaveFileName", lambda *a: (str(full), ""))
+    window._export_dialog()
+    assert "export failed" in window.message.text().lower() and "No space left" in window.message.text()
+    assert "exported" not in window.statusBar().currentMessage()
+
+
+def test_bad_values_in_the_settings_file_fall_back_to_defaults(qtbot, settings):
+    settings.setValue("overlay/font_scale", "big")
+    settings.setValue("speech/volume", "loud")
+    win = MainWindow(settings=settings)  # raised ValueError: the app could not start at all
+    qtbot.addWidget(win)
+    assert win.overlay.style.font_scale == 1.0
+    from app import speech
+
+    assert win.volume_slider.value() == speech.DEFAULT_VOLUME  # not 0, a muted voice
+
+
+def test_closing_the_full_screen_picture_puts_it_back_and_the_keys_work_there(qtbot, window):
+    index = window.splitter.indexOf(window.view)
+    window.view.enter_full_screen()
+    assert window.overlay_action in window.view.actions() and window.run_action in window.view.actions()
+    window.view.close()  # Alt+F4 on the full-screen picture
+    assert not window.view.is_full_screen and window.splitter.indexOf(window.view) == index
+    assert window.view.isVisible()
