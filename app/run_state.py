@@ -103,10 +103,12 @@ class ErrorReport:
     def from_text(cls, text: str, details: str = "") -> ErrorReport:
         """The first sentence of `text` as the summary (as a sentence: a capital, a full stop); the whole
         text (if longer) and `details` below. Messages from core are phrases ('cannot open ...')."""
-        text = " ".join(text.split())
+        text = re.sub(r"\s*[\n\r\t]\s*", " ", text).strip()  # one line; runs of spaces in a path kept
         first = first_sentence(text)
-        summary = (
-            first[:1].upper() + first[1:] + ("" if first.endswith((".", "!", "?")) or not first else ".")
+        # A capital for a word ('cannot ...'), never for a URL or a name ('ws://...', 'python3: ...').
+        capital = re.match(r"[a-z]+(?![\w:/.\-])", first) is not None
+        summary = (first[:1].upper() + first[1:] if capital else first) + (
+            "" if first.endswith((".", "!", "?")) or not first else "."
         )
         rest = [part for part in (text if text != first else "", details.strip()) if part]
         return cls(summary, "\n\n".join(rest))

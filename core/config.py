@@ -400,12 +400,16 @@ def load_config_file(path: str | Path) -> EngineConfig:
     from a TOML or YAML file; sections left out keep their defaults."""
     path = Path(path)
     text = read_text_file(path, "config file")
-    try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+    kind = {".toml": "TOML", ".yaml": "YAML", ".yml": "YAML"}.get(path.suffix.lower())
+    if kind is None:
         raise ConfigError(
-            f"config file '{path}' is not valid {path.suffix.lstrip('.').upper()}: {parse_error_line(exc)}"
-        ) from None
+            f"config file '{path}' is neither TOML (.toml) nor YAML (.yaml, .yml), by its name; give one of "
+            "those (assets/config.example.toml)"
+        )
+    try:
+        data = tomllib.loads(text) if kind == "TOML" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config file '{path}' is not valid {kind}: {parse_error_line(exc)}") from None
     data = data or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping of sections ({', '.join(SECTIONS)})")

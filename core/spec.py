@@ -166,5 +166,10 @@ class ModelSpec:
         sessions encoding on several threads agree."""
         return self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
 
+    def encode_template(self, text: str) -> list[int]:
+        """Token ids of a template of our own that spells special tokens ("<|im_start|>system\n..."),
+        parsed as the special ids they name. Never for text from a user or a client (`encode`)."""
+        return self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=False)
+
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)

@@ -50,7 +50,8 @@ def drift_inputs(model: StreamModel, frames: list[np.ndarray], stream) -> torch.
 
     video = video_input(frames, stream, model.vision, model.device)
     features = model.encode_video(video.pixel_values, video.grid_thw)
-    text = [model.embed(torch.tensor(model.encode(t), device=model.device)) for t in (SYSTEM, QUESTION)]
+    ids = [model.spec.encode_template(t) for t in (SYSTEM, QUESTION)]  # they spell the chat's specials
+    text = [model.embed(torch.tensor(i, device=model.device)) for i in ids]
     return torch.cat([text[0], features.to(text[0].dtype), text[1]])
 
 

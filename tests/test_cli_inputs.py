@@ -250,3 +250,19 @@ def test_a_flag_is_only_its_whole_name(capsys):
     """`serve --token T` was read as `--token-file T` (argparse's prefix matching)."""
     status, lines = run_main(core_main, ["serve", "--model", "tiny", "--token", "s3cret"], capsys)
     assert status == 2 and "unrecognized arguments: --token s3cret" in lines[-1], lines
+
+
+def test_a_config_of_another_format_says_which_formats_are_read(tmp_path, capsys):
+    config = tmp_path / "settings.ini"
+    config.write_text("[stream]\nfps = 2\n")
+    status, lines = run_main(
+        core_main, ["run", "--source", str(CLIP), "--model", "tiny", "--config", str(config)], capsys
+    )
+    assert_one_error_line(status, lines, "neither TOML (.toml) nor YAML")
+
+
+def test_the_apps_error_summary_keeps_urls_and_paths_as_written():
+    from app.run_state import ErrorReport
+
+    assert ErrorReport.from_text("ws://[::1 is not a server URL").summary == "ws://[::1 is not a server URL."
+    assert ErrorReport.from_text("model 'my  model' is missing").summary == "Model 'my  model' is missing."
