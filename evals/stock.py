@@ -106,7 +106,11 @@ class StockStream(Closeable):
                 logits_processor=LogitsProcessorList([first_token]),
                 # A reply may not hold vision tokens: stock transformers reads every <|video_pad|> in the
                 # ids as a video's (a random model drew one, and the next chunk's video count broke).
-                suppress_tokens=[model.special.video_pad, model.special.vision_start, model.special.vision_end],
+                suppress_tokens=[
+                    model.special.video_pad,
+                    model.special.vision_start,
+                    model.special.vision_end,
+                ],
                 eos_token_id=sorted(model.special.stops),
                 pad_token_id=model.special.endoftext,
             )
