@@ -38,8 +38,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app import collector, speech
 from app import help as help_texts
-from app import speech
 from app.form import RunForm, default_record_folder, display_path
 from app.icon import app_icon
 from app.lingering import let_finish
@@ -406,6 +406,7 @@ class MainWindow(QMainWindow):
         self.worker.question_refused.connect(self._question_refused)
         self.worker.finished.connect(self.on_finished)
         self._show_state()
+        collector.watch(self.thread)  # garbage collected in this thread only while the run goes on
         self.thread.start()
 
     @Slot()

@@ -28,13 +28,13 @@ as a line of commentary marked as an answer.
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
 import traceback
 
 from PySide6.QtCore import QObject, Signal
 
+from app import collector
 from app.run_state import Phase
 from app.state import RunRequest
 from core.errors import StreamVLMError
@@ -328,7 +328,7 @@ class StreamWorker(QObject):
         if not cls._models:
             return
         cls._models.clear()
-        gc.collect()
+        collector.collect()  # by the GUI thread: a collection here could free Qt objects (app/collector.py)
         import torch
 
         if torch.cuda.is_available():

@@ -78,7 +78,8 @@ class GuardedSession:
 
 
 def _free() -> None:
-    gc.collect()
+    if gc.isenabled():  # off: the host collects in a thread of its choosing (the app: app/collector.py)
+        gc.collect()
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
