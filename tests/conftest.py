@@ -76,6 +76,18 @@ def one_layer_model(tmp_path_factory):
     return load_model(path, device="cpu", dtype="float32")
 
 
+@pytest.fixture(autouse=True)
+def qt_garbage_collected_in_the_main_thread(request):
+    """After a test that drove Qt widgets, collect its garbage here, in the GUI thread: Qt objects left
+    in reference cycles and collected later by whichever thread allocates (a server's, a scheduler's)
+    would be deleted outside the GUI thread, which crashes the process (app/collector.py)."""
+    yield
+    if "qtbot" in request.fixturenames:
+        import gc
+
+        gc.collect()
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
