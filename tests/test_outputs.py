@@ -162,16 +162,30 @@ def test_the_app_never_exports_over_its_recording_or_source(window, tmp_path):
     assert window.export(tmp_path / "commentary.srt") == 1  # any other name is written
 
 
-def test_the_app_never_records_over_its_source(window, tmp_path, monkeypatch):
-    """A recording named like the video being replayed (an earlier recording) is refused at Start."""
+def test_the_app_never_records_over_its_source(qtbot, window, tmp_path, monkeypatch):
+    """A recording whose name would be the video being replayed (an earlier recording, started in the
+    same second) gets a name of its own; the source is left as it was."""
     source = tmp_path / "streamvlm-replay.mp4"
     source.write_bytes(CLIP.read_bytes())
     before = digest(source)
-    monkeypatch.setattr("app.window.time.strftime", lambda _: source.name)
+    monkeypatch.setattr("app.run_state.time.strftime", lambda _: source.stem)
     window.source_box.setCurrentText(str(source))
     window.model_edit.setText("tiny")
     window.record_check.setChecked(True)
     window.output_edit.setText(str(tmp_path))
     window.start()
-    assert "destroy" in window.message.text() and window.thread is None
+    assert window.request.record_to == str(tmp_path / "streamvlm-replay-2.mp4"), window.message.text()
+    window.stop()
+    qtbot.waitUntil(lambda: window.thread is None, timeout=30_000)
     assert digest(source) == before
+
+
+def test_the_apps_recording_check_refuses_an_output_that_is_its_source(window, tmp_path):
+    """The rule under the names: a recording path that is the source is refused at Start."""
+    from core.errors import StreamVLMError
+    from core.paths import check_outputs, recording_outputs
+
+    source = tmp_path / "match.mp4"
+    source.write_bytes(b"video")
+    with pytest.raises(StreamVLMError, match="destroy"):
+        check_outputs(recording_outputs(source), {"the source": source})
